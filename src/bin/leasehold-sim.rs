@@ -1,0 +1,160 @@
+//! `leasehold-sim`: runs the deterministic simulator over many seeds and
+//! prints one summary line. Exit codes: 0 clean, 1 a safety violation,
+//! 3 a liveness violation only, 2 bad usage.
+// Wall-clock time is used only to report seeds per second.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use leasehold::sim::{run_seed, Breakage, SeedOptions, SeedReport, Verbosity};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Break {
+    /// The simulated disk acknowledges writes that it then loses.
+    FsyncLies,
+    /// The simulated driver sends messages before their persist completes,
+    /// then often crashes the node.
+    SendBeforePersist,
+}
+
+/// Deterministic simulation of a leasehold group under faults.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// The first seed; seeds run are first-seed .. first-seed + seeds.
+    #[arg(long, default_value_t = 1)]
+    first_seed: u64,
+    /// Nodes in the group.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    nodes: u64,
+    /// How far simulated clock rates really drift (0.01 = 1%); beyond
+    /// --max-clock-drift the safety argument no longer holds.
+    #[arg(long)]
+    clock_drift: Option<f64>,
+    /// The drift bound the nodes are configured with (rho).
+    #[arg(long, default_value_t = 0.01)]
+    max_clock_drift: f64,
+    /// Break a rule of the driver contract on purpose (negative control).
+    #[arg(long = "break", value_enum)]
+    breakage: Option<Break>,
+    /// Stop at the first seed with a violation.
+    #[arg(long)]
+    stop_on_violation: bool,
+    /// Print every event and message of each seed (use with --seeds 1).
+    #[arg(long)]
+    trace: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !(0.0..0.9).contains(&args.max_clock_drift) || args.clock_drift.is_some_and(|d| !(0.0..0.9).contains(&d)) {
+        eprintln!("leasehold-sim: --clock-drift and --max-clock-drift must be in [0, 0.9)");
+        return ExitCode::from(2);
+    }
+    let mut opts = SeedOptions::new(args.nodes as usize);
+    opts.max_clock_drift = args.max_clock_drift;
+    opts.clock_drift = args.clock_drift.unwrap_or(args.max_clock_drift);
+    opts.breakage = Breakage {
+        fsync_lies: args.breakage == Some(Break::FsyncLies),
+        send_before_persist: args.breakage == Some(Break::SendBeforePersist),
+    };
+    if args.trace {
+        opts.verbosity = Verbosity::Messages;
+    }
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    for seed in args.first_seed..args.first_seed.saturating_add(args.seeds) {
+        let report = run_seed(seed, &opts);
+        if args.trace {
+            println!("seed {seed}: {}", report.params);
+            for line in &report.log {
+                println!("{line}");
+            }
+        }
+        let failed = !report.violations.is_empty();
+        if failed {
+            print_failure(&args, &report);
+        }
+        totals.add(&report);
+        if failed && args.stop_on_violation {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "seeds={} leaderships={} failovers={} worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) seeds_per_sec={:.0}",
+        totals.seeds,
+        totals.leaderships,
+        totals.failovers,
+        fmt_ms(totals.worst_failover),
+        fmt_ms(totals.worst_heal),
+        totals.safety + totals.liveness,
+        totals.safety,
+        totals.liveness,
+        totals.seeds as f64 / secs.max(1e-9)
+    );
+    if totals.safety > 0 {
+        ExitCode::from(1)
+    } else if totals.liveness > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    leaderships: usize,
+    failovers: usize,
+    worst_failover: u64,
+    worst_heal: u64,
+    safety: u64,
+    liveness: u64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &SeedReport) {
+        self.seeds += 1;
+        self.leaderships += r.leaderships;
+        self.failovers += r.failovers.len();
+        self.worst_failover = self.worst_failover.max(r.failovers.iter().copied().max().unwrap_or(0));
+        self.worst_heal = self.worst_heal.max(r.time_to_leader_after_heal.unwrap_or(0));
+        if r.has_safety_violation() {
+            self.safety += 1;
+        } else if !r.violations.is_empty() {
+            self.liveness += 1;
+        }
+    }
+}
+
+fn fmt_ms(ns: u64) -> String {
+    format!("{:.1}ms", ns as f64 / 1e6)
+}
+
+fn print_failure(args: &Args, r: &SeedReport) {
+    println!("seed {} FAILED ({})", r.seed, r.params);
+    for v in &r.violations {
+        println!("  {v}");
+    }
+    let mut replay = format!(
+        "cargo run --release --bin leasehold-sim -- --first-seed {} --seeds 1 --nodes {} --max-clock-drift {}",
+        r.seed, args.nodes, args.max_clock_drift
+    );
+    if let Some(d) = args.clock_drift {
+        replay.push_str(&format!(" --clock-drift {d}"));
+    }
+    if let Some(b) = args.breakage {
+        let name = match b {
+            Break::FsyncLies => "fsync-lies",
+            Break::SendBeforePersist => "send-before-persist",
+        };
+        replay.push_str(&format!(" --break {name}"));
+    }
+    println!("  replay: {replay} --trace");
+}

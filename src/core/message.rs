@@ -1,0 +1,128 @@
+//! Peer messages. Every message travels in an [`Envelope`] that names the
+//! protocol version, the cluster, the sender, the addressee and the sender's
+//! current term (DESIGN §2 rule 10). The envelope is checked before the body
+//! is looked at; anything that does not match is rejected and counted.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, Term};
+
+/// Version of the peer protocol. A peer speaking another version is rejected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub cluster_id: String,
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The sender's current term, always (a PreVote carries the term it would
+    /// campaign for in its body, so the envelope never claims a term the
+    /// sender has not durably adopted).
+    pub term: Term,
+    pub body: Body,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// "Would you vote for me in `next_term`?" Changes nothing at the voter.
+    PreVoteRequest {
+        next_term: Term,
+    },
+    PreVoteResponse {
+        next_term: Term,
+        granted: bool,
+    },
+    /// A real vote request for the envelope's term. `transfer_from` names the
+    /// leader whose `TimeoutNow` started this campaign (rule 8).
+    VoteRequest {
+        transfer_from: Option<NodeId>,
+    },
+    /// A granted vote counts as an ack of round 0 of the term (rule 2).
+    VoteResponse {
+        granted: bool,
+    },
+    /// Lease renewal round `round` of the envelope's term.
+    Heartbeat {
+        round: u64,
+        leader_address: String,
+    },
+    /// `ok` is false when the responder is in a higher term (the envelope term
+    /// tells the stale leader which). Priority and health let the leader pick
+    /// a transfer target (rule 9).
+    HeartbeatAck {
+        round: u64,
+        ok: bool,
+        priority: u32,
+        healthy: bool,
+    },
+    /// The leader has ended its lease and asks the addressee to campaign now.
+    TimeoutNow,
+}
+
+impl Body {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::PreVoteRequest { .. } => "PreVoteRequest",
+            Body::PreVoteResponse { .. } => "PreVoteResponse",
+            Body::VoteRequest { .. } => "VoteRequest",
+            Body::VoteResponse { .. } => "VoteResponse",
+            Body::Heartbeat { .. } => "Heartbeat",
+            Body::HeartbeatAck { .. } => "HeartbeatAck",
+            Body::TimeoutNow => "TimeoutNow",
+        }
+    }
+}
+
+/// Why a message was not processed. The label is the `reason` of
+/// `leasehold_rejected_messages_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectReason {
+    Version,
+    ClusterId,
+    WrongAddressee,
+    UnknownPeer,
+    StaleTerm,
+    ConflictingLeader,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Version => "version",
+            RejectReason::ClusterId => "cluster_id",
+            RejectReason::WrongAddressee => "wrong_addressee",
+            RejectReason::UnknownPeer => "unknown_peer",
+            RejectReason::StaleTerm => "stale_term",
+            RejectReason::ConflictingLeader => "conflicting_leader",
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{} t{} ", self.from, self.to, self.term.0)?;
+        match &self.body {
+            Body::PreVoteRequest { next_term } => write!(f, "PreVoteRequest next_term={}", next_term.0),
+            Body::PreVoteResponse { next_term, granted } => {
+                write!(f, "PreVoteResponse next_term={} granted={granted}", next_term.0)
+            }
+            Body::VoteRequest { transfer_from: None } => write!(f, "VoteRequest"),
+            Body::VoteRequest { transfer_from: Some(l) } => write!(f, "VoteRequest transfer_from={l}"),
+            Body::VoteResponse { granted } => write!(f, "VoteResponse granted={granted}"),
+            Body::Heartbeat { round, .. } => write!(f, "Heartbeat round={round}"),
+            Body::HeartbeatAck { round, ok, priority, healthy } => {
+                write!(f, "HeartbeatAck round={round} ok={ok} priority={priority} healthy={healthy}")
+            }
+            Body::TimeoutNow => write!(f, "TimeoutNow"),
+        }
+    }
+}

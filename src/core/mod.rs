@@ -1,0 +1,297 @@
+//! The consensus state machine: Raft's leader election without a log, plus
+//! leader leases, PreVote, CheckQuorum, leadership transfer, priority and
+//! health-gated eligibility (DESIGN §2).
+//!
+//! Owns: roles, terms, votes, promises, leases and the messages between peers.
+//! Must not: read a clock, touch sockets or files, spawn threads or draw
+//! randomness other than from its seeded [`rng::SplitMix64`]. Time enters only
+//! as the `now` argument of [`Node::step`], a monotonic instant in nanoseconds
+//! (CLOCK_BOOTTIME in the real driver). The clippy configuration enforces this.
+#![deny(clippy::disallowed_types, clippy::disallowed_methods)]
+
+pub mod lease;
+pub mod message;
+mod node;
+pub mod rng;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use message::{Body, Envelope, RejectReason, PROTOCOL_VERSION};
+pub use node::Node;
+
+/// A monotonic instant in nanoseconds on the node's own clock.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Nanos(pub u64);
+
+impl Nanos {
+    pub const ZERO: Nanos = Nanos(0);
+    /// "Never": used as the wake-up time when nothing is pending.
+    pub const NEVER: Nanos = Nanos(u64::MAX);
+
+    pub fn plus(self, d: Duration) -> Nanos {
+        let d_ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Nanos(self.0.saturating_add(d_ns))
+    }
+
+    /// The time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Nanos) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// A term of the election. The term in which a leader was elected is its
+/// fencing token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term(pub u64);
+
+impl Term {
+    pub fn next(self) -> Term {
+        // A forged u64::MAX term must not wrap to 0; saturating keeps terms
+        // monotonic (a group stuck at u64::MAX can elect no new leader, which
+        // is safe; transport validation keeps such terms out in practice).
+        Term(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Term {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A node's identity within its group (the `--node-id`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub String);
+
+impl NodeId {
+    pub fn new(id: impl Into<String>) -> Self {
+        NodeId(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What must survive a crash: the term and the vote cast in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+/// Configuration of one node of the group.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    /// Every voter of the group, this node included.
+    pub voters: BTreeSet<NodeId>,
+    pub lease_ttl: Duration,
+    pub heartbeat_interval: Duration,
+    /// Bound on the rate difference between any clock and real time
+    /// (0.01 = 1%).
+    pub max_clock_drift: f64,
+    /// 0 = votes but never leads; higher = preferred leader.
+    pub priority: u32,
+    /// What other nodes report as `leader_address` while this node leads.
+    pub advertise: String,
+}
+
+/// The shortest lease the core accepts.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("--node-id {0} is not one of the voters in --peers")]
+    NodeNotAVoter(NodeId),
+    #[error("--lease-ttl {0:?} is below the minimum of 100ms")]
+    LeaseTooShort(Duration),
+    #[error("--heartbeat-interval {heartbeat:?} must be at most a third of --lease-ttl {ttl:?}")]
+    HeartbeatTooSlow { heartbeat: Duration, ttl: Duration },
+    #[error("--heartbeat-interval must be above zero")]
+    HeartbeatZero,
+    #[error("--max-clock-drift {0} must be a number in [0, 0.5)")]
+    BadDrift(f64),
+    #[error("--cluster-id must not be empty")]
+    EmptyClusterId,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster_id.is_empty() {
+            return Err(ConfigError::EmptyClusterId);
+        }
+        if !self.voters.contains(&self.node_id) {
+            return Err(ConfigError::NodeNotAVoter(self.node_id.clone()));
+        }
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return Err(ConfigError::LeaseTooShort(self.lease_ttl));
+        }
+        if self.heartbeat_interval.is_zero() {
+            return Err(ConfigError::HeartbeatZero);
+        }
+        if self.heartbeat_interval * 3 > self.lease_ttl {
+            return Err(ConfigError::HeartbeatTooSlow { heartbeat: self.heartbeat_interval, ttl: self.lease_ttl });
+        }
+        if !(0.0..0.5).contains(&self.max_clock_drift) || self.max_clock_drift.is_nan() {
+            return Err(ConfigError::BadDrift(self.max_clock_drift));
+        }
+        Ok(())
+    }
+}
+
+/// What can happen to a node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Time passed; timers may fire. Call at `Outputs::wake_at` (or any time).
+    Tick,
+    /// A message from a peer (any message: it is validated here).
+    Message(Envelope),
+    /// This state is now durable (the driver's write and fsync completed).
+    Persisted(HardState),
+    /// The last write of the hard state failed. The node stops campaigning and
+    /// voting until a later `Persisted`.
+    PersistFailed,
+    /// The local health check changed.
+    Health(bool),
+    Admin(AdminRequest),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AdminRequest {
+    /// Hand leadership to the best eligible peer (or just end the lease).
+    StepDown,
+    /// Hand leadership to this peer.
+    TransferTo(NodeId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("this node is not the leader (leader: {})", .0.as_ref().map_or("unknown", |l| l.as_str()))]
+    NotLeader(Option<NodeId>),
+    #[error("{0} is not a voter of this group")]
+    UnknownPeer(NodeId),
+    #[error("{0} is this node")]
+    SelfTarget(NodeId),
+    #[error("{0} cannot lead: priority 0, unhealthy, or not heard from recently")]
+    TargetIneligible(NodeId),
+    #[error("a leadership transfer is already in progress")]
+    TransferInProgress,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre-candidate",
+            Role::Candidate => "candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// What the API reports: who leads, with which token, until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderView {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader_id: Option<NodeId>,
+    pub leader_address: Option<String>,
+    /// The term in which the known leader was elected.
+    pub fencing_token: Option<Term>,
+    /// Set only on the leader: its lease ends at this instant of its clock.
+    pub lease_until: Option<Nanos>,
+    /// Until when this node has promised not to vote for another candidate.
+    pub promise_until: Nanos,
+    pub healthy: bool,
+    /// False after a failed persist, until a later one succeeds.
+    pub storage_ok: bool,
+}
+
+impl LeaderView {
+    /// DESIGN §2 rule 2: role is Leader AND now < lease_until. Nothing else.
+    pub fn is_leader(&self, now: Nanos) -> bool {
+        self.role == Role::Leader && self.lease_until.is_some_and(|until| now < until)
+    }
+
+    pub fn lease_remaining(&self, now: Nanos) -> Duration {
+        match self.lease_until {
+            Some(until) if self.role == Role::Leader => until.since(now),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Why a leader stopped leading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepDownReason {
+    HigherTerm,
+    LeaseLapsed,
+    Transferred,
+}
+
+/// Things that happened inside a step, for metrics and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    PreVoteStarted { next_term: Term },
+    PreVoteFailed { next_term: Term },
+    ElectionStarted { term: Term, transfer: bool },
+    ElectionWon { term: Term },
+    ElectionLost { term: Term },
+    SteppedDown { term: Term, reason: StepDownReason },
+    TransferStarted { term: Term, to: Option<NodeId> },
+    StorageFault,
+    StorageRecovered,
+}
+
+/// A message that was not processed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub from: NodeId,
+    pub reason: RejectReason,
+}
+
+/// The result of one [`Node::step`]. The caller (the driver) must:
+///
+/// 1. If `persist` is set, write it durably (write, fsync, rename, fsync dir),
+///    replacing the previous state.
+/// 2. Send `send_now` at once.
+/// 3. Send `send_after_persist` only once *every* persist requested so far has
+///    completed: these messages carry or depend on state that is not durable
+///    yet. If a write fails, drop these messages, report
+///    [`Input::PersistFailed`], and retry writing the latest state.
+/// 4. Report each completed write with [`Input::Persisted`].
+/// 5. Publish `view` if set (it changed).
+/// 6. Call `step(now, Input::Tick)` no later than `wake_at`.
+#[must_use]
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outputs {
+    pub persist: Option<HardState>,
+    pub send_after_persist: Vec<Envelope>,
+    pub send_now: Vec<Envelope>,
+    pub view: Option<LeaderView>,
+    pub wake_at: Nanos,
+    pub rejected: Vec<Rejection>,
+    pub events: Vec<Event>,
+    /// The answer to an `Input::Admin`, if this step had one.
+    pub admin: Option<Result<(), AdminError>>,
+}

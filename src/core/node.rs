@@ -1,0 +1,802 @@
+//! [`Node`]: one member of the group, as a pure state machine.
+//!
+//! Only the `become_*` functions change the role. Every handler takes `now`
+//! and appends to `self.out`; [`Node::step`] returns what accumulated.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use super::lease::{self, quorum};
+use super::message::{Body, Envelope, RejectReason, PROTOCOL_VERSION};
+use super::rng::SplitMix64;
+use super::{
+    AdminError, AdminRequest, Config, ConfigError, Event, HardState, Input, LeaderView, Nanos, NodeId, Outputs,
+    Rejection, Role, StepDownReason, Term,
+};
+
+/// A promise (rule 1): not to vote for anyone but `to` before `until`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Promise {
+    until: Nanos,
+    to: Option<NodeId>,
+}
+
+#[derive(Clone, Debug)]
+struct KnownLeader {
+    id: NodeId,
+    address: String,
+}
+
+/// What the leader learns of a peer from its acks.
+#[derive(Clone, Debug)]
+struct PeerReport {
+    priority: u32,
+    healthy: bool,
+    healthy_since: Option<Nanos>,
+    last_ack_at: Nanos,
+    last_ack_round: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Abdication {
+    deadline: Nanos,
+}
+
+#[derive(Clone, Debug)]
+struct LeaderState {
+    round: u64,
+    next_heartbeat: Nanos,
+    /// Send time of each recent round; round 0 is the VoteRequest.
+    sent: VecDeque<(u64, Nanos)>,
+    /// Highest round each peer has acknowledged in this term.
+    acked: BTreeMap<NodeId, u64>,
+    peers: BTreeMap<NodeId, PeerReport>,
+    lease_until: Nanos,
+    elected_at: Nanos,
+    /// Set once this leader has ended its lease for a hand-over; it never
+    /// holds a lease again in this term (rule 8).
+    abdicated: Option<Abdication>,
+}
+
+#[derive(Clone, Debug)]
+enum RoleState {
+    Follower,
+    PreCandidate { next_term: Term, granted: BTreeSet<NodeId>, deadline: Nanos },
+    Candidate { granted: BTreeSet<NodeId>, sent_at: Nanos, deadline: Nanos },
+    Leader(Box<LeaderState>),
+}
+
+/// One member of the group. See [`Outputs`] for the driver's obligations.
+#[derive(Debug)]
+pub struct Node {
+    cfg: Config,
+    leader_lease: Duration,
+    rng: SplitMix64,
+    hard: HardState,
+    durable: HardState,
+    storage_ok: bool,
+    healthy: bool,
+    role: RoleState,
+    leader: Option<KnownLeader>,
+    promise: Promise,
+    /// Rule 7: after a restart the node cannot know what it promised, so it
+    /// neither votes nor campaigns before this instant.
+    boot_promise_until: Nanos,
+    /// A follower campaigns no earlier than this.
+    election_due: Nanos,
+    last_now: Nanos,
+    published: Option<LeaderView>,
+    out: Outputs,
+}
+
+impl Node {
+    /// Builds a node at boot time `now`. `durable` is the hard state read from
+    /// storage: `None` only for a node that has never written one (it cannot
+    /// have promised anything yet). `rng_seed` seeds the election jitter.
+    pub fn new(cfg: Config, durable: Option<HardState>, now: Nanos, rng_seed: u64) -> Result<Node, ConfigError> {
+        cfg.validate()?;
+        let leader_lease = lease::leader_lease(cfg.lease_ttl, lease::drift_ppm(cfg.max_clock_drift));
+        let restarted = durable.is_some();
+        let hard = durable.unwrap_or_default();
+        let boot_promise_until = if restarted { now.plus(cfg.lease_ttl) } else { now };
+        let mut node = Node {
+            cfg,
+            leader_lease,
+            rng: SplitMix64::new(rng_seed),
+            durable: hard.clone(),
+            hard,
+            storage_ok: true,
+            healthy: true,
+            role: RoleState::Follower,
+            leader: None,
+            promise: Promise { until: boot_promise_until, to: None },
+            boot_promise_until,
+            election_due: Nanos::ZERO,
+            last_now: now,
+            published: None,
+            out: Outputs::default(),
+        };
+        node.election_due = boot_promise_until.plus(node.jitter());
+        Ok(node)
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.cfg.node_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard
+    }
+
+    /// The current view (what `Outputs::view` last reported, or would).
+    pub fn view(&self) -> LeaderView {
+        let (lease_until, token) = match &self.role {
+            RoleState::Leader(l) if l.abdicated.is_none() => (Some(l.lease_until), Some(self.hard.term)),
+            RoleState::Leader(l) => (Some(l.lease_until.min(self.last_now)), Some(self.hard.term)),
+            _ => (None, self.leader.as_ref().map(|_| self.hard.term)),
+        };
+        LeaderView {
+            node_id: self.cfg.node_id.clone(),
+            role: self.role(),
+            term: self.hard.term,
+            leader_id: self.leader.as_ref().map(|l| l.id.clone()),
+            leader_address: self.leader.as_ref().map(|l| l.address.clone()),
+            fencing_token: token,
+            lease_until,
+            promise_until: self.promise.until.max(self.boot_promise_until),
+            healthy: self.healthy,
+            storage_ok: self.storage_ok,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self.role {
+            RoleState::Follower => Role::Follower,
+            RoleState::PreCandidate { .. } => Role::PreCandidate,
+            RoleState::Candidate { .. } => Role::Candidate,
+            RoleState::Leader(_) => Role::Leader,
+        }
+    }
+
+    /// Feeds one input at local time `now` and returns what the driver must do.
+    pub fn step(&mut self, now: Nanos, input: Input) -> Outputs {
+        // The driver's clock is monotonic; never let a regression move time
+        // backwards inside the core.
+        let now = now.max(self.last_now);
+        self.last_now = now;
+        match input {
+            Input::Tick => {}
+            Input::Message(m) => self.on_message(now, m),
+            Input::Persisted(hs) => self.on_persisted(now, hs),
+            Input::PersistFailed => self.on_persist_failed(now),
+            Input::Health(h) => self.on_health(now, h),
+            Input::Admin(req) => {
+                let result = self.on_admin(now, req);
+                self.out.admin = Some(result);
+            }
+        }
+        self.on_timers(now);
+        self.finish(now)
+    }
+
+    fn finish(&mut self, _now: Nanos) -> Outputs {
+        let view = self.view();
+        if self.published.as_ref() != Some(&view) {
+            self.published = Some(view.clone());
+            self.out.view = Some(view);
+        }
+        self.out.wake_at = self.wake_at();
+        std::mem::take(&mut self.out)
+    }
+
+    fn wake_at(&self) -> Nanos {
+        match &self.role {
+            RoleState::Follower if self.is_eligible() => self.election_due,
+            RoleState::Follower => Nanos::NEVER,
+            RoleState::PreCandidate { deadline, .. } | RoleState::Candidate { deadline, .. } => *deadline,
+            RoleState::Leader(l) => match &l.abdicated {
+                Some(a) => a.deadline,
+                None => l.next_heartbeat.min(l.lease_until),
+            },
+        }
+    }
+
+    // ---- inputs -------------------------------------------------------
+
+    fn on_message(&mut self, now: Nanos, m: Envelope) {
+        if let Some(reason) = self.invalid(&m) {
+            self.reject(&m, reason);
+            return;
+        }
+        // A vote request that would break a promise is ignored outright, term
+        // included: adopting its term would depose a leader whose lease this
+        // node is protecting (Raft thesis §4.2.3).
+        // The promise check uses the term before any adoption (rule 8's
+        // transfer exception is relative to the term the promise was made in).
+        let vote_allowed = match &m.body {
+            Body::VoteRequest { transfer_from } => self.may_vote_for(now, &m.from, transfer_from.as_ref(), m.term),
+            _ => false,
+        };
+        if matches!(m.body, Body::VoteRequest { .. }) && m.term > self.hard.term && !vote_allowed {
+            return;
+        }
+        // Rule 6: a higher term seen anywhere is adopted, except in a PreVote
+        // request, which changes nothing at the voter.
+        if m.term > self.hard.term && !matches!(m.body, Body::PreVoteRequest { .. }) {
+            self.adopt_term(now, m.term);
+        }
+        match m.body.clone() {
+            Body::PreVoteRequest { next_term } => self.on_pre_vote_request(now, &m, next_term),
+            Body::PreVoteResponse { next_term, granted } => self.on_pre_vote_response(now, &m, next_term, granted),
+            Body::VoteRequest { .. } => self.on_vote_request(now, &m, vote_allowed),
+            Body::VoteResponse { granted } => self.on_vote_response(now, &m, granted),
+            Body::Heartbeat { round, leader_address } => self.on_heartbeat(now, &m, round, leader_address),
+            Body::HeartbeatAck { round, ok, priority, healthy } => {
+                self.on_heartbeat_ack(now, &m, round, ok, priority, healthy)
+            }
+            Body::TimeoutNow => self.on_timeout_now(now, &m),
+        }
+    }
+
+    /// Rule 10: version, cluster, addressee and sender are checked first.
+    fn invalid(&self, m: &Envelope) -> Option<RejectReason> {
+        if m.version != PROTOCOL_VERSION {
+            Some(RejectReason::Version)
+        } else if m.cluster_id != self.cfg.cluster_id {
+            Some(RejectReason::ClusterId)
+        } else if m.to != self.cfg.node_id {
+            Some(RejectReason::WrongAddressee)
+        } else if m.from == self.cfg.node_id || !self.cfg.voters.contains(&m.from) {
+            Some(RejectReason::UnknownPeer)
+        } else {
+            None
+        }
+    }
+
+    fn reject(&mut self, m: &Envelope, reason: RejectReason) {
+        self.out.rejected.push(Rejection { from: m.from.clone(), reason });
+    }
+
+    fn on_pre_vote_request(&mut self, now: Nanos, m: &Envelope, next_term: Term) {
+        // Rule 4: granted only if the voter's promise has expired (or is to
+        // this very candidate) and the candidate's term would not be stale.
+        let granted =
+            next_term > self.hard.term && m.term < next_term && self.may_vote_for(now, &m.from, None, next_term);
+        self.send(m.from.clone(), Body::PreVoteResponse { next_term, granted });
+    }
+
+    fn on_pre_vote_response(&mut self, now: Nanos, m: &Envelope, next_term: Term, granted: bool) {
+        let RoleState::PreCandidate { next_term: want, granted: votes, .. } = &mut self.role else {
+            return;
+        };
+        if !granted || next_term != *want {
+            return;
+        }
+        votes.insert(m.from.clone());
+        if votes.len() < quorum(self.cfg.voters.len()) {
+            return;
+        }
+        // Re-check rule 1 at the moment of campaigning: a promise made to
+        // another node since the pre-vote began forbids voting for itself.
+        if self.may_campaign(now) {
+            self.become_candidate(now, None);
+        } else {
+            self.become_follower(now);
+        }
+    }
+
+    fn on_vote_request(&mut self, now: Nanos, m: &Envelope, allowed_by_promise: bool) {
+        if m.term < self.hard.term {
+            self.reject(m, RejectReason::StaleTerm);
+            self.send(m.from.clone(), Body::VoteResponse { granted: false });
+            return;
+        }
+        let free = self.hard.voted_for.is_none() || self.hard.voted_for.as_ref() == Some(&m.from);
+        let granted = free && self.storage_ok && allowed_by_promise;
+        if granted {
+            if self.hard.voted_for.is_none() {
+                self.hard.voted_for = Some(m.from.clone());
+                self.request_persist();
+            }
+            // The vote is a promise (rule 1): a pending pre-vote of this
+            // node's own must not turn into a campaign that breaks it.
+            if matches!(self.role, RoleState::PreCandidate { .. }) {
+                self.become_follower(now);
+            }
+            self.promise_to(now, m.from.clone());
+        }
+        self.send(m.from.clone(), Body::VoteResponse { granted });
+    }
+
+    fn on_vote_response(&mut self, now: Nanos, m: &Envelope, granted: bool) {
+        if m.term < self.hard.term {
+            return;
+        }
+        let RoleState::Candidate { granted: votes, .. } = &mut self.role else {
+            return;
+        };
+        if granted {
+            votes.insert(m.from.clone());
+            self.maybe_win(now);
+        }
+    }
+
+    fn on_heartbeat(&mut self, now: Nanos, m: &Envelope, round: u64, leader_address: String) {
+        if m.term < self.hard.term {
+            self.reject(m, RejectReason::StaleTerm);
+            self.send(m.from.clone(), self.ack_body(round, false));
+            return;
+        }
+        if matches!(self.role, RoleState::Leader(_)) {
+            // Two leaders in one term cannot happen while every voter votes
+            // once per term; if it is seen, refuse to follow rather than guess.
+            self.reject(m, RejectReason::ConflictingLeader);
+            return;
+        }
+        if !matches!(self.role, RoleState::Follower) {
+            self.become_follower(now);
+        }
+        self.leader = Some(KnownLeader { id: m.from.clone(), address: leader_address });
+        self.promise_to(now, m.from.clone());
+        self.send(m.from.clone(), self.ack_body(round, true));
+    }
+
+    fn ack_body(&self, round: u64, ok: bool) -> Body {
+        Body::HeartbeatAck { round, ok, priority: self.cfg.priority, healthy: self.healthy }
+    }
+
+    fn on_heartbeat_ack(&mut self, now: Nanos, m: &Envelope, round: u64, ok: bool, priority: u32, healthy: bool) {
+        if m.term < self.hard.term {
+            self.reject(m, RejectReason::StaleTerm);
+            return;
+        }
+        let leader_lease = self.leader_lease;
+        let voters = self.cfg.voters.len();
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        if !ok || round > l.round {
+            return;
+        }
+        let report = l.peers.entry(m.from.clone()).or_insert(PeerReport {
+            priority,
+            healthy,
+            healthy_since: None,
+            last_ack_at: now,
+            last_ack_round: 0,
+        });
+        report.priority = priority;
+        report.healthy_since = match (healthy, report.healthy_since) {
+            (true, None) => Some(now),
+            (true, since) => since,
+            (false, _) => None,
+        };
+        report.healthy = healthy;
+        report.last_ack_at = now;
+        report.last_ack_round = report.last_ack_round.max(round);
+        let acked = l.acked.entry(m.from.clone()).or_insert(0);
+        *acked = (*acked).max(round);
+        if l.abdicated.is_none() {
+            extend_lease(l, voters, leader_lease);
+        }
+    }
+
+    fn on_timeout_now(&mut self, now: Nanos, m: &Envelope) {
+        if m.term < self.hard.term {
+            self.reject(m, RejectReason::StaleTerm);
+            return;
+        }
+        // Only from the leader this node follows in this very term.
+        let from_leader = self.leader.as_ref().is_some_and(|l| l.id == m.from) && m.term == self.hard.term;
+        if from_leader && self.is_eligible() && now >= self.boot_promise_until && self.storage_ok {
+            self.become_candidate(now, Some(m.from.clone()));
+        }
+    }
+
+    fn on_persisted(&mut self, now: Nanos, hs: HardState) {
+        self.durable = hs;
+        if !self.storage_ok {
+            self.storage_ok = true;
+            self.out.events.push(Event::StorageRecovered);
+        }
+        self.maybe_win(now);
+    }
+
+    fn on_persist_failed(&mut self, now: Nanos) {
+        if self.storage_ok {
+            self.storage_ok = false;
+            self.out.events.push(Event::StorageFault);
+        }
+        if matches!(self.role, RoleState::PreCandidate { .. } | RoleState::Candidate { .. }) {
+            self.become_follower(now);
+        }
+    }
+
+    fn on_health(&mut self, now: Nanos, healthy: bool) {
+        self.healthy = healthy;
+        if !healthy {
+            self.maybe_transfer_away(now);
+        }
+    }
+
+    fn on_admin(&mut self, now: Nanos, req: AdminRequest) -> Result<(), AdminError> {
+        let leader_id = self.leader.as_ref().map(|l| l.id.clone());
+        let RoleState::Leader(l) = &self.role else {
+            return Err(AdminError::NotLeader(leader_id));
+        };
+        if l.abdicated.is_some() {
+            return Err(AdminError::TransferInProgress);
+        }
+        if now >= l.lease_until {
+            return Err(AdminError::NotLeader(None));
+        }
+        match req {
+            AdminRequest::StepDown => {
+                let target = self.best_peer(now, |_| true);
+                self.abdicate(now, target);
+                Ok(())
+            }
+            AdminRequest::TransferTo(target) => {
+                if target == self.cfg.node_id {
+                    return Err(AdminError::SelfTarget(target));
+                }
+                if !self.cfg.voters.contains(&target) {
+                    return Err(AdminError::UnknownPeer(target));
+                }
+                if self.best_peer(now, |p| *p == target).is_none() {
+                    return Err(AdminError::TargetIneligible(target));
+                }
+                self.abdicate(now, Some(target));
+                Ok(())
+            }
+        }
+    }
+
+    // ---- timers -------------------------------------------------------
+
+    fn on_timers(&mut self, now: Nanos) {
+        match &self.role {
+            RoleState::Follower => {
+                if now >= self.election_due {
+                    if self.may_campaign(now) {
+                        self.become_pre_candidate(now);
+                    } else {
+                        // Not allowed yet (storage fault, promise): look again
+                        // later instead of asking to be woken in the past.
+                        self.election_due =
+                            self.promise.until.max(self.boot_promise_until).max(now).plus(self.retry_delay());
+                    }
+                }
+            }
+            RoleState::PreCandidate { next_term, deadline, .. } => {
+                if now >= *deadline {
+                    let next_term = *next_term;
+                    self.out.events.push(Event::PreVoteFailed { next_term });
+                    self.become_follower(now);
+                }
+            }
+            RoleState::Candidate { deadline, .. } => {
+                if now >= *deadline {
+                    self.out.events.push(Event::ElectionLost { term: self.hard.term });
+                    self.become_follower(now);
+                }
+            }
+            RoleState::Leader(l) => {
+                if let Some(a) = &l.abdicated {
+                    // The transfer did not complete: step down and wait for
+                    // the normal promise expiry like any follower.
+                    if now >= a.deadline {
+                        self.become_follower_after_abdication(now);
+                    }
+                } else if now >= l.lease_until {
+                    // Rule 5 (CheckQuorum): a lapsed lease means no quorum;
+                    // stop renewing the promises of the voters still reached.
+                    let term = self.hard.term;
+                    self.out.events.push(Event::SteppedDown { term, reason: StepDownReason::LeaseLapsed });
+                    self.become_follower(now);
+                } else if now >= l.next_heartbeat {
+                    self.broadcast_heartbeat(now);
+                    self.maybe_transfer_away(now);
+                }
+            }
+        }
+    }
+
+    // ---- role changes -------------------------------------------------
+
+    /// A follower may campaign once its promise has expired; a promise to
+    /// itself (its own failed candidacy, or a lease that lapsed) does not hold
+    /// it back.
+    fn become_follower(&mut self, now: Nanos) {
+        if matches!(self.role, RoleState::Leader(_)) {
+            self.leader = None;
+        }
+        self.role = RoleState::Follower;
+        let me = &self.cfg.node_id;
+        let gate = if self.promise.to.as_ref() == Some(me) { now } else { self.promise.until.max(now) };
+        self.election_due = gate.max(self.boot_promise_until).plus(self.jitter());
+    }
+
+    /// After handing over (rule 8) the node waits for its whole promise to
+    /// expire, like any follower, before it may campaign again.
+    fn become_follower_after_abdication(&mut self, now: Nanos) {
+        self.become_follower(now);
+        self.election_due = self.promise.until.max(self.boot_promise_until).max(now).plus(self.jitter());
+    }
+
+    fn become_pre_candidate(&mut self, now: Nanos) {
+        let next_term = self.hard.term.next();
+        let mut granted = BTreeSet::new();
+        granted.insert(self.cfg.node_id.clone());
+        self.role = RoleState::PreCandidate { next_term, granted, deadline: now.plus(self.campaign_timeout()) };
+        self.out.events.push(Event::PreVoteStarted { next_term });
+        self.broadcast(|_| Body::PreVoteRequest { next_term });
+        if quorum(self.cfg.voters.len()) == 1 {
+            self.become_candidate(now, None);
+        }
+    }
+
+    /// Starts a real election: a new term, a vote for itself, persisted
+    /// before any VoteRequest leaves (the requests are `send_after_persist`).
+    fn become_candidate(&mut self, now: Nanos, transfer_from: Option<NodeId>) {
+        let me = self.cfg.node_id.clone();
+        self.hard.term = self.hard.term.next();
+        self.hard.voted_for = Some(me.clone());
+        self.request_persist();
+        self.leader = None;
+        self.promise_to(now, me.clone());
+        let mut granted = BTreeSet::new();
+        granted.insert(me);
+        self.role = RoleState::Candidate { granted, sent_at: now, deadline: now.plus(self.campaign_timeout()) };
+        let term = self.hard.term;
+        self.out.events.push(Event::ElectionStarted { term, transfer: transfer_from.is_some() });
+        self.broadcast(|_| Body::VoteRequest { transfer_from: transfer_from.clone() });
+        self.maybe_win(now);
+    }
+
+    /// Wins once a majority voted AND the term is durable: a leader must
+    /// never hand out a token that a crash could hand out again.
+    fn maybe_win(&mut self, now: Nanos) {
+        let RoleState::Candidate { granted, sent_at, .. } = &self.role else {
+            return;
+        };
+        if granted.len() < quorum(self.cfg.voters.len()) || self.durable.term != self.hard.term {
+            return;
+        }
+        let sent_at = *sent_at;
+        let acked = granted.iter().filter(|v| **v != self.cfg.node_id).map(|v| (v.clone(), 0)).collect();
+        self.become_leader(now, sent_at, acked);
+    }
+
+    fn become_leader(&mut self, now: Nanos, vote_sent_at: Nanos, acked: BTreeMap<NodeId, u64>) {
+        let mut sent = VecDeque::new();
+        sent.push_back((0, vote_sent_at));
+        let mut state = LeaderState {
+            round: 0,
+            next_heartbeat: now,
+            sent,
+            acked,
+            peers: BTreeMap::new(),
+            lease_until: Nanos::ZERO,
+            elected_at: now,
+            abdicated: None,
+        };
+        // Rule 2: votes are acks of the VoteRequest's send time, so the lease
+        // starts at the moment of winning.
+        extend_lease(&mut state, self.cfg.voters.len(), self.leader_lease);
+        self.role = RoleState::Leader(Box::new(state));
+        self.leader = Some(KnownLeader { id: self.cfg.node_id.clone(), address: self.cfg.advertise.clone() });
+        self.out.events.push(Event::ElectionWon { term: self.hard.term });
+        self.broadcast_heartbeat(now);
+    }
+
+    /// Rule 8: end the lease now, never hold one again in this term, and ask
+    /// `target` to campaign at once.
+    fn abdicate(&mut self, now: Nanos, target: Option<NodeId>) {
+        let term = self.hard.term;
+        let deadline = now.plus(self.cfg.lease_ttl);
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.lease_until = l.lease_until.min(now);
+        l.abdicated = Some(Abdication { deadline });
+        self.out.events.push(Event::TransferStarted { term, to: target.clone() });
+        match target {
+            Some(to) => self.send(to, Body::TimeoutNow),
+            None => self.become_follower_after_abdication(now),
+        }
+    }
+
+    fn adopt_term(&mut self, now: Nanos, term: Term) {
+        let stepped_down = match &self.role {
+            RoleState::Leader(l) if l.abdicated.is_some() => Some(StepDownReason::Transferred),
+            RoleState::Leader(_) => Some(StepDownReason::HigherTerm),
+            _ => None,
+        };
+        let old = self.hard.term;
+        self.hard.term = term;
+        self.hard.voted_for = None;
+        self.request_persist();
+        self.leader = None;
+        if let Some(reason) = stepped_down {
+            self.out.events.push(Event::SteppedDown { term: old, reason });
+        }
+        if !matches!(self.role, RoleState::Follower) {
+            self.become_follower(now);
+        }
+    }
+
+    // ---- helpers ------------------------------------------------------
+
+    fn broadcast_heartbeat(&mut self, now: Nanos) {
+        let ttl = self.cfg.lease_ttl;
+        let interval = self.cfg.heartbeat_interval;
+        let voters = self.cfg.voters.len();
+        let leader_lease = self.leader_lease;
+        let RoleState::Leader(l) = &mut self.role else {
+            return;
+        };
+        l.round += 1;
+        l.next_heartbeat = now.plus(interval);
+        l.sent.push_back((l.round, now));
+        // Rounds sent more than a lease ago cannot extend the lease any more.
+        while l.sent.len() > 1 && l.sent[0].1.plus(ttl) < now {
+            l.sent.pop_front();
+        }
+        extend_lease(l, voters, leader_lease);
+        let round = l.round;
+        let me = self.cfg.node_id.clone();
+        // The leader's own ack of the round: it will not vote for anyone else
+        // for a lease_ttl from now.
+        self.promise_to(now, me);
+        let address = self.cfg.advertise.clone();
+        self.broadcast(|_| Body::Heartbeat { round, leader_address: address.clone() });
+    }
+
+    /// Rule 9: an unhealthy leader hands over to a healthy peer; a healthy
+    /// leader hands over to a peer of strictly higher priority that has been
+    /// healthy and in contact for a while, and only after a minimum tenure,
+    /// so that no flap loop can form.
+    fn maybe_transfer_away(&mut self, now: Nanos) {
+        let RoleState::Leader(l) = &self.role else {
+            return;
+        };
+        if l.abdicated.is_some() || now >= l.lease_until {
+            return;
+        }
+        let settle = self.cfg.lease_ttl * 2;
+        let target = if !self.healthy {
+            self.best_peer(now, |_| true)
+        } else if now.since(l.elected_at) >= settle {
+            let mine = self.cfg.priority;
+            let stable = |p: &PeerReport| p.healthy_since.is_some_and(|s| now.since(s) >= settle);
+            let higher: Vec<NodeId> =
+                l.peers.iter().filter(|(_, p)| p.priority > mine && stable(p)).map(|(id, _)| id.clone()).collect();
+            self.best_peer(now, |id| higher.contains(id))
+        } else {
+            None
+        };
+        if let Some(target) = target {
+            self.abdicate(now, Some(target));
+        }
+    }
+
+    /// The best transfer target among peers passing `filter`: eligible
+    /// (priority > 0, healthy, acked within two heartbeats), then highest
+    /// priority, then most recent round, then lowest id.
+    fn best_peer(&self, now: Nanos, filter: impl Fn(&NodeId) -> bool) -> Option<NodeId> {
+        let RoleState::Leader(l) = &self.role else {
+            return None;
+        };
+        let recent = self.cfg.heartbeat_interval * 2;
+        l.peers
+            .iter()
+            .filter(|(id, p)| filter(id) && p.priority > 0 && p.healthy && now.since(p.last_ack_at) <= recent)
+            .max_by(|(a_id, a), (b_id, b)| {
+                (a.priority, a.last_ack_round).cmp(&(b.priority, b.last_ack_round)).then(b_id.cmp(a_id))
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    /// May this node vote (or pre-vote) for `candidate` in `term`? Rule 1 and
+    /// rule 7, with rule 8's single exception: a transfer vote whose
+    /// TimeoutNow came from the very leader this node promised, for the term
+    /// right after the one it promised in.
+    fn may_vote_for(&self, now: Nanos, candidate: &NodeId, transfer_from: Option<&NodeId>, term: Term) -> bool {
+        if now < self.boot_promise_until {
+            return false;
+        }
+        if now >= self.promise.until {
+            return true;
+        }
+        match &self.promise.to {
+            Some(to) if to == candidate => true,
+            Some(to) => transfer_from == Some(to) && term == self.hard.term.next(),
+            None => false,
+        }
+    }
+
+    fn may_campaign(&self, now: Nanos) -> bool {
+        let me = &self.cfg.node_id;
+        self.is_eligible()
+            && self.storage_ok
+            && now >= self.boot_promise_until
+            && (now >= self.promise.until || self.promise.to.as_ref() == Some(me))
+    }
+
+    fn is_eligible(&self) -> bool {
+        self.cfg.priority > 0 && self.healthy
+    }
+
+    fn promise_to(&mut self, now: Nanos, to: NodeId) {
+        let until = now.plus(self.cfg.lease_ttl).max(self.promise.until);
+        self.promise = Promise { until, to: Some(to) };
+        if matches!(self.role, RoleState::Follower) {
+            self.election_due = until.plus(self.jitter());
+        }
+    }
+
+    fn request_persist(&mut self) {
+        self.out.persist = Some(self.hard.clone());
+    }
+
+    fn send(&mut self, to: NodeId, body: Body) {
+        let m = Envelope {
+            version: PROTOCOL_VERSION,
+            cluster_id: self.cfg.cluster_id.clone(),
+            from: self.cfg.node_id.clone(),
+            to,
+            term: self.hard.term,
+            body,
+        };
+        if self.hard == self.durable {
+            self.out.send_now.push(m);
+        } else {
+            self.out.send_after_persist.push(m);
+        }
+    }
+
+    fn broadcast(&mut self, body: impl Fn(&NodeId) -> Body) {
+        let peers: Vec<NodeId> = self.cfg.voters.iter().filter(|v| **v != self.cfg.node_id).cloned().collect();
+        for peer in peers {
+            let b = body(&peer);
+            self.send(peer, b);
+        }
+    }
+
+    /// Election jitter: a fraction of the heartbeat interval, smaller for
+    /// higher priority, so that the preferred node usually campaigns first.
+    fn jitter(&mut self) -> Duration {
+        let span = self.cfg.heartbeat_interval.as_nanos() / u128::from(self.cfg.priority.max(1));
+        Duration::from_nanos(self.rng.below(u64::try_from(span).unwrap_or(u64::MAX)))
+    }
+
+    /// Delay before looking again at a campaign that was not allowed.
+    fn retry_delay(&mut self) -> Duration {
+        self.cfg.heartbeat_interval / 2 + self.jitter()
+    }
+
+    /// How long a PreVote or vote round may take before it is abandoned:
+    /// long enough for an fsync and a few round trips even on a slow disk,
+    /// short enough that a won election still leaves most of a lease.
+    fn campaign_timeout(&self) -> Duration {
+        self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2)
+    }
+}
+
+/// Extends the lease to the send time of the highest round a majority has
+/// acked plus the leader lease (rule 2). Never shortens it.
+fn extend_lease(l: &mut LeaderState, voters: usize, leader_lease: Duration) {
+    let mut rounds: Vec<u64> = l.acked.values().copied().collect();
+    rounds.push(l.round);
+    let Some(q) = lease::quorum_round(rounds, voters) else {
+        return;
+    };
+    if let Some(&(_, sent_at)) = l.sent.iter().find(|(r, _)| *r == q) {
+        l.lease_until = l.lease_until.max(sent_at.plus(leader_lease));
+    }
+}

@@ -1,0 +1,13 @@
+//! leasehold: a lease-based leader election sidecar with fencing tokens.
+//!
+//! Modules, what each owns, and what it must not touch:
+//! - [`core`]: the consensus state machine (election, leases, promises,
+//!   transfer). Pure and deterministic: no clocks, sockets, files, threads or
+//!   unseeded randomness; time is an argument. Enforced by clippy.
+//! - [`sim`]: the deterministic simulator that drives many `core::Node`s over a
+//!   simulated network, disk and clocks, and checks the safety invariants
+//!   against true simulated time. Test tooling; uses no real IO either.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+pub mod core;
+pub mod sim;

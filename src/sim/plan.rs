@@ -1,0 +1,302 @@
+//! One seed, one run: the seed decides every parameter (lease, heartbeat,
+//! clock rates, network, disk, priorities) and a fault schedule; a fault
+//! phase is followed by a heal phase in which a leader must appear within a
+//! stated bound.
+
+use std::time::Duration;
+
+use super::check::{Invariant, Violation};
+use super::world::{Action, Breakage, NetConfig, Verbosity, World, WorldConfig};
+use crate::core::rng::SplitMix64;
+use crate::core::{AdminRequest, NodeId};
+
+#[derive(Clone, Debug)]
+pub struct SeedOptions {
+    pub nodes: usize,
+    /// How far each clock's rate may really differ from true time.
+    pub clock_drift: f64,
+    /// The bound the nodes are configured with (`--max-clock-drift`, rho).
+    pub max_clock_drift: f64,
+    pub breakage: Breakage,
+    pub verbosity: Verbosity,
+}
+
+impl SeedOptions {
+    pub fn new(nodes: usize) -> Self {
+        SeedOptions {
+            nodes,
+            clock_drift: 0.01,
+            max_clock_drift: 0.01,
+            breakage: Breakage::default(),
+            verbosity: Verbosity::Quiet,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct SeedReport {
+    pub seed: u64,
+    /// The parameters the seed chose, one line.
+    pub params: String,
+    pub violations: Vec<Violation>,
+    pub leaderships: usize,
+    /// Time from the crash of a lease holder to the next lease, true ns.
+    pub failovers: Vec<u64>,
+    /// Time from the heal to the first leader, true ns.
+    pub time_to_leader_after_heal: Option<u64>,
+    pub liveness_bound_ns: u64,
+    pub trace_hash: u64,
+    pub events: u64,
+    pub log: Vec<String>,
+}
+
+impl SeedReport {
+    pub fn has_safety_violation(&self) -> bool {
+        self.violations.iter().any(|v| v.invariant.is_safety())
+    }
+}
+
+const MS: u64 = 1_000_000;
+
+struct Params {
+    lease_ttl: Duration,
+    cfg: WorldConfig,
+    fault_phase: u64,
+    liveness_bound: u64,
+}
+
+fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params {
+    let ttl_ms = [100u64, 200, 500, 1_000, 2_000][rng.below(5) as usize];
+    let lease_ttl = Duration::from_millis(ttl_ms);
+    let heartbeat_interval = lease_ttl / (3 + rng.below(8) as u32);
+    let n = opts.nodes;
+    let drift_ppm = (opts.clock_drift * 1e6) as i64;
+    let clock_drift_ppm = (0..n)
+        .map(|_| match rng.below(3) {
+            0 => drift_ppm,
+            1 => -drift_ppm,
+            _ => rng.below(2 * drift_ppm as u64 + 1) as i64 - drift_ppm,
+        })
+        .collect();
+    let clock_offset_ns = (0..n).map(|_| rng.below(10_000 * MS)).collect();
+    let mut priorities: Vec<u32> = (0..n)
+        .map(|_| match rng.below(10) {
+            0 => 0,
+            1 => 2 + rng.below(3) as u32,
+            _ => 1,
+        })
+        .collect();
+    if priorities.iter().all(|p| *p == 0) {
+        priorities[0] = 1;
+    }
+    let min_delay = Duration::from_micros(50 + rng.below(950));
+    let max_delay = if rng.chance(0.2) {
+        min_delay + lease_ttl.mul_f64(rng.below(1000) as f64 / 1000.0)
+    } else {
+        min_delay + lease_ttl / 20
+    };
+    let net = NetConfig {
+        min_delay,
+        max_delay,
+        loss: rng.below(200) as f64 / 1000.0,
+        duplicate: rng.below(50) as f64 / 1000.0,
+    };
+    let fsync_min = Duration::from_micros(100 + rng.below(900));
+    let fsync_max = fsync_min + if rng.chance(0.2) { lease_ttl / 10 } else { Duration::from_millis(5) };
+    let fault_phase = ttl_ms * MS * (10 + rng.below(30));
+    // After the heal, promises made before it expire within a lease_ttl of
+    // the slowest clock; a campaign then needs at most a few rounds (a split
+    // vote costs another promise period). Four lease_ttl, scaled for drift,
+    // plus fsync and message latency, bounds it.
+    let d = opts.clock_drift.min(0.9);
+    let ttl_ns = ttl_ms * MS;
+    let scaled = (4.0 * ttl_ns as f64 * (1.0 + d) / (1.0 - d)) as u64;
+    let liveness_bound =
+        scaled + 20 * fsync_max.as_nanos() as u64 + 20 * (min_delay + lease_ttl / 20).as_nanos() as u64;
+    let cfg = WorldConfig {
+        nodes: n,
+        lease_ttl,
+        heartbeat_interval,
+        max_clock_drift: opts.max_clock_drift,
+        clock_drift_ppm,
+        clock_offset_ns,
+        priorities,
+        net,
+        fsync_min,
+        fsync_max,
+        breakage: opts.breakage,
+        seed,
+    };
+    Params { lease_ttl, cfg, fault_phase, liveness_bound }
+}
+
+fn describe(p: &Params) -> String {
+    let c = &p.cfg;
+    format!(
+        "nodes={} lease_ttl={:?} heartbeat={:?} rho={} clock_ppm={:?} priorities={:?} delay={:?}..{:?} loss={} dup={} fsync={:?}..{:?} fault_phase={}ms",
+        c.nodes,
+        c.lease_ttl,
+        c.heartbeat_interval,
+        c.max_clock_drift,
+        c.clock_drift_ppm,
+        c.priorities,
+        c.net.min_delay,
+        c.net.max_delay,
+        c.net.loss,
+        c.net.duplicate,
+        c.fsync_min,
+        c.fsync_max,
+        p.fault_phase / MS
+    )
+}
+
+/// Runs one seed to completion and reports what the checker found.
+pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
+    let mut rng = SplitMix64::new(seed);
+    let p = choose_params(seed, opts, &mut rng);
+    let params = describe(&p);
+    let ttl = p.lease_ttl.as_nanos() as u64;
+    let mut world = World::new(p.cfg.clone());
+    world.verbosity = opts.verbosity;
+    schedule_faults(&mut world, &mut rng, ttl, p.fault_phase);
+    let heal_at = p.fault_phase;
+    let calm = NetConfig {
+        min_delay: p.cfg.net.min_delay,
+        max_delay: p.cfg.net.min_delay + p.lease_ttl / 20,
+        loss: 0.0,
+        duplicate: 0.0,
+    };
+    world.at(heal_at, Box::new(move |w: &mut World| heal(w, calm)));
+    world.run_until(heal_at + p.liveness_bound);
+    let time_to_leader = world.leader_seen_since_heal().map(|t| t - heal_at);
+    if time_to_leader.is_none() {
+        world.checker.liveness_failed(heal_at, p.liveness_bound);
+    }
+    // Keep going a little after the bound so that late safety violations of
+    // the healed group are seen too.
+    world.run_until(heal_at + p.liveness_bound + 2 * ttl);
+    let leaderships = count_leaderships(&world);
+    SeedReport {
+        seed,
+        params,
+        violations: world.checker.violations.clone(),
+        leaderships,
+        failovers: world.failovers.clone(),
+        time_to_leader_after_heal: time_to_leader,
+        liveness_bound_ns: p.liveness_bound,
+        trace_hash: world.trace_hash(),
+        events: world.events_processed,
+        log: world.take_log(),
+    }
+}
+
+fn count_leaderships(world: &World) -> usize {
+    let mut seen: Vec<(usize, u64)> = world.checker.leases.iter().map(|r| (r.node, r.token.0)).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
+}
+
+fn heal(w: &mut World, calm: NetConfig) {
+    w.mark_heal();
+    w.heal_links();
+    w.net = calm;
+    for i in 0..w.nodes() {
+        w.resume(i);
+        w.restart(i);
+        w.set_health(i, true);
+    }
+}
+
+/// The fault schedule: one fault every `U(0, lease_ttl)` during the fault
+/// phase, each undone after a random time. Targeted faults pick the current
+/// lease holder when they fire.
+fn schedule_faults(world: &mut World, rng: &mut SplitMix64, ttl: u64, fault_phase: u64) {
+    let n = world.nodes();
+    let mut t = 0;
+    // The loop is bounded: t grows by at least 1ns and stops at fault_phase,
+    // and at most 10_000 faults are scheduled.
+    for _ in 0..10_000 {
+        t += 1 + rng.below(ttl);
+        if t >= fault_phase {
+            break;
+        }
+        let span = 1 + rng.below(3 * ttl);
+        let node = rng.below(n as u64) as usize;
+        let action: Action = match rng.below(16) {
+            0 | 1 => Box::new(move |w: &mut World| {
+                w.crash(node);
+                w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(node)));
+            }),
+            2..=4 => Box::new(move |w: &mut World| {
+                let target = w.leaseholder().unwrap_or(node);
+                w.crash(target);
+                w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(target)));
+            }),
+            5 | 6 => Box::new(move |w: &mut World| {
+                let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
+                w.pause(target);
+                w.at(w.now() + span, Box::new(move |w: &mut World| w.resume(target)));
+            }),
+            7 | 8 => Box::new(move |w: &mut World| {
+                for a in 0..w.nodes() {
+                    for b in 0..w.nodes() {
+                        if a != b && (a < n / 2) != (b < n / 2) {
+                            w.cut_link(a, b);
+                        }
+                    }
+                }
+                w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
+            }),
+            9 | 10 => Box::new(move |w: &mut World| {
+                let target = w.leaseholder().unwrap_or(node);
+                match w.rng().below(3) {
+                    0 => w.isolate(target),
+                    1 => (0..w.nodes()).filter(|&j| j != target).for_each(|j| w.cut_link(j, target)),
+                    _ => (0..w.nodes()).filter(|&j| j != target).for_each(|j| w.cut_link(target, j)),
+                }
+                w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
+            }),
+            11 => Box::new(move |w: &mut World| {
+                for _ in 0..n {
+                    let a = w.rng().below(n as u64) as usize;
+                    let b = w.rng().below(n as u64) as usize;
+                    if a != b {
+                        w.cut_link(a, b);
+                    }
+                }
+                w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
+            }),
+            12 => Box::new(move |w: &mut World| {
+                let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
+                w.set_health(target, false);
+                w.at(w.now() + span, Box::new(move |w: &mut World| w.set_health(target, true)));
+            }),
+            13 | 14 => Box::new(move |w: &mut World| {
+                if let Some(l) = w.leaseholder() {
+                    let req = if w.rng().chance(0.5) {
+                        AdminRequest::StepDown
+                    } else {
+                        AdminRequest::TransferTo(NodeId::new(format!("n{}", node + 1)))
+                    };
+                    w.admin(l, req);
+                }
+            }),
+            _ => Box::new(move |w: &mut World| {
+                let loss = w.rng().below(300) as f64 / 1000.0;
+                let dup = w.rng().below(100) as f64 / 1000.0;
+                w.net.loss = loss;
+                w.net.duplicate = dup;
+            }),
+        };
+        world.at(t, action);
+    }
+}
+
+/// Which invariants a set of reports violated, for summaries.
+pub fn violated(reports: &[&SeedReport]) -> Vec<Invariant> {
+    let mut v: Vec<Invariant> = reports.iter().flat_map(|r| r.violations.iter().map(|v| v.invariant)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}

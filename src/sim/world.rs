@@ -1,0 +1,654 @@
+//! The simulated world: N nodes, each with its own clock and disk, a network
+//! between them, and one event queue ordered by true time. It plays the
+//! driver's part for every node exactly as [`crate::core::Outputs`] demands
+//! (unless told to break a rule on purpose, see [`Breakage`]), and reports
+//! every view and every message to the [`Checker`].
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use super::check::{fmt_ns, Checker};
+use super::clock::Clock;
+use crate::core::rng::SplitMix64;
+use crate::core::{
+    AdminRequest, Config, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, NodeId, Outputs, Role,
+};
+
+/// Deliberate violations of the driver contract, to show the checker bites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Breakage {
+    /// The disk acknowledges writes it then loses (as if fsync lied).
+    pub fsync_lies: bool,
+    /// The driver sends messages before the persist they depend on completed,
+    /// and the node then often crashes before the persist completes.
+    pub send_before_persist: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    pub loss: f64,
+    pub duplicate: f64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(1),
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WorldConfig {
+    pub nodes: usize,
+    pub lease_ttl: Duration,
+    pub heartbeat_interval: Duration,
+    /// The bound the nodes are configured with (rho).
+    pub max_clock_drift: f64,
+    /// Each node's clock rate, as a difference from true time in ppm.
+    pub clock_drift_ppm: Vec<i64>,
+    pub clock_offset_ns: Vec<u64>,
+    pub priorities: Vec<u32>,
+    pub net: NetConfig,
+    pub fsync_min: Duration,
+    pub fsync_max: Duration,
+    pub breakage: Breakage,
+    pub seed: u64,
+}
+
+impl WorldConfig {
+    /// A calm world: perfect clocks, 1ms links, 1ms fsync.
+    pub fn calm(nodes: usize, lease_ttl: Duration, heartbeat_interval: Duration, seed: u64) -> Self {
+        WorldConfig {
+            nodes,
+            lease_ttl,
+            heartbeat_interval,
+            max_clock_drift: 0.01,
+            clock_drift_ppm: vec![0; nodes],
+            clock_offset_ns: vec![0; nodes],
+            priorities: vec![1; nodes],
+            net: NetConfig::default(),
+            fsync_min: Duration::from_millis(1),
+            fsync_max: Duration::from_millis(1),
+            breakage: Breakage::default(),
+            seed,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Verbosity {
+    Quiet,
+    /// Role changes, persists, rejections, faults.
+    Events,
+    /// Plus every message sent, delivered and dropped.
+    Messages,
+}
+
+#[derive(Debug)]
+enum Ev {
+    Deliver { to: usize, msg: Envelope },
+    Wake { node: usize, incarnation: u64, at_local: Nanos },
+    PersistDone { node: usize, incarnation: u64 },
+    Call(usize),
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    // Reversed: BinaryHeap is a max-heap, the earliest event must come first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+struct PendingPersist {
+    state: HardState,
+    msgs: Vec<Envelope>,
+}
+
+struct Slot {
+    id: NodeId,
+    node: Option<Node>,
+    incarnation: u64,
+    paused: bool,
+    inbox: Vec<Envelope>,
+    disk: Option<HardState>,
+    pending: VecDeque<PendingPersist>,
+    last_persist_done: u64,
+    scheduled_wake: Option<Nanos>,
+    clock: Clock,
+    healthy: bool,
+    view: Option<LeaderView>,
+}
+
+/// A scheduled action of the test driving the world (faults, admin calls).
+pub type Action = Box<dyn FnOnce(&mut World)>;
+
+pub struct World {
+    now: u64,
+    seq: u64,
+    cfg: WorldConfig,
+    rng: SplitMix64,
+    slots: Vec<Slot>,
+    queue: BinaryHeap<Scheduled>,
+    actions: BTreeMap<usize, Action>,
+    next_action: usize,
+    /// Directed links that drop everything: (from, to).
+    cut: BTreeSet<(usize, usize)>,
+    pub net: NetConfig,
+    pub checker: Checker,
+    pub verbosity: Verbosity,
+    log: Vec<String>,
+    /// FNV-1a over every processed event, to prove determinism.
+    trace_hash: u64,
+    /// True time of the crash of a lease holder, until the next lease begins.
+    failover_from: Option<u64>,
+    pub failovers: Vec<u64>,
+    pub events_processed: u64,
+    heal_at: Option<u64>,
+    leader_since_heal: Option<u64>,
+}
+
+impl World {
+    pub fn new(cfg: WorldConfig) -> World {
+        let voters: BTreeSet<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(format!("n{i}"))).collect();
+        let mut rng = SplitMix64::new(cfg.seed ^ 0x05EE_D0F1_EA5E);
+        let slots = voters
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Slot {
+                id: id.clone(),
+                node: None,
+                incarnation: 0,
+                paused: false,
+                inbox: Vec::new(),
+                disk: None,
+                pending: VecDeque::new(),
+                last_persist_done: 0,
+                scheduled_wake: None,
+                clock: Clock::new(cfg.clock_offset_ns[i], cfg.clock_drift_ppm[i]),
+                healthy: true,
+                view: None,
+            })
+            .collect();
+        let net = cfg.net.clone();
+        let mut world = World {
+            now: 0,
+            seq: 0,
+            rng: SplitMix64::new(rng.next_u64()),
+            cfg,
+            slots,
+            queue: BinaryHeap::new(),
+            actions: BTreeMap::new(),
+            next_action: 0,
+            cut: BTreeSet::new(),
+            net,
+            checker: Checker::default(),
+            verbosity: Verbosity::Quiet,
+            log: Vec::new(),
+            trace_hash: 0xcbf2_9ce4_8422_2325,
+            failover_from: None,
+            failovers: Vec::new(),
+            events_processed: 0,
+            heal_at: None,
+            leader_since_heal: None,
+        };
+        for i in 0..world.slots.len() {
+            world.boot(i);
+        }
+        world
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+    pub fn nodes(&self) -> usize {
+        self.slots.len()
+    }
+    pub fn config(&self) -> &WorldConfig {
+        &self.cfg
+    }
+    pub fn id(&self, i: usize) -> &NodeId {
+        &self.slots[i].id
+    }
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.id.as_str() == id)
+    }
+    pub fn trace_hash(&self) -> u64 {
+        self.trace_hash
+    }
+    pub fn rng(&mut self) -> &mut SplitMix64 {
+        &mut self.rng
+    }
+    pub fn take_log(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.log)
+    }
+    pub fn is_up(&self, i: usize) -> bool {
+        self.slots[i].node.is_some()
+    }
+    pub fn is_paused(&self, i: usize) -> bool {
+        self.slots[i].paused
+    }
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.slots[i].node.as_ref()
+    }
+    pub fn local_now(&self, i: usize) -> Nanos {
+        self.slots[i].clock.local(self.now)
+    }
+    pub fn disk(&self, i: usize) -> Option<&HardState> {
+        self.slots[i].disk.as_ref()
+    }
+
+    /// From now on, note the first instant a live node holds a lease.
+    pub fn mark_heal(&mut self) {
+        self.heal_at = Some(self.now);
+        self.leader_since_heal = self.leaseholder().map(|_| self.now);
+    }
+
+    /// The first instant since `mark_heal` at which a live node held a lease.
+    pub fn leader_seen_since_heal(&self) -> Option<u64> {
+        self.leader_since_heal
+    }
+
+    /// The node that holds a valid lease right now, if any.
+    pub fn leaseholder(&self) -> Option<usize> {
+        (0..self.slots.len()).find(|&i| self.holds_lease(i))
+    }
+
+    pub fn holds_lease(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.node.is_some() && s.view.as_ref().is_some_and(|v| v.is_leader(s.clock.local(self.now)))
+    }
+
+    fn note(&mut self, level: Verbosity, line: impl FnOnce(&World) -> String) {
+        if self.verbosity >= level {
+            let text = line(self);
+            self.log.push(format!("[{}] {text}", fmt_ns(self.now)));
+        }
+    }
+
+    fn hash(&mut self, words: &[u64]) {
+        for w in words {
+            for b in w.to_le_bytes() {
+                self.trace_hash ^= u64::from(b);
+                self.trace_hash = self.trace_hash.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at, seq: self.seq, ev });
+    }
+
+    /// Runs `action` at true time `at`.
+    pub fn at(&mut self, at: u64, action: Action) {
+        let key = self.next_action;
+        self.next_action += 1;
+        self.actions.insert(key, action);
+        self.schedule(at.max(self.now), Ev::Call(key));
+    }
+
+    /// Processes every event up to and including true time `until`.
+    pub fn run_until(&mut self, until: u64) {
+        while self.queue.peek().is_some_and(|e| e.at <= until) {
+            let Some(e) = self.queue.pop() else { break };
+            self.now = e.at;
+            self.events_processed += 1;
+            self.hash(&[e.at, e.seq]);
+            self.process(e.ev);
+        }
+        self.now = self.now.max(until);
+    }
+
+    fn process(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, msg } => self.deliver(to, msg),
+            Ev::Wake { node, incarnation, at_local } => {
+                let s = &self.slots[node];
+                if s.incarnation == incarnation && !s.paused && s.scheduled_wake == Some(at_local) {
+                    self.slots[node].scheduled_wake = None;
+                    self.step(node, Input::Tick);
+                }
+            }
+            Ev::PersistDone { node, incarnation } => {
+                if self.slots[node].incarnation == incarnation {
+                    self.persist_done(node);
+                }
+            }
+            Ev::Call(key) => {
+                if let Some(action) = self.actions.remove(&key) {
+                    action(self);
+                }
+            }
+        }
+    }
+
+    // ---- processes ----------------------------------------------------
+
+    fn node_config(&self, i: usize) -> Config {
+        Config {
+            cluster_id: "sim".to_string(),
+            node_id: self.slots[i].id.clone(),
+            voters: self.slots.iter().map(|s| s.id.clone()).collect(),
+            lease_ttl: self.cfg.lease_ttl,
+            heartbeat_interval: self.cfg.heartbeat_interval,
+            max_clock_drift: self.cfg.max_clock_drift,
+            priority: self.cfg.priorities[i],
+            advertise: format!("{}:5432", self.slots[i].id),
+        }
+    }
+
+    fn boot(&mut self, i: usize) {
+        let cfg = self.node_config(i);
+        let local = self.local_now(i);
+        let seed = self.cfg.seed ^ ((i as u64 + 1) << 32) ^ self.slots[i].incarnation;
+        let disk = self.slots[i].disk.clone();
+        match Node::new(cfg, disk, local, seed) {
+            Ok(node) => self.slots[i].node = Some(node),
+            Err(e) => panic!("simulated node config rejected: {e}"),
+        }
+        let healthy = self.slots[i].healthy;
+        self.step(i, Input::Health(healthy));
+    }
+
+    /// kill -9: the process and everything not yet durable are gone.
+    pub fn crash(&mut self, i: usize) {
+        if self.slots[i].node.is_none() {
+            return;
+        }
+        if self.holds_lease(i) && self.failover_from.is_none() {
+            self.failover_from = Some(self.now);
+        }
+        let s = &mut self.slots[i];
+        s.node = None;
+        s.incarnation += 1;
+        s.paused = false;
+        s.inbox.clear();
+        s.pending.clear();
+        s.scheduled_wake = None;
+        s.view = None;
+        self.checker.on_crash(i);
+        self.note(Verbosity::Events, |w| format!("{} crashed", w.slots[i].id));
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        if self.slots[i].node.is_some() {
+            return;
+        }
+        let disk = self.slots[i].disk.clone();
+        self.note(Verbosity::Events, |w| {
+            let d = disk.map_or("none".to_string(), |d| format!("term={} vote={}", d.term, fmt_vote(&d)));
+            format!("{} restarted (disk: {d})", w.slots[i].id)
+        });
+        self.boot(i);
+    }
+
+    /// SIGSTOP: the clock keeps running, nothing is processed.
+    pub fn pause(&mut self, i: usize) {
+        if self.slots[i].node.is_some() && !self.slots[i].paused {
+            self.slots[i].paused = true;
+            self.note(Verbosity::Events, |w| format!("{} paused", w.slots[i].id));
+        }
+    }
+
+    /// SIGCONT: queued messages are processed, then timers catch up.
+    pub fn resume(&mut self, i: usize) {
+        if !self.slots[i].paused {
+            return;
+        }
+        self.slots[i].paused = false;
+        self.note(Verbosity::Events, |w| format!("{} resumed", w.slots[i].id));
+        let inbox = std::mem::take(&mut self.slots[i].inbox);
+        for m in inbox {
+            self.step(i, Input::Message(m));
+        }
+        self.step(i, Input::Tick);
+    }
+
+    pub fn set_health(&mut self, i: usize, healthy: bool) {
+        self.slots[i].healthy = healthy;
+        self.note(Verbosity::Events, |w| format!("{} health {}", w.slots[i].id, if healthy { "up" } else { "down" }));
+        if self.slots[i].node.is_some() && !self.slots[i].paused {
+            self.step(i, Input::Health(healthy));
+        }
+    }
+
+    pub fn admin(&mut self, i: usize, req: AdminRequest) {
+        if self.slots[i].node.is_some() && !self.slots[i].paused {
+            self.step(i, Input::Admin(req));
+        }
+    }
+
+    /// Hands `msg` to node `i` right now, as if it had arrived.
+    pub fn inject(&mut self, i: usize, msg: Envelope) {
+        self.deliver(i, msg);
+    }
+
+    // ---- network ------------------------------------------------------
+
+    pub fn cut_link(&mut self, from: usize, to: usize) {
+        self.cut.insert((from, to));
+    }
+    pub fn heal_links(&mut self) {
+        self.cut.clear();
+    }
+    pub fn isolate(&mut self, i: usize) {
+        for j in 0..self.slots.len() {
+            if j != i {
+                self.cut.insert((i, j));
+                self.cut.insert((j, i));
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: usize, msg: Envelope) {
+        self.checker.on_send(self.now, from, &msg);
+        let Some(to) = self.index_of(msg.to.as_str()) else { return };
+        if self.rng.chance(self.net.loss) {
+            self.note(Verbosity::Messages, |_| format!("lost {msg}"));
+            return;
+        }
+        let copies = if self.rng.chance(self.net.duplicate) { 2 } else { 1 };
+        for _ in 0..copies {
+            let span = self.net.max_delay.saturating_sub(self.net.min_delay).as_nanos() as u64;
+            let delay = self.net.min_delay.as_nanos() as u64 + self.rng.below(span + 1);
+            self.note(Verbosity::Messages, |_| format!("send {msg}"));
+            self.schedule(self.now + delay.max(1), Ev::Deliver { to, msg: msg.clone() });
+        }
+    }
+
+    fn deliver(&mut self, to: usize, msg: Envelope) {
+        let from = self.index_of(msg.from.as_str());
+        if from.is_some_and(|f| self.cut.contains(&(f, to))) {
+            self.note(Verbosity::Messages, |_| format!("dropped (partition) {msg}"));
+            return;
+        }
+        let s = &mut self.slots[to];
+        if s.node.is_none() {
+            return;
+        }
+        if s.paused {
+            s.inbox.push(msg);
+            return;
+        }
+        self.note(Verbosity::Messages, |_| format!("recv {msg}"));
+        self.step(to, Input::Message(msg));
+    }
+
+    // ---- the driver ---------------------------------------------------
+
+    fn step(&mut self, i: usize, input: Input) {
+        let local = self.local_now(i);
+        let Some(node) = self.slots[i].node.as_mut() else { return };
+        let out = node.step(local, input);
+        self.apply(i, out);
+    }
+
+    /// Carries out one step's outputs, in the order `Outputs` documents.
+    fn apply(&mut self, i: usize, out: Outputs) {
+        for r in &out.rejected {
+            let (id, from, reason) = (self.slots[i].id.clone(), r.from.clone(), r.reason);
+            self.note(Verbosity::Events, |_| format!("{id} rejected a message from {from}: {reason}"));
+        }
+        for e in &out.events {
+            let id = self.slots[i].id.clone();
+            self.note(Verbosity::Events, |_| format!("{id} {}", fmt_event(e)));
+        }
+        if let Some(res) = &out.admin {
+            let id = self.slots[i].id.clone();
+            self.note(Verbosity::Events, |_| match res {
+                Ok(()) => format!("{id} admin request accepted"),
+                Err(e) => format!("{id} admin request refused: {e}"),
+            });
+        }
+        let mut crash_now = false;
+        if let Some(state) = out.persist {
+            let id = self.slots[i].id.clone();
+            self.note(Verbosity::Events, |_| format!("{id} persist term={} vote={}", state.term, fmt_vote(&state)));
+            self.slots[i].pending.push_back(PendingPersist { state, msgs: Vec::new() });
+            let span = self.cfg.fsync_max.saturating_sub(self.cfg.fsync_min).as_nanos() as u64;
+            let latency = self.cfg.fsync_min.as_nanos() as u64 + self.rng.below(span + 1);
+            // Writes complete in the order they were issued.
+            let done = (self.now + latency.max(1)).max(self.slots[i].last_persist_done);
+            self.slots[i].last_persist_done = done;
+            let incarnation = self.slots[i].incarnation;
+            self.schedule(done, Ev::PersistDone { node: i, incarnation });
+            if self.cfg.breakage.send_before_persist && self.rng.chance(0.3) {
+                crash_now = true;
+            }
+        }
+        for m in out.send_now {
+            self.transmit(i, m);
+        }
+        if !out.send_after_persist.is_empty() {
+            if self.cfg.breakage.send_before_persist {
+                for m in out.send_after_persist {
+                    self.transmit(i, m);
+                }
+            } else {
+                let Some(last) = self.slots[i].pending.back_mut() else {
+                    panic!("core bug: send_after_persist with no persist outstanding");
+                };
+                last.msgs.extend(out.send_after_persist);
+            }
+        }
+        if let Some(view) = out.view {
+            self.on_view(i, view);
+        }
+        self.schedule_wake(i, out.wake_at);
+        if crash_now {
+            self.crash(i);
+            let back = self.now + self.rng.below(self.cfg.lease_ttl.as_nanos() as u64 / 2) + 1;
+            self.at(back, Box::new(move |w: &mut World| w.restart(i)));
+        }
+    }
+
+    fn schedule_wake(&mut self, i: usize, wake_at: Nanos) {
+        if wake_at == Nanos::NEVER || self.slots[i].scheduled_wake == Some(wake_at) {
+            return;
+        }
+        self.slots[i].scheduled_wake = Some(wake_at);
+        let at = self.slots[i].clock.to_true(wake_at).max(self.now);
+        let incarnation = self.slots[i].incarnation;
+        self.schedule(at, Ev::Wake { node: i, incarnation, at_local: wake_at });
+    }
+
+    fn persist_done(&mut self, i: usize) {
+        if self.slots[i].paused {
+            // A stopped process cannot learn that its write completed: look
+            // again later (the write itself is kept pending, which is only
+            // more conservative).
+            let later = self.now + (self.cfg.heartbeat_interval.as_nanos() as u64 / 4).max(1);
+            let incarnation = self.slots[i].incarnation;
+            self.schedule(later, Ev::PersistDone { node: i, incarnation });
+            return;
+        }
+        let Some(p) = self.slots[i].pending.pop_front() else { return };
+        let lie = self.cfg.breakage.fsync_lies && self.rng.chance(0.5);
+        if !lie {
+            self.slots[i].disk = Some(p.state.clone());
+        }
+        for m in p.msgs {
+            self.transmit(i, m);
+        }
+        self.step(i, Input::Persisted(p.state));
+    }
+
+    fn on_view(&mut self, i: usize, view: LeaderView) {
+        let old = self.slots[i].view.replace(view.clone());
+        let changed =
+            old.as_ref().is_none_or(|o| (o.role, o.term, &o.leader_id) != (view.role, view.term, &view.leader_id));
+        if changed {
+            let id = self.slots[i].id.clone();
+            self.note(Verbosity::Events, |_| fmt_view(&id, &view));
+        }
+        let lease_end = view.lease_until.map(|u| self.slots[i].clock.to_true(u));
+        let was_leading = self.checker.lease_active_at(self.now);
+        self.checker.on_view(self.now, i, &view, lease_end);
+        let leading = view.role == Role::Leader && lease_end.is_some_and(|e| e > self.now);
+        if leading && self.heal_at.is_some() && self.leader_since_heal.is_none() {
+            self.leader_since_heal = Some(self.now);
+        }
+        if leading && !was_leading {
+            if let Some(from) = self.failover_from.take() {
+                self.failovers.push(self.now - from);
+            }
+        }
+    }
+}
+
+fn fmt_vote(hs: &HardState) -> String {
+    hs.voted_for.as_ref().map_or("none".to_string(), |v| v.to_string())
+}
+
+fn fmt_view(id: &NodeId, v: &LeaderView) -> String {
+    match v.role {
+        Role::Leader => format!("{id} is leader term={} token={}", v.term, v.term),
+        role => match &v.leader_id {
+            Some(l) => format!("{id} is {} term={} leader={l}", role.as_str(), v.term),
+            None => format!("{id} is {} term={} leader=none", role.as_str(), v.term),
+        },
+    }
+}
+
+fn fmt_event(e: &Event) -> String {
+    match e {
+        Event::PreVoteStarted { next_term } => format!("pre-vote for term {next_term}"),
+        Event::PreVoteFailed { next_term } => format!("pre-vote for term {next_term} failed"),
+        Event::ElectionStarted { term, transfer } => {
+            format!("campaigns for term {term}{}", if *transfer { " (transfer)" } else { "" })
+        }
+        Event::ElectionWon { term } => format!("won term {term}"),
+        Event::ElectionLost { term } => format!("lost term {term}"),
+        Event::SteppedDown { term, reason } => format!("stepped down from term {term}: {reason:?}"),
+        Event::TransferStarted { term, to } => match to {
+            Some(to) => format!("ends its lease of term {term} and hands over to {to}"),
+            None => format!("ends its lease of term {term} (no eligible peer)"),
+        },
+        Event::StorageFault => "storage fault".to_string(),
+        Event::StorageRecovered => "storage recovered".to_string(),
+    }
+}
