@@ -61,7 +61,7 @@ struct LeaderState {
 #[derive(Clone, Debug)]
 enum RoleState {
     Follower,
-    PreCandidate { next_term: Term, granted: BTreeSet<NodeId>, deadline: Nanos },
+    PreCandidate { next_term: Term, granted: BTreeSet<NodeId>, refused: BTreeSet<NodeId>, deadline: Nanos },
     Candidate { granted: BTreeSet<NodeId>, sent_at: Nanos, deadline: Nanos },
     Leader(Box<LeaderState>),
 }
@@ -270,10 +270,21 @@ impl Node {
     }
 
     fn on_pre_vote_response(&mut self, now: Nanos, m: &Envelope, next_term: Term, granted: bool) {
-        let RoleState::PreCandidate { next_term: want, granted: votes, .. } = &mut self.role else {
+        let voters = self.cfg.voters.len();
+        let RoleState::PreCandidate { next_term: want, granted: votes, refused, .. } = &mut self.role else {
             return;
         };
-        if !granted || next_term != *want {
+        if next_term != *want {
+            return;
+        }
+        if !granted {
+            // Once a win is impossible, give up now rather than at the
+            // deadline, so the retry comes a jitter later, not a timeout.
+            refused.insert(m.from.clone());
+            if voters - refused.len() < quorum(voters) {
+                self.out.events.push(Event::PreVoteFailed { next_term });
+                self.become_follower(now);
+            }
             return;
         }
         votes.insert(m.from.clone());
@@ -392,7 +403,12 @@ impl Node {
         }
         // Only from the leader this node follows in this very term.
         let from_leader = self.leader.as_ref().is_some_and(|l| l.id == m.from) && m.term == self.hard.term;
-        if from_leader && self.is_eligible() && now >= self.boot_promise_until && self.storage_ok {
+        if from_leader
+            && self.is_eligible()
+            && self.has_next_term()
+            && now >= self.boot_promise_until
+            && self.storage_ok
+        {
             self.become_candidate(now, Some(m.from.clone()));
         }
     }
@@ -529,10 +545,14 @@ impl Node {
     }
 
     fn become_pre_candidate(&mut self, now: Nanos) {
+        // Campaigning means the leader has not been heard for a whole
+        // promise: stop reporting it as known.
+        self.leader = None;
         let next_term = self.hard.term.next();
         let mut granted = BTreeSet::new();
         granted.insert(self.cfg.node_id.clone());
-        self.role = RoleState::PreCandidate { next_term, granted, deadline: now.plus(self.campaign_timeout()) };
+        let deadline = now.plus(self.campaign_timeout());
+        self.role = RoleState::PreCandidate { next_term, granted, refused: BTreeSet::new(), deadline };
         self.out.events.push(Event::PreVoteStarted { next_term });
         self.broadcast(|_| Body::PreVoteRequest { next_term });
         if quorum(self.cfg.voters.len()) == 1 {
@@ -543,6 +563,7 @@ impl Node {
     /// Starts a real election: a new term, a vote for itself, persisted
     /// before any VoteRequest leaves (the requests are `send_after_persist`).
     fn become_candidate(&mut self, now: Nanos, transfer_from: Option<NodeId>) {
+        assert!(self.has_next_term(), "campaign attempted at the last term");
         let me = self.cfg.node_id.clone();
         self.hard.term = self.hard.term.next();
         self.hard.voted_for = Some(me.clone());
@@ -723,9 +744,16 @@ impl Node {
     fn may_campaign(&self, now: Nanos) -> bool {
         let me = &self.cfg.node_id;
         self.is_eligible()
+            && self.has_next_term()
             && self.storage_ok
             && now >= self.boot_promise_until
             && (now >= self.promise.until || self.promise.to.as_ref() == Some(me))
+    }
+
+    /// A term of u64::MAX has no successor: campaigning would reuse the term
+    /// and overwrite the vote cast in it. Such a node votes and follows only.
+    fn has_next_term(&self) -> bool {
+        self.hard.term < Term(u64::MAX)
     }
 
     fn is_eligible(&self) -> bool {
