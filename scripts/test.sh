@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need when it is missing, then
+# runs every check. On a fresh Debian machine with only the Rust toolchain:
+#   bash scripts/test.sh
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+# --- what the tests need ---------------------------------------------------
+# The consensus core and the simulator need only the Rust toolchain with
+# clippy and rustfmt.
+if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+  step "installing clippy and rustfmt"
+  rustup component add clippy rustfmt
+fi
+
+# --- checks ----------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test (unit, scenario scripts, simulator: 3000 seeds and negative controls)"
+cargo test --locked --all-targets
+
+step "all checks passed"

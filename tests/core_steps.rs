@@ -1,0 +1,173 @@
+//! Unit tests of single core steps: each asserts the whole output of one
+//! `Node::step`, in particular what must be persisted and which messages may
+//! leave only after that persist.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use leasehold::core::lease::{drift_ppm, leader_lease};
+use leasehold::core::{
+    AdminError, AdminRequest, Body, Config, ConfigError, Envelope, Event, HardState, Input, Nanos, Node, NodeId,
+    Outputs, Role, Term, PROTOCOL_VERSION,
+};
+
+const TTL: Duration = Duration::from_secs(2);
+const HB: Duration = Duration::from_millis(400);
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s)
+}
+
+fn config(me: &str, voters: &[&str]) -> Config {
+    Config {
+        cluster_id: "c".into(),
+        node_id: id(me),
+        voters: voters.iter().map(|v| id(v)).collect::<BTreeSet<_>>(),
+        lease_ttl: TTL,
+        heartbeat_interval: HB,
+        max_clock_drift: 0.01,
+        priority: 1,
+        advertise: format!("{me}:5432"),
+    }
+}
+
+fn msg(from: &str, to: &str, term: u64, body: Body) -> Envelope {
+    Envelope { version: PROTOCOL_VERSION, cluster_id: "c".into(), from: id(from), to: id(to), term: Term(term), body }
+}
+
+fn at(ms: u64) -> Nanos {
+    Nanos(ms * 1_000_000)
+}
+
+#[test]
+fn single_node_group_leads_only_once_its_term_is_durable() {
+    let mut n = Node::new(config("a", &["a"]), None, at(0), 7).expect("valid config");
+    // First tick: the election timer (jitter < heartbeat) has not fired.
+    let first = n.step(at(0), Input::Tick);
+    assert!(first.persist.is_none() && first.wake_at < at(400));
+    let out = n.step(at(400), Input::Tick);
+    let hs = HardState { term: Term(1), voted_for: Some(id("a")) };
+    assert_eq!(out.persist, Some(hs.clone()));
+    assert!(out.send_now.is_empty() && out.send_after_persist.is_empty());
+    let view = out.view.expect("view changed");
+    assert_eq!(view.role, Role::Candidate);
+    assert!(!view.is_leader(at(400)), "no lease before the term is durable");
+
+    let out = n.step(at(401), Input::Persisted(hs));
+    let view = out.view.expect("view changed");
+    assert_eq!(view.role, Role::Leader);
+    assert_eq!(view.fencing_token, Some(Term(1)));
+    // A group of one acks its own first heartbeat round, sent on winning at
+    // 401ms: the lease runs from there, with the drift margin.
+    assert_eq!(view.lease_until, Some(at(401).plus(leader_lease(TTL, drift_ppm(0.01)))));
+    assert!(view.is_leader(at(401)));
+    assert!(out.events.contains(&Event::ElectionWon { term: Term(1) }));
+}
+
+#[test]
+fn vote_requests_wait_for_the_persist_of_the_new_term() {
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let out = n.step(at(400), Input::Tick);
+    // PreVote first: nothing to persist, requests may leave at once.
+    assert_eq!(out.persist, None);
+    assert_eq!(out.send_now.len(), 2);
+    assert!(matches!(out.send_now[0].body, Body::PreVoteRequest { next_term: Term(1) }));
+    assert_eq!(out.send_now[0].term, Term(0));
+
+    let grant = msg("b", "a", 0, Body::PreVoteResponse { next_term: Term(1), granted: true });
+    let out = n.step(at(401), Input::Message(grant));
+    assert_eq!(out.persist, Some(HardState { term: Term(1), voted_for: Some(id("a")) }));
+    assert!(out.send_now.is_empty(), "nothing may leave before the vote for itself is durable");
+    let expected: Vec<Envelope> =
+        ["b", "c"].iter().map(|to| msg("a", to, 1, Body::VoteRequest { transfer_from: None })).collect();
+    assert_eq!(out.send_after_persist, expected);
+}
+
+#[test]
+fn a_granted_vote_is_persisted_before_it_is_sent_and_promises() {
+    let mut n = Node::new(config("b", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let req = msg("a", "b", 1, Body::VoteRequest { transfer_from: None });
+    let out = n.step(at(10), Input::Message(req));
+    assert_eq!(
+        out,
+        Outputs {
+            persist: Some(HardState { term: Term(1), voted_for: Some(id("a")) }),
+            send_after_persist: vec![msg("b", "a", 1, Body::VoteResponse { granted: true })],
+            send_now: vec![],
+            view: out.view.clone(),
+            wake_at: out.wake_at,
+            rejected: vec![],
+            events: vec![],
+            admin: None,
+        }
+    );
+    let view = out.view.expect("term changed");
+    assert_eq!(view.promise_until, at(10).plus(TTL));
+    assert!(out.wake_at >= at(10).plus(TTL), "no campaign before the promise expires");
+    // A second candidate in the same term is refused.
+    let other = msg("c", "b", 1, Body::VoteRequest { transfer_from: None });
+    let out = n.step(at(20), Input::Message(other));
+    assert_eq!(out.send_after_persist, vec![msg("b", "c", 1, Body::VoteResponse { granted: false })]);
+    assert_eq!(out.persist, None);
+}
+
+#[test]
+fn persist_failure_stops_campaigning_until_a_write_succeeds() {
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let _ = n.step(at(400), Input::Tick);
+    let grant = msg("b", "a", 0, Body::PreVoteResponse { next_term: Term(1), granted: true });
+    let _ = n.step(at(401), Input::Message(grant));
+    let out = n.step(at(402), Input::PersistFailed);
+    assert_eq!(out.events, vec![Event::StorageFault]);
+    let view = out.view.expect("view changed");
+    assert_eq!(view.role, Role::Follower);
+    assert!(!view.storage_ok);
+    // Long after every timer, still no campaign and no vote granted.
+    let out = n.step(at(10_000), Input::Tick);
+    assert!(out.send_now.is_empty() && out.send_after_persist.is_empty() && out.persist.is_none());
+    let req = msg("c", "a", 2, Body::VoteRequest { transfer_from: None });
+    let out = n.step(at(10_001), Input::Message(req));
+    assert!(matches!(out.send_after_persist[..], [Envelope { body: Body::VoteResponse { granted: false }, .. }]));
+    let hs = n.hard_state().clone();
+    let out = n.step(at(10_002), Input::Persisted(hs));
+    assert_eq!(out.events, vec![Event::StorageRecovered]);
+}
+
+#[test]
+fn a_node_at_the_last_term_never_campaigns_and_keeps_its_vote() {
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let hb = msg("b", "a", u64::MAX, Body::Heartbeat { round: 1, leader_address: "b".into() });
+    let out = n.step(at(1), Input::Message(hb));
+    assert_eq!(out.persist, Some(HardState { term: Term(u64::MAX), voted_for: None }));
+    let out = n.step(at(1), Input::Persisted(HardState { term: Term(u64::MAX), voted_for: None }));
+    let _ = out;
+    let out = n.step(at(60_000), Input::Tick);
+    assert!(out.send_now.is_empty() && out.persist.is_none(), "no campaign at term u64::MAX");
+    assert_eq!(out.wake_at, Nanos::NEVER.min(out.wake_at));
+    assert_eq!(n.hard_state().term, Term(u64::MAX));
+}
+
+#[test]
+fn admin_requests_are_refused_with_a_reason_off_the_leader() {
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let out = n.step(at(1), Input::Admin(AdminRequest::StepDown));
+    assert_eq!(out.admin, Some(Err(AdminError::NotLeader(None))));
+}
+
+#[test]
+fn config_errors_name_the_flag() {
+    let mut c = config("z", &["a", "b"]);
+    assert_eq!(c.validate(), Err(ConfigError::NodeNotAVoter(id("z"))));
+    c = config("a", &["a", "b"]);
+    c.heartbeat_interval = Duration::from_secs(1);
+    assert!(c.validate().expect_err("slow heartbeat").to_string().contains("--heartbeat-interval"));
+    c.heartbeat_interval = HB;
+    c.lease_ttl = Duration::from_millis(50);
+    assert!(c.validate().expect_err("short lease").to_string().contains("--lease-ttl"));
+    c.lease_ttl = TTL;
+    c.max_clock_drift = 0.7;
+    assert!(c.validate().expect_err("drift").to_string().contains("--max-clock-drift"));
+    c.max_clock_drift = f64::NAN;
+    assert!(c.validate().is_err());
+}

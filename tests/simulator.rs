@@ -1,0 +1,118 @@
+//! The simulator as a test: thousands of seeds must hold every invariant, and
+//! each deliberately broken variant must be caught (the checker bites).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::process::Command;
+
+use leasehold::sim::{run_seed, Breakage, Invariant, SeedOptions};
+
+fn assert_clean(nodes: usize, seeds: std::ops::Range<u64>) {
+    let opts = SeedOptions::new(nodes);
+    let mut leaderships = 0;
+    for seed in seeds.clone() {
+        let r = run_seed(seed, &opts);
+        assert!(
+            r.violations.is_empty(),
+            "seed {seed} ({} nodes): {}\nreplay: cargo run --release --bin leasehold-sim -- --first-seed {seed} --seeds 1 --nodes {nodes} --trace",
+            nodes,
+            r.violations[0]
+        );
+        leaderships += r.leaderships;
+    }
+    // The runs must have exercised elections, not idled.
+    assert!(leaderships as u64 > 2 * (seeds.end - seeds.start), "only {leaderships} leaderships");
+}
+
+#[test]
+fn two_thousand_seeds_of_three_nodes_hold_every_invariant() {
+    assert_clean(3, 1..2001);
+}
+
+#[test]
+fn one_thousand_seeds_of_five_nodes_hold_every_invariant() {
+    assert_clean(5, 1..1001);
+}
+
+/// Runs seeds until one breaks a safety invariant; returns what it broke.
+fn first_safety_violation(opts: &SeedOptions, seeds: u64) -> Option<(u64, Vec<Invariant>)> {
+    (1..=seeds).find_map(|seed| {
+        let r = run_seed(seed, opts);
+        r.has_safety_violation().then(|| (seed, r.violations.iter().map(|v| v.invariant).collect()))
+    })
+}
+
+/// A consequence an operator would feel, not only the proxy invariant.
+fn any_consequence(opts: &SeedOptions, seeds: u64) -> Option<Invariant> {
+    let consequences = [Invariant::OneLeaderPerTerm, Invariant::OneVotePerTerm, Invariant::LeaseExclusive];
+    (1..=seeds)
+        .find_map(|seed| run_seed(seed, opts).violations.iter().map(|v| v.invariant).find(|i| consequences.contains(i)))
+}
+
+#[test]
+fn clocks_drifting_beyond_the_bound_break_lease_exclusivity() {
+    let mut opts = SeedOptions::new(3);
+    opts.clock_drift = 0.2;
+    let found = (1..=2000u64)
+        .find(|&seed| run_seed(seed, &opts).violations.iter().any(|v| v.invariant == Invariant::LeaseExclusive));
+    assert!(found.is_some(), "20% drift against a 1% bound must produce overlapping leases");
+}
+
+#[test]
+fn a_disk_that_loses_acknowledged_writes_is_caught() {
+    let mut opts = SeedOptions::new(3);
+    opts.breakage = Breakage { fsync_lies: true, ..Breakage::default() };
+    assert!(first_safety_violation(&opts, 200).is_some(), "lost writes must be caught");
+    assert!(any_consequence(&opts, 2000).is_some(), "lost writes must lead to double votes or two leaders");
+}
+
+#[test]
+fn sending_before_the_persist_completes_is_caught() {
+    let mut opts = SeedOptions::new(3);
+    opts.breakage = Breakage { send_before_persist: true, ..Breakage::default() };
+    assert!(first_safety_violation(&opts, 200).is_some(), "early sends must be caught");
+    assert!(any_consequence(&opts, 2000).is_some(), "early sends must lead to double votes or two leaders");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let opts = SeedOptions::new(5);
+    let a = run_seed(42, &opts);
+    let b = run_seed(42, &opts);
+    assert_eq!((a.trace_hash, a.events, &a.params), (b.trace_hash, b.events, &b.params));
+    assert!(a.events > 100, "a seed must do real work");
+    let c = run_seed(43, &opts);
+    assert_ne!(a.trace_hash, c.trace_hash);
+}
+
+#[test]
+fn the_command_fails_on_drift_beyond_the_bound_and_prints_a_replay() {
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold-sim"))
+        .args(["--seeds", "2000", "--nodes", "3", "--clock-drift", "0.2"])
+        .output()
+        .expect("run leasehold-sim");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "safety violations exit 1:\n{stdout}");
+    assert!(stdout.contains("replay: cargo run --release --bin leasehold-sim -- --first-seed"));
+    assert!(stdout.contains("--clock-drift 0.2"));
+    let summary = stdout.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("seeds=2000 ") && !summary.contains("safety=0 "), "{summary}");
+}
+
+#[test]
+fn the_command_passes_a_clean_run_and_replays_with_a_trace() {
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold-sim"))
+        .args(["--seeds", "300", "--nodes", "5"])
+        .output()
+        .expect("run leasehold-sim");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("violations=0"));
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold-sim"))
+        .args(["--first-seed", "7", "--seeds", "1", "--trace"])
+        .output()
+        .expect("run leasehold-sim");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("seed 7: nodes=3 lease_ttl="), "trace starts with the parameters");
+    assert!(stdout.contains(" won term "), "trace shows elections");
+    assert!(stdout.contains("recv n"), "trace shows messages");
+}
