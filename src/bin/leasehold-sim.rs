@@ -86,11 +86,14 @@ fn main() -> ExitCode {
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    let (p50, p90) = (totals.ratio_quantile(0.5), totals.ratio_quantile(0.9));
     println!(
-        "seeds={} leaderships={} failovers={} worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) seeds_per_sec={:.0}",
+        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) seeds_per_sec={:.0}",
         totals.seeds,
         totals.leaderships,
-        totals.failovers,
+        totals.failover_ratios.len(),
+        p50,
+        p90,
         fmt_ms(totals.worst_failover),
         fmt_ms(totals.worst_heal),
         totals.safety + totals.liveness,
@@ -111,7 +114,9 @@ fn main() -> ExitCode {
 struct Totals {
     seeds: u64,
     leaderships: usize,
-    failovers: usize,
+    /// Each failover (crash of the lease holder to the next lease) divided
+    /// by that seed's lease_ttl, so seeds with different leases compare.
+    failover_ratios: Vec<f64>,
     worst_failover: u64,
     worst_heal: u64,
     safety: u64,
@@ -122,7 +127,7 @@ impl Totals {
     fn add(&mut self, r: &SeedReport) {
         self.seeds += 1;
         self.leaderships += r.leaderships;
-        self.failovers += r.failovers.len();
+        self.failover_ratios.extend(r.failovers.iter().map(|f| *f as f64 / r.lease_ttl_ns as f64));
         self.worst_failover = self.worst_failover.max(r.failovers.iter().copied().max().unwrap_or(0));
         self.worst_heal = self.worst_heal.max(r.time_to_leader_after_heal.unwrap_or(0));
         if r.has_safety_violation() {
@@ -130,6 +135,17 @@ impl Totals {
         } else if !r.violations.is_empty() {
             self.liveness += 1;
         }
+    }
+}
+
+impl Totals {
+    fn ratio_quantile(&mut self, q: f64) -> f64 {
+        if self.failover_ratios.is_empty() {
+            return 0.0;
+        }
+        self.failover_ratios.sort_by(f64::total_cmp);
+        let idx = ((self.failover_ratios.len() - 1) as f64 * q).round() as usize;
+        self.failover_ratios[idx]
     }
 }
 

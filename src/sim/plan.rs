@@ -45,6 +45,7 @@ pub struct SeedReport {
     /// Time from the heal to the first leader, true ns.
     pub time_to_leader_after_heal: Option<u64>,
     pub liveness_bound_ns: u64,
+    pub lease_ttl_ns: u64,
     pub trace_hash: u64,
     pub events: u64,
     pub log: Vec<String>,
@@ -184,6 +185,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         failovers: world.failovers.clone(),
         time_to_leader_after_heal: time_to_leader,
         liveness_bound_ns: p.liveness_bound,
+        lease_ttl_ns: ttl,
         trace_hash: world.trace_hash(),
         events: world.events_processed,
         log: world.take_log(),
