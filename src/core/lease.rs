@@ -97,6 +97,31 @@ mod tests {
         }
     }
 
+    /// Naive reference: the highest round r such that at least a majority
+    /// of voters acked r or later.
+    fn naive_quorum_round(acked: &[u64], voters: usize) -> Option<u64> {
+        let need = voters / 2 + 1;
+        (0..=10u64).rev().find(|r| acked.iter().filter(|a| **a >= *r).count() >= need)
+    }
+
+    #[test]
+    fn quorum_round_matches_the_naive_reference_exhaustively() {
+        // Every vector of up to `voters` acks with rounds 0..=4, voters 1..=5.
+        for voters in 1..=5usize {
+            for len in 0..=voters {
+                let total = 5u64.pow(len as u32);
+                for code in 0..total {
+                    let acked: Vec<u64> = (0..len).map(|i| (code / 5u64.pow(i as u32)) % 5).collect();
+                    assert_eq!(
+                        quorum_round(acked.clone(), voters),
+                        naive_quorum_round(&acked, voters),
+                        "voters={voters} acked={acked:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn quorum_round_is_the_majority_th_highest_ack() {
         assert_eq!(quorum(1), 1);
