@@ -116,8 +116,11 @@ pub enum ConfigError {
     NodeNotAVoter(NodeId),
     #[error("--lease-ttl {0:?} is below the minimum of 100ms")]
     LeaseTooShort(Duration),
-    #[error("--heartbeat-interval {heartbeat:?} must be at most a third of --lease-ttl {ttl:?}")]
-    HeartbeatTooSlow { heartbeat: Duration, ttl: Duration },
+    #[error(
+        "--heartbeat-interval {heartbeat:?} must be at most a third of the leader's lease {lease:?} \
+         (--lease-ttl x (1 - drift) / (1 + drift)), so that a lost round does not end the lease"
+    )]
+    HeartbeatTooSlow { heartbeat: Duration, lease: Duration },
     #[error("--heartbeat-interval must be above zero")]
     HeartbeatZero,
     #[error("--max-clock-drift {0} must be a number in [0, 0.5)")]
@@ -140,11 +143,12 @@ impl Config {
         if self.heartbeat_interval.is_zero() {
             return Err(ConfigError::HeartbeatZero);
         }
-        if self.heartbeat_interval * 3 > self.lease_ttl {
-            return Err(ConfigError::HeartbeatTooSlow { heartbeat: self.heartbeat_interval, ttl: self.lease_ttl });
-        }
         if !(0.0..0.5).contains(&self.max_clock_drift) || self.max_clock_drift.is_nan() {
             return Err(ConfigError::BadDrift(self.max_clock_drift));
+        }
+        let lease = lease::leader_lease(self.lease_ttl, lease::drift_ppm(self.max_clock_drift));
+        if self.heartbeat_interval * 3 > lease {
+            return Err(ConfigError::HeartbeatTooSlow { heartbeat: self.heartbeat_interval, lease });
         }
         Ok(())
     }

@@ -84,6 +84,10 @@ pub struct Node {
     boot_promise_until: Nanos,
     /// A follower campaigns no earlier than this.
     election_due: Nanos,
+    /// The end of the last lease this node held. It does not campaign before
+    /// then: an application may have cached that deadline, and a new token
+    /// of its own must not overlap it.
+    own_lease_until: Nanos,
     last_now: Nanos,
     published: Option<LeaderView>,
     out: Outputs,
@@ -112,6 +116,7 @@ impl Node {
             promise: Promise { until: boot_promise_until, to: None },
             boot_promise_until,
             election_due: Nanos::ZERO,
+            own_lease_until: Nanos::ZERO,
             last_now: now,
             published: None,
             out: Outputs::default(),
@@ -133,18 +138,22 @@ impl Node {
     }
 
     /// The current view (what `Outputs::view` last reported, or would).
+    /// Only a durable term is reported: a term adopted but not yet written
+    /// could be forgotten by a crash, and the reported term and token would
+    /// then go backwards.
     pub fn view(&self) -> LeaderView {
+        let durable = self.durable.term == self.hard.term;
+        let leader = self.leader.as_ref().filter(|_| durable);
         let (lease_until, token) = match &self.role {
-            RoleState::Leader(l) if l.abdicated.is_none() => (Some(l.lease_until), Some(self.hard.term)),
-            RoleState::Leader(l) => (Some(l.lease_until.min(self.last_now)), Some(self.hard.term)),
-            _ => (None, self.leader.as_ref().map(|_| self.hard.term)),
+            RoleState::Leader(l) => (Some(l.lease_until), Some(self.hard.term)),
+            _ => (None, leader.map(|_| self.hard.term)),
         };
         LeaderView {
             node_id: self.cfg.node_id.clone(),
             role: self.role(),
-            term: self.hard.term,
-            leader_id: self.leader.as_ref().map(|l| l.id.clone()),
-            leader_address: self.leader.as_ref().map(|l| l.address.clone()),
+            term: self.durable.term,
+            leader_id: leader.map(|l| l.id.clone()),
+            leader_address: leader.map(|l| l.address.clone()),
             fencing_token: token,
             lease_until,
             promise_until: self.promise.until.max(self.boot_promise_until),
@@ -325,6 +334,7 @@ impl Node {
 
     fn on_vote_response(&mut self, now: Nanos, m: &Envelope, granted: bool) {
         if m.term < self.hard.term {
+            self.reject(m, RejectReason::StaleTerm);
             return;
         }
         let RoleState::Candidate { granted: votes, .. } = &mut self.role else {
@@ -528,13 +538,14 @@ impl Node {
     /// itself (its own failed candidacy, or a lease that lapsed) does not hold
     /// it back.
     fn become_follower(&mut self, now: Nanos) {
-        if matches!(self.role, RoleState::Leader(_)) {
+        if let RoleState::Leader(l) = &self.role {
+            self.own_lease_until = self.own_lease_until.max(l.lease_until);
             self.leader = None;
         }
         self.role = RoleState::Follower;
         let me = &self.cfg.node_id;
         let gate = if self.promise.to.as_ref() == Some(me) { now } else { self.promise.until.max(now) };
-        self.election_due = gate.max(self.boot_promise_until).plus(self.jitter());
+        self.election_due = gate.max(self.boot_promise_until).max(self.own_lease_until).plus(self.jitter());
     }
 
     /// After handing over (rule 8) the node waits for its whole promise to
@@ -646,7 +657,10 @@ impl Node {
         if let Some(reason) = stepped_down {
             self.out.events.push(Event::SteppedDown { term: old, reason });
         }
-        if !matches!(self.role, RoleState::Follower) {
+        if stepped_down == Some(StepDownReason::Transferred) {
+            // Rule 8: after handing over, wait for the whole promise.
+            self.become_follower_after_abdication(now);
+        } else if !matches!(self.role, RoleState::Follower) {
             self.become_follower(now);
         }
     }
@@ -747,6 +761,7 @@ impl Node {
             && self.has_next_term()
             && self.storage_ok
             && now >= self.boot_promise_until
+            && now >= self.own_lease_until
             && (now >= self.promise.until || self.promise.to.as_ref() == Some(me))
     }
 
@@ -812,7 +827,7 @@ impl Node {
     /// long enough for an fsync and a few round trips even on a slow disk,
     /// short enough that a won election still leaves most of a lease.
     fn campaign_timeout(&self) -> Duration {
-        self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2)
+        self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2).min(self.leader_lease)
     }
 }
 

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::core::{Body, Envelope, LeaderView, NodeId, Role, Term};
+use std::time::Duration;
+
+use crate::core::{Body, Envelope, LeaderView, Nanos, NodeId, Role, Term};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Invariant {
@@ -23,6 +25,10 @@ pub enum Invariant {
     TermDurable,
     /// A voter grants at most one candidate per term, across restarts too.
     OneVotePerTerm,
+    /// Rule 1: no vote (its own campaign included) for anyone but the node
+    /// last promised, before that promise's lease_ttl has passed on the
+    /// voter's own clock; a transfer vote from the promised leader excepted.
+    PromiseKept,
     /// After the faults stop, a leader within the stated bound.
     Liveness,
 }
@@ -39,6 +45,7 @@ impl Invariant {
             Invariant::TokenMonotonicPerNode => "token-monotonic-per-node",
             Invariant::TermDurable => "term-durable",
             Invariant::OneVotePerTerm => "one-vote-per-term",
+            Invariant::PromiseKept => "promise-kept",
             Invariant::Liveness => "liveness",
         }
     }
@@ -64,6 +71,8 @@ pub struct LeaseRecord {
     pub token: Term,
     pub start: u64,
     pub end: u64,
+    /// The holder handed over (rule 8): only then may the lease end early.
+    pub abdicated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -76,10 +85,20 @@ pub struct Checker {
     token_seen: BTreeMap<usize, Term>,
     term_sent: BTreeMap<usize, Term>,
     votes: BTreeMap<(usize, Term), NodeId>,
+    /// Each node's latest promise that left it: its local time and to whom.
+    promises: BTreeMap<usize, (Nanos, NodeId)>,
+    /// Each node's latest promise decided but not yet on the wire (waiting
+    /// for a write); a crash discards it.
+    tentative: BTreeMap<usize, (Nanos, NodeId)>,
+    lease_ttl: Duration,
     pub violations: Vec<Violation>,
 }
 
 impl Checker {
+    pub fn new(lease_ttl: Duration) -> Self {
+        Checker { lease_ttl, ..Checker::default() }
+    }
+
     fn violate(&mut self, at_ns: u64, invariant: Invariant, detail: String) {
         // One report per invariant is enough to fail a seed and keeps memory
         // bounded in a broken run.
@@ -127,7 +146,9 @@ impl Checker {
             // The same leadership, still running: move its end (a transfer
             // shortens it, a heartbeat round extends it).
             Some(i) if self.leases[i].token == token && self.leases[i].end > t => {
-                self.leases[i].end = end;
+                // Only a hand-over may shorten a lease; otherwise it only grows.
+                let r = &mut self.leases[i];
+                r.end = if r.abdicated { end } else { r.end.max(end) };
                 i
             }
             _ => {
@@ -141,7 +162,7 @@ impl Checker {
                     }
                     self.highest_token_started = Some(self.highest_token_started.map_or(token, |h| h.max(token)));
                 }
-                self.leases.push(LeaseRecord { node, token, start: t, end });
+                self.leases.push(LeaseRecord { node, token, start: t, end, abdicated: false });
                 self.leases.len() - 1
             }
         };
@@ -163,10 +184,93 @@ impl Checker {
         }
     }
 
+    /// A lease ends early only by a hand-over. A leader that steps down for
+    /// any other reason (a higher term) keeps its record to its deadline: an
+    /// application that cached that deadline may still act on it, and nobody
+    /// else may lead before it.
     fn lease_not_held(&mut self, t: u64, node: usize) {
         if let Some(&i) = self.current.get(&node) {
-            if self.leases[i].end > t {
-                self.leases[i].end = t;
+            let r = &mut self.leases[i];
+            if r.abdicated && r.end > t {
+                r.end = t;
+            }
+        }
+    }
+
+    /// The node ended its lease to hand over (rule 8). Its promise to itself
+    /// protected only that lease, so it ends too.
+    pub fn on_abdicate(&mut self, node: usize, name: &NodeId) {
+        if let Some(&i) = self.current.get(&node) {
+            self.leases[i].abdicated = true;
+        }
+        if self.promises.get(&node).is_some_and(|(_, to)| to == name) {
+            self.promises.remove(&node);
+        }
+        if self.tentative.get(&node).is_some_and(|(_, to)| to == name) {
+            self.tentative.remove(&node);
+        }
+    }
+
+    /// The node decided a promise at its local time `local`.
+    pub fn on_promise_decided(&mut self, node: usize, local: Nanos, to: &NodeId) {
+        self.tentative.insert(node, (local, to.clone()));
+    }
+
+    /// The node's latest promise, decided or sent.
+    fn latest_promise(&self, node: usize) -> Option<(Nanos, NodeId)> {
+        match (self.promises.get(&node), self.tentative.get(&node)) {
+            (Some(p), Some(t)) => Some(if t.0 >= p.0 { t.clone() } else { p.clone() }),
+            (p, t) => p.or(t).cloned(),
+        }
+    }
+
+    /// A message carrying a promise left the node: an ok ack or a vote (to
+    /// its addressee), a VoteRequest or heartbeat (to itself). `local` is the
+    /// node's local time at the step that made the promise.
+    pub fn on_promise(&mut self, node: usize, local: Nanos, to: &NodeId) {
+        if self.promises.get(&node).is_none_or(|(at, _)| *at <= local) {
+            self.promises.insert(node, (local, to.clone()));
+        }
+        // The decided promise is on the wire now, unless a later decision
+        // replaced it.
+        if self.tentative.get(&node).is_some_and(|(at, t)| *at == local && t == to) {
+            self.tentative.remove(&node);
+        }
+    }
+
+    /// The node decides to vote for `candidate` (a granted vote, or its own
+    /// campaign): is it free to? At
+    /// true time `t`, local time `local`. `transfer_from` is the leader whose
+    /// TimeoutNow started a transfer campaign, if this is one.
+    pub fn check_vote(
+        &mut self,
+        t: u64,
+        node: usize,
+        name: &NodeId,
+        local: Nanos,
+        candidate: &NodeId,
+        transfer_from: Option<&NodeId>,
+    ) {
+        if let Some((at, to)) = self.latest_promise(node) {
+            let still_bound = local < at.plus(self.lease_ttl);
+            // A promise to itself protects only its own lease: once no lease
+            // of this node runs any more (cached deadlines included), it binds
+            // nothing.
+            let own_lease_over = to == *name && !self.leases.iter().any(|r| r.node == node && r.end > t);
+            if transfer_from == Some(&to) {
+                // A transfer from the promised leader proves it abdicated: the
+                // promise protects nothing any more (rule 8).
+                self.promises.remove(&node);
+                self.tentative.remove(&node);
+                return;
+            }
+            if to != *candidate && still_bound && !own_lease_over {
+                let detail = format!(
+                    "node #{node} voted for {candidate} {:?} after promising {to} (lease_ttl {:?})",
+                    local.since(at),
+                    self.lease_ttl
+                );
+                self.violate(t, Invariant::PromiseKept, detail);
             }
         }
     }
@@ -175,6 +279,7 @@ impl Checker {
     /// act on the deadline it last read, so the record runs to its end.
     pub fn on_crash(&mut self, node: usize) {
         self.current.remove(&node);
+        self.tentative.remove(&node);
     }
 
     /// True if some node holds a lease at true time `t`.
@@ -217,4 +322,92 @@ pub fn fmt_ns(ns: u64) -> String {
         return "never".to_string();
     }
     format!("{}.{:03}ms", ns / 1_000_000, (ns / 1_000) % 1_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Nanos;
+
+    fn view(node: &str, role: Role, term: u64) -> LeaderView {
+        LeaderView {
+            node_id: NodeId::new(node),
+            role,
+            term: Term(term),
+            leader_id: Some(NodeId::new(node)),
+            leader_address: None,
+            fencing_token: Some(Term(term)),
+            lease_until: Some(Nanos(0)),
+            promise_until: Nanos(0),
+            healthy: true,
+            storage_ok: true,
+        }
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn overlapping_leases_of_two_nodes_are_a_violation() {
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_view(0, 0, &view("n1", Role::Leader, 1), Some(900 * MS));
+        assert!(c.violations.is_empty());
+        c.on_view(800 * MS, 1, &view("n2", Role::Leader, 2), Some(1700 * MS));
+        assert_eq!(c.violations[0].invariant, Invariant::LeaseExclusive);
+    }
+
+    #[test]
+    fn a_step_down_keeps_the_cached_deadline_but_a_hand_over_ends_it() {
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_view(0, 0, &view("n1", Role::Leader, 1), Some(900 * MS));
+        // Stepping down for a higher term: the deadline an app cached holds.
+        c.on_view(100 * MS, 0, &view("n1", Role::Follower, 2), None);
+        c.on_view(200 * MS, 0, &view("n1", Role::Leader, 3), Some(1100 * MS));
+        assert_eq!(c.violations[0].invariant, Invariant::LeaseExclusive, "same node, new token, old deadline");
+
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_view(0, 0, &view("n1", Role::Leader, 1), Some(900 * MS));
+        c.on_abdicate(0, &NodeId::new("n1"));
+        c.on_view(100 * MS, 0, &view("n1", Role::Leader, 1), Some(100 * MS));
+        c.on_view(105 * MS, 1, &view("n2", Role::Leader, 2), Some(1000 * MS));
+        assert!(c.violations.is_empty(), "{:?}", c.violations);
+    }
+
+    #[test]
+    fn a_crashed_leader_keeps_its_lease_to_the_deadline() {
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_view(0, 0, &view("n1", Role::Leader, 1), Some(900 * MS));
+        c.on_crash(0);
+        c.on_view(500 * MS, 1, &view("n2", Role::Leader, 2), Some(1400 * MS));
+        assert_eq!(c.violations[0].invariant, Invariant::LeaseExclusive);
+    }
+
+    #[test]
+    fn voting_for_another_while_promised_is_a_violation_unless_it_is_a_transfer() {
+        let (n1, n2, n3) = (NodeId::new("n1"), NodeId::new("n2"), NodeId::new("n3"));
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_promise(2, Nanos(100 * MS), &n1);
+        c.check_vote(0, 2, &n3, Nanos(900 * MS), &n1, None);
+        assert!(c.violations.is_empty(), "voting for the promised node is allowed");
+        c.check_vote(0, 2, &n3, Nanos(1_200 * MS), &n2, None);
+        assert!(c.violations.is_empty(), "the promise has expired");
+        c.on_promise(2, Nanos(2_000 * MS), &n1);
+        c.check_vote(0, 2, &n3, Nanos(2_500 * MS), &n2, Some(&n1));
+        assert!(c.violations.is_empty(), "a transfer vote from the promised leader is allowed");
+        c.on_promise(2, Nanos(3_000 * MS), &n1);
+        c.check_vote(7, 2, &n3, Nanos(3_500 * MS), &n2, None);
+        assert_eq!(c.violations[0].invariant, Invariant::PromiseKept);
+    }
+
+    #[test]
+    fn a_promise_lost_in_a_crash_before_it_left_binds_nothing() {
+        let (n1, n2, n3) = (NodeId::new("n1"), NodeId::new("n2"), NodeId::new("n3"));
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_promise_decided(2, Nanos(100 * MS), &n1);
+        c.on_crash(2);
+        c.check_vote(0, 2, &n3, Nanos(200 * MS), &n2, None);
+        assert!(c.violations.is_empty());
+        c.on_promise_decided(2, Nanos(300 * MS), &n1);
+        c.check_vote(0, 2, &n3, Nanos(400 * MS), &n2, None);
+        assert_eq!(c.violations[0].invariant, Invariant::PromiseKept, "a decided promise binds before it is sent");
+    }
 }

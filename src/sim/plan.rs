@@ -69,7 +69,9 @@ struct Params {
 fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params {
     let ttl_ms = [100u64, 200, 500, 1_000, 2_000][rng.below(5) as usize];
     let lease_ttl = Duration::from_millis(ttl_ms);
-    let heartbeat_interval = lease_ttl / (3 + rng.below(8) as u32);
+    // A quarter to an eleventh of the lease: at most a third of the leader's
+    // lease for any drift bound the simulator accepts.
+    let heartbeat_interval = lease_ttl / (4 + rng.below(8) as u32);
     let n = opts.nodes;
     let drift_ppm = (opts.clock_drift * 1e6) as i64;
     let clock_drift_ppm = (0..n)
@@ -205,6 +207,7 @@ fn heal(w: &mut World, calm: NetConfig) {
     w.net = calm;
     for i in 0..w.nodes() {
         w.resume(i);
+        w.fail_disk(i, 0);
         w.restart(i);
         w.set_health(i, true);
     }
@@ -274,7 +277,11 @@ fn schedule_faults(world: &mut World, rng: &mut SplitMix64, ttl: u64, fault_phas
                 w.set_health(target, false);
                 w.at(w.now() + span, Box::new(move |w: &mut World| w.set_health(target, true)));
             }),
-            13 | 14 => Box::new(move |w: &mut World| {
+            13 => Box::new(move |w: &mut World| {
+                let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
+                w.fail_disk(target, w.now() + span);
+            }),
+            14 => Box::new(move |w: &mut World| {
                 if let Some(l) = w.leaseholder() {
                     let req = if w.rng().chance(0.5) {
                         AdminRequest::StepDown

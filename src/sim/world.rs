@@ -12,7 +12,7 @@ use super::check::{fmt_ns, Checker};
 use super::clock::Clock;
 use crate::core::rng::SplitMix64;
 use crate::core::{
-    AdminRequest, Config, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, NodeId, Outputs, Role,
+    AdminRequest, Body, Config, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, NodeId, Outputs, Role,
 };
 
 /// Deliberate violations of the driver contract, to show the checker bites.
@@ -125,7 +125,9 @@ impl Ord for Scheduled {
 
 struct PendingPersist {
     state: HardState,
-    msgs: Vec<Envelope>,
+    /// Messages waiting for this write, each with the local time of the step
+    /// that made it (a promise starts then, if it ever leaves).
+    msgs: Vec<(Envelope, Nanos)>,
 }
 
 struct Slot {
@@ -141,6 +143,8 @@ struct Slot {
     clock: Clock,
     healthy: bool,
     view: Option<LeaderView>,
+    /// Writes fail until this true time (a full or broken disk).
+    disk_fails_until: u64,
 }
 
 /// A scheduled action of the test driving the world (faults, admin calls).
@@ -191,9 +195,11 @@ impl World {
                 clock: Clock::new(cfg.clock_offset_ns[i], cfg.clock_drift_ppm[i]),
                 healthy: true,
                 view: None,
+                disk_fails_until: 0,
             })
             .collect();
         let net = cfg.net.clone();
+        let checker = Checker::new(cfg.lease_ttl);
         let mut world = World {
             now: 0,
             seq: 0,
@@ -205,7 +211,7 @@ impl World {
             next_action: 0,
             cut: BTreeSet::new(),
             net,
-            checker: Checker::default(),
+            checker,
             verbosity: Verbosity::Quiet,
             log: Vec::new(),
             trace_hash: 0xcbf2_9ce4_8422_2325,
@@ -464,8 +470,18 @@ impl World {
         }
     }
 
-    fn transmit(&mut self, from: usize, msg: Envelope) {
+    /// Puts a message on the wire. `made_at` is the sender's local time at
+    /// the step that produced it.
+    fn transmit(&mut self, from: usize, msg: Envelope, made_at: Nanos) {
         self.checker.on_send(self.now, from, &msg);
+        match &msg.body {
+            Body::VoteResponse { granted: true } | Body::HeartbeatAck { ok: true, .. } => {
+                self.checker.on_promise(from, made_at, &msg.to)
+            }
+            // A campaign or a heartbeat round is a promise to itself.
+            Body::VoteRequest { .. } | Body::Heartbeat { .. } => self.checker.on_promise(from, made_at, &msg.from),
+            _ => {}
+        }
         let Some(to) = self.index_of(msg.to.as_str()) else { return };
         if self.rng.chance(self.net.loss) {
             self.note(Verbosity::Messages, |_| format!("lost {msg}"));
@@ -502,9 +518,55 @@ impl World {
 
     fn step(&mut self, i: usize, input: Input) {
         let local = self.local_now(i);
+        // The leader a transfer vote or campaign may name (rule 8), for the
+        // promise check.
+        let transfer_from = match &input {
+            Input::Message(m) => match &m.body {
+                Body::VoteRequest { transfer_from } => transfer_from.clone(),
+                Body::TimeoutNow => Some(m.from.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
         let Some(node) = self.slots[i].node.as_mut() else { return };
         let out = node.step(local, input);
+        self.check_promises(i, local, &out, transfer_from.as_ref());
         self.apply(i, out);
+    }
+
+    /// Rule 1, checked at the step that decides a vote: is the voter free to
+    /// vote for that candidate? Promises count from the step that makes them;
+    /// one that a crash loses before its message leaves never existed.
+    fn check_promises(&mut self, i: usize, local: Nanos, out: &Outputs, transfer_from: Option<&NodeId>) {
+        let me = self.slots[i].id.clone();
+        for e in &out.events {
+            match e {
+                Event::ElectionStarted { transfer, .. } => {
+                    let from = if *transfer { transfer_from } else { None };
+                    self.checker.check_vote(self.now, i, &me, local, &me, from);
+                    self.checker.on_promise_decided(i, local, &me);
+                }
+                Event::TransferStarted { .. } => self.checker.on_abdicate(i, &me),
+                _ => {}
+            }
+        }
+        for m in out.send_now.iter().chain(&out.send_after_persist) {
+            match &m.body {
+                Body::VoteResponse { granted: true } => {
+                    self.checker.check_vote(self.now, i, &me, local, &m.to, transfer_from);
+                    self.checker.on_promise_decided(i, local, &m.to);
+                }
+                Body::HeartbeatAck { ok: true, .. } => self.checker.on_promise_decided(i, local, &m.to),
+                Body::Heartbeat { .. } => self.checker.on_promise_decided(i, local, &me),
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes every write of node `i` fail until true time `until`.
+    pub fn fail_disk(&mut self, i: usize, until: u64) {
+        self.slots[i].disk_fails_until = until;
+        self.note(Verbosity::Events, |w| format!("{} disk fails until {}", w.slots[i].id, fmt_ns(until)));
     }
 
     /// Carries out one step's outputs, in the order `Outputs` documents.
@@ -540,19 +602,20 @@ impl World {
                 crash_now = true;
             }
         }
+        let made_at = self.local_now(i);
         for m in out.send_now {
-            self.transmit(i, m);
+            self.transmit(i, m, made_at);
         }
         if !out.send_after_persist.is_empty() {
             if self.cfg.breakage.send_before_persist {
                 for m in out.send_after_persist {
-                    self.transmit(i, m);
+                    self.transmit(i, m, made_at);
                 }
             } else {
                 let Some(last) = self.slots[i].pending.back_mut() else {
                     panic!("core bug: send_after_persist with no persist outstanding");
                 };
-                last.msgs.extend(out.send_after_persist);
+                last.msgs.extend(out.send_after_persist.into_iter().map(|m| (m, made_at)));
             }
         }
         if let Some(view) = out.view {
@@ -587,14 +650,39 @@ impl World {
             return;
         }
         let Some(p) = self.slots[i].pending.pop_front() else { return };
+        if self.now < self.slots[i].disk_fails_until {
+            self.write_failed(i, p);
+            return;
+        }
         let lie = self.cfg.breakage.fsync_lies && self.rng.chance(0.5);
         if !lie {
             self.slots[i].disk = Some(p.state.clone());
         }
-        for m in p.msgs {
-            self.transmit(i, m);
+        for (m, made_at) in p.msgs {
+            self.transmit(i, m, made_at);
         }
         self.step(i, Input::Persisted(p.state));
+    }
+
+    /// A write failed: its messages are dropped, the node is told, and the
+    /// latest state is written again later (the contract on `Outputs`).
+    fn write_failed(&mut self, i: usize, failed: PendingPersist) {
+        let id = self.slots[i].id.clone();
+        let dropped = failed.msgs.len();
+        self.note(Verbosity::Events, |_| {
+            format!("{id} write of term={} failed, {dropped} messages dropped", failed.state.term)
+        });
+        if self.slots[i].pending.is_empty() {
+            if let Some(state) = self.slots[i].node.as_ref().map(|n| n.hard_state().clone()) {
+                self.slots[i].pending.push_back(PendingPersist { state, msgs: Vec::new() });
+                let retry = self.now + (self.cfg.heartbeat_interval.as_nanos() as u64 / 2).max(1);
+                let done = retry.max(self.slots[i].last_persist_done);
+                self.slots[i].last_persist_done = done;
+                let incarnation = self.slots[i].incarnation;
+                self.schedule(done, Ev::PersistDone { node: i, incarnation });
+            }
+        }
+        self.step(i, Input::PersistFailed);
     }
 
     fn on_view(&mut self, i: usize, view: LeaderView) {
