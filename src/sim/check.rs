@@ -71,6 +71,9 @@ pub struct LeaseRecord {
     pub token: Term,
     pub start: u64,
     pub end: u64,
+    /// The end on the holder's own clock; `end` follows it if the clock's
+    /// rate changes.
+    pub until_local: Nanos,
     /// The holder handed over (rule 8): only then may the lease end early.
     pub abdicated: bool,
 }
@@ -135,20 +138,25 @@ impl Checker {
                 *seen = tok;
             }
         }
-        match lease_end {
-            Some(end) if role == Role::Leader && end > t => self.lease_held(t, node, name, term, end),
+        match (lease_end, view.lease_until) {
+            (Some(end), Some(until)) if role == Role::Leader && end > t => {
+                self.lease_held(t, node, name, term, end, until)
+            }
             _ => self.lease_not_held(t, node),
         }
     }
 
-    fn lease_held(&mut self, t: u64, node: usize, name: &NodeId, token: Term, end: u64) {
+    fn lease_held(&mut self, t: u64, node: usize, name: &NodeId, token: Term, end: u64, until_local: Nanos) {
         let idx = match self.current.get(&node).copied() {
             // The same leadership, still running: move its end (a transfer
             // shortens it, a heartbeat round extends it).
             Some(i) if self.leases[i].token == token && self.leases[i].end > t => {
                 // Only a hand-over may shorten a lease; otherwise it only grows.
                 let r = &mut self.leases[i];
-                r.end = if r.abdicated { end } else { r.end.max(end) };
+                if r.abdicated || end > r.end {
+                    r.end = end;
+                    r.until_local = until_local;
+                }
                 i
             }
             _ => {
@@ -162,12 +170,28 @@ impl Checker {
                     }
                     self.highest_token_started = Some(self.highest_token_started.map_or(token, |h| h.max(token)));
                 }
-                self.leases.push(LeaseRecord { node, token, start: t, end, abdicated: false });
+                self.leases.push(LeaseRecord { node, token, start: t, end, until_local, abdicated: false });
                 self.leases.len() - 1
             }
         };
         self.current.insert(node, idx);
+        self.check_overlap(t, idx);
+    }
+
+    /// The rate of `node`'s clock changed at true time `t`: the leases it
+    /// holds or held end at another true time now.
+    pub fn on_clock_change(&mut self, t: u64, node: usize, to_true: impl Fn(Nanos) -> u64) {
+        let running: Vec<usize> =
+            (0..self.leases.len()).filter(|&i| self.leases[i].node == node && self.leases[i].end > t).collect();
+        for i in running {
+            self.leases[i].end = to_true(self.leases[i].until_local).max(t);
+            self.check_overlap(t, i);
+        }
+    }
+
+    fn check_overlap(&mut self, t: u64, idx: usize) {
         let me = self.leases[idx].clone();
+        let name = format!("node #{}", me.node);
         let clash = self.leases.iter().find(|o| o.token != me.token && o.start < me.end && me.start < o.end).cloned();
         if let Some(o) = clash {
             let detail = format!(
@@ -370,6 +394,23 @@ mod tests {
         c.on_view(100 * MS, 0, &view("n1", Role::Leader, 1), Some(100 * MS));
         c.on_view(105 * MS, 1, &view("n2", Role::Leader, 2), Some(1000 * MS));
         assert!(c.violations.is_empty(), "{:?}", c.violations);
+    }
+
+    #[test]
+    fn a_clock_that_slows_down_moves_the_lease_end_and_can_cause_an_overlap() {
+        let mut c = Checker::new(Duration::from_secs(1));
+        let mut v = view("n1", Role::Leader, 1);
+        v.lease_until = Some(Nanos(900 * MS));
+        c.on_view(0, 0, &v, Some(900 * MS));
+        c.on_view(950 * MS, 1, &view("n2", Role::Leader, 2), Some(1800 * MS));
+        assert!(c.violations.is_empty());
+        // n1's clock ran at half speed from 400ms: 900ms local is now 1400ms.
+        let mut c = Checker::new(Duration::from_secs(1));
+        c.on_view(0, 0, &v, Some(900 * MS));
+        c.on_clock_change(400 * MS, 0, |local| 400 * MS + 2 * (local.0 - 400 * MS));
+        assert_eq!(c.leases[0].end, 1400 * MS);
+        c.on_view(950 * MS, 1, &view("n2", Role::Leader, 2), Some(1800 * MS));
+        assert_eq!(c.violations[0].invariant, Invariant::LeaseExclusive);
     }
 
     #[test]

@@ -73,14 +73,7 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
     // lease for any drift bound the simulator accepts.
     let heartbeat_interval = lease_ttl / (4 + rng.below(8) as u32);
     let n = opts.nodes;
-    let drift_ppm = (opts.clock_drift * 1e6) as i64;
-    let clock_drift_ppm = (0..n)
-        .map(|_| match rng.below(3) {
-            0 => drift_ppm,
-            1 => -drift_ppm,
-            _ => rng.below(2 * drift_ppm as u64 + 1) as i64 - drift_ppm,
-        })
-        .collect();
+    let clock_drift_ppm = (0..n).map(|_| draw_drift_ppm(rng, opts.clock_drift)).collect();
     let clock_offset_ns = (0..n).map(|_| rng.below(10_000 * MS)).collect();
     let mut priorities: Vec<u32> = (0..n)
         .map(|_| match rng.below(10) {
@@ -133,6 +126,34 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
     Params { lease_ttl, cfg, fault_phase, liveness_bound }
 }
 
+/// A clock rate within `drift` of true time: a third of the time at each
+/// extreme (where the lease margin is tightest), else anywhere between.
+fn draw_drift_ppm(rng: &mut SplitMix64, drift: f64) -> i64 {
+    let ppm = (drift * 1e6) as i64;
+    match rng.below(3) {
+        0 => ppm,
+        1 => -ppm,
+        _ => rng.below(2 * ppm as u64 + 1) as i64 - ppm,
+    }
+}
+
+/// Each clock changes rate every U(lease_ttl/2, 5 lease_ttl), within the
+/// drift bound, for the whole run.
+fn schedule_clock_changes(world: &mut World, rng: &mut SplitMix64, ttl: u64, run_end: u64, drift: f64) {
+    for node in 0..world.nodes() {
+        let mut t = 0;
+        // Bounded: t grows by at least ttl/2 per change.
+        for _ in 0..100_000 {
+            t += ttl / 2 + rng.below(5 * ttl);
+            if t >= run_end {
+                break;
+            }
+            let ppm = draw_drift_ppm(rng, drift);
+            world.at(t, Box::new(move |w: &mut World| w.set_clock_rate(node, ppm)));
+        }
+    }
+}
+
 fn describe(p: &Params) -> String {
     let c = &p.cfg;
     format!(
@@ -162,6 +183,8 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     let mut world = World::new(p.cfg.clone());
     world.verbosity = opts.verbosity;
     schedule_faults(&mut world, &mut rng, ttl, p.fault_phase);
+    let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
+    schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
     let heal_at = p.fault_phase;
     let calm = NetConfig {
         min_delay: p.cfg.net.min_delay,

@@ -563,6 +563,17 @@ impl World {
         }
     }
 
+    /// From now on, node `i`'s clock runs at `drift_ppm` from true time.
+    pub fn set_clock_rate(&mut self, i: usize, drift_ppm: i64) {
+        self.slots[i].clock.set_rate(self.now, drift_ppm);
+        let clock = self.slots[i].clock.clone();
+        self.checker.on_clock_change(self.now, i, |local| clock.to_true(local));
+        // A pending timer fires at another true time now.
+        if let Some(wake) = self.slots[i].scheduled_wake.take() {
+            self.schedule_wake(i, wake);
+        }
+    }
+
     /// Makes every write of node `i` fail until true time `until`.
     pub fn fail_disk(&mut self, i: usize, until: u64) {
         self.slots[i].disk_fails_until = until;
