@@ -251,77 +251,83 @@ fn schedule_faults(world: &mut World, rng: &mut SplitMix64, ttl: u64, fault_phas
         }
         let span = 1 + rng.below(3 * ttl);
         let node = rng.below(n as u64) as usize;
-        let action: Action = match rng.below(16) {
-            0 | 1 => Box::new(move |w: &mut World| {
-                w.crash(node);
-                w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(node)));
-            }),
-            2..=4 => Box::new(move |w: &mut World| {
-                let target = w.leaseholder().unwrap_or(node);
-                w.crash(target);
-                w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(target)));
-            }),
-            5 | 6 => Box::new(move |w: &mut World| {
-                let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
-                w.pause(target);
-                w.at(w.now() + span, Box::new(move |w: &mut World| w.resume(target)));
-            }),
-            7 | 8 => Box::new(move |w: &mut World| {
-                for a in 0..w.nodes() {
-                    for b in 0..w.nodes() {
-                        if a != b && (a < n / 2) != (b < n / 2) {
-                            w.cut_link(a, b);
-                        }
-                    }
-                }
-                w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
-            }),
-            9 | 10 => Box::new(move |w: &mut World| {
-                let target = w.leaseholder().unwrap_or(node);
-                match w.rng().below(3) {
-                    0 => w.isolate(target),
-                    1 => (0..w.nodes()).filter(|&j| j != target).for_each(|j| w.cut_link(j, target)),
-                    _ => (0..w.nodes()).filter(|&j| j != target).for_each(|j| w.cut_link(target, j)),
-                }
-                w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
-            }),
-            11 => Box::new(move |w: &mut World| {
-                for _ in 0..n {
-                    let a = w.rng().below(n as u64) as usize;
-                    let b = w.rng().below(n as u64) as usize;
-                    if a != b {
+        let action = fault(rng.below(16), node, span, n);
+        world.at(t, action);
+    }
+}
+
+/// The fault menu: `kind` in 0..16 picks one (weights by repetition); `node`
+/// is a random node and `span` how long the fault lasts.
+fn fault(kind: u64, node: usize, span: u64, n: usize) -> Action {
+    match kind {
+        0 | 1 => Box::new(move |w: &mut World| {
+            w.crash(node);
+            w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(node)));
+        }),
+        2..=4 => Box::new(move |w: &mut World| {
+            let target = w.leaseholder().unwrap_or(node);
+            w.crash(target);
+            w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(target)));
+        }),
+        5 | 6 => Box::new(move |w: &mut World| {
+            let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
+            w.pause(target);
+            w.at(w.now() + span, Box::new(move |w: &mut World| w.resume(target)));
+        }),
+        7 | 8 => Box::new(move |w: &mut World| {
+            for a in 0..w.nodes() {
+                for b in 0..w.nodes() {
+                    if a != b && (a < n / 2) != (b < n / 2) {
                         w.cut_link(a, b);
                     }
                 }
-                w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
-            }),
-            12 => Box::new(move |w: &mut World| {
-                let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
-                w.set_health(target, false);
-                w.at(w.now() + span, Box::new(move |w: &mut World| w.set_health(target, true)));
-            }),
-            13 => Box::new(move |w: &mut World| {
-                let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
-                w.fail_disk(target, w.now() + span);
-            }),
-            14 => Box::new(move |w: &mut World| {
-                if let Some(l) = w.leaseholder() {
-                    let req = if w.rng().chance(0.5) {
-                        AdminRequest::StepDown
-                    } else {
-                        AdminRequest::TransferTo(NodeId::new(format!("n{}", node + 1)))
-                    };
-                    w.admin(l, req);
+            }
+            w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
+        }),
+        9 | 10 => Box::new(move |w: &mut World| {
+            let target = w.leaseholder().unwrap_or(node);
+            match w.rng().below(3) {
+                0 => w.isolate(target),
+                1 => (0..w.nodes()).filter(|&j| j != target).for_each(|j| w.cut_link(j, target)),
+                _ => (0..w.nodes()).filter(|&j| j != target).for_each(|j| w.cut_link(target, j)),
+            }
+            w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
+        }),
+        11 => Box::new(move |w: &mut World| {
+            for _ in 0..n {
+                let a = w.rng().below(n as u64) as usize;
+                let b = w.rng().below(n as u64) as usize;
+                if a != b {
+                    w.cut_link(a, b);
                 }
-            }),
-            _ => Box::new(move |w: &mut World| {
-                let loss = w.rng().below(300) as f64 / 1000.0;
-                let dup = w.rng().below(100) as f64 / 1000.0;
-                w.net.loss = loss;
-                w.net.duplicate = dup;
-            }),
-        };
-        world.at(t, action);
+            }
+            w.at(w.now() + span, Box::new(|w: &mut World| w.heal_links()));
+        }),
+        12 => Box::new(move |w: &mut World| {
+            let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
+            w.set_health(target, false);
+            w.at(w.now() + span, Box::new(move |w: &mut World| w.set_health(target, true)));
+        }),
+        13 => Box::new(move |w: &mut World| {
+            let target = if w.rng().chance(0.5) { w.leaseholder().unwrap_or(node) } else { node };
+            w.fail_disk(target, w.now() + span);
+        }),
+        14 => Box::new(move |w: &mut World| {
+            if let Some(l) = w.leaseholder() {
+                let req = if w.rng().chance(0.5) {
+                    AdminRequest::StepDown
+                } else {
+                    AdminRequest::TransferTo(NodeId::new(format!("n{}", node + 1)))
+                };
+                w.admin(l, req);
+            }
+        }),
+        _ => Box::new(move |w: &mut World| {
+            let loss = w.rng().below(300) as f64 / 1000.0;
+            let dup = w.rng().below(100) as f64 / 1000.0;
+            w.net.loss = loss;
+            w.net.duplicate = dup;
+        }),
     }
 }
 

@@ -3,15 +3,19 @@
 //! Only the `become_*` functions change the role. Every handler takes `now`
 //! and appends to `self.out`; [`Node::step`] returns what accumulated.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::Duration;
+
+mod leader;
+
+use leader::LeaderState;
 
 use super::lease::{self, quorum};
 use super::message::{Body, Envelope, RejectReason, PROTOCOL_VERSION};
 use super::rng::SplitMix64;
 use super::{
-    AdminError, AdminRequest, Config, ConfigError, Event, HardState, Input, LeaderView, Nanos, NodeId, Outputs,
-    Rejection, Role, StepDownReason, Term,
+    Config, ConfigError, Event, HardState, Input, LeaderView, Nanos, NodeId, Outputs, Rejection, Role, StepDownReason,
+    Term,
 };
 
 /// A promise (rule 1): not to vote for anyone but `to` before `until`.
@@ -25,37 +29,6 @@ struct Promise {
 struct KnownLeader {
     id: NodeId,
     address: String,
-}
-
-/// What the leader learns of a peer from its acks.
-#[derive(Clone, Debug)]
-struct PeerReport {
-    priority: u32,
-    healthy: bool,
-    healthy_since: Option<Nanos>,
-    last_ack_at: Nanos,
-    last_ack_round: u64,
-}
-
-#[derive(Clone, Debug)]
-struct Abdication {
-    deadline: Nanos,
-}
-
-#[derive(Clone, Debug)]
-struct LeaderState {
-    round: u64,
-    next_heartbeat: Nanos,
-    /// Send time of each recent round; round 0 is the VoteRequest.
-    sent: VecDeque<(u64, Nanos)>,
-    /// Highest round each peer has acknowledged in this term.
-    acked: BTreeMap<NodeId, u64>,
-    peers: BTreeMap<NodeId, PeerReport>,
-    lease_until: Nanos,
-    elected_at: Nanos,
-    /// Set once this leader has ended its lease for a hand-over; it never
-    /// holds a lease again in this term (rule 8).
-    abdicated: Option<Abdication>,
 }
 
 #[derive(Clone, Debug)]
@@ -370,42 +343,6 @@ impl Node {
         Body::HeartbeatAck { round, ok, priority: self.cfg.priority, healthy: self.healthy }
     }
 
-    fn on_heartbeat_ack(&mut self, now: Nanos, m: &Envelope, round: u64, ok: bool, priority: u32, healthy: bool) {
-        if m.term < self.hard.term {
-            self.reject(m, RejectReason::StaleTerm);
-            return;
-        }
-        let leader_lease = self.leader_lease;
-        let voters = self.cfg.voters.len();
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        if !ok || round > l.round {
-            return;
-        }
-        let report = l.peers.entry(m.from.clone()).or_insert(PeerReport {
-            priority,
-            healthy,
-            healthy_since: None,
-            last_ack_at: now,
-            last_ack_round: 0,
-        });
-        report.priority = priority;
-        report.healthy_since = match (healthy, report.healthy_since) {
-            (true, None) => Some(now),
-            (true, since) => since,
-            (false, _) => None,
-        };
-        report.healthy = healthy;
-        report.last_ack_at = now;
-        report.last_ack_round = report.last_ack_round.max(round);
-        let acked = l.acked.entry(m.from.clone()).or_insert(0);
-        *acked = (*acked).max(round);
-        if l.abdicated.is_none() {
-            extend_lease(l, voters, leader_lease);
-        }
-    }
-
     fn on_timeout_now(&mut self, now: Nanos, m: &Envelope) {
         if m.term < self.hard.term {
             self.reject(m, RejectReason::StaleTerm);
@@ -446,39 +383,6 @@ impl Node {
         self.healthy = healthy;
         if !healthy {
             self.maybe_transfer_away(now);
-        }
-    }
-
-    fn on_admin(&mut self, now: Nanos, req: AdminRequest) -> Result<(), AdminError> {
-        let leader_id = self.leader.as_ref().map(|l| l.id.clone());
-        let RoleState::Leader(l) = &self.role else {
-            return Err(AdminError::NotLeader(leader_id));
-        };
-        if l.abdicated.is_some() {
-            return Err(AdminError::TransferInProgress);
-        }
-        if now >= l.lease_until {
-            return Err(AdminError::NotLeader(None));
-        }
-        match req {
-            AdminRequest::StepDown => {
-                let target = self.best_peer(now, |_| true);
-                self.abdicate(now, target);
-                Ok(())
-            }
-            AdminRequest::TransferTo(target) => {
-                if target == self.cfg.node_id {
-                    return Err(AdminError::SelfTarget(target));
-                }
-                if !self.cfg.voters.contains(&target) {
-                    return Err(AdminError::UnknownPeer(target));
-                }
-                if self.best_peer(now, |p| *p == target).is_none() {
-                    return Err(AdminError::TargetIneligible(target));
-                }
-                self.abdicate(now, Some(target));
-                Ok(())
-            }
         }
     }
 
@@ -604,45 +508,6 @@ impl Node {
         self.become_leader(now, sent_at, acked);
     }
 
-    fn become_leader(&mut self, now: Nanos, vote_sent_at: Nanos, acked: BTreeMap<NodeId, u64>) {
-        let mut sent = VecDeque::new();
-        sent.push_back((0, vote_sent_at));
-        let mut state = LeaderState {
-            round: 0,
-            next_heartbeat: now,
-            sent,
-            acked,
-            peers: BTreeMap::new(),
-            lease_until: Nanos::ZERO,
-            elected_at: now,
-            abdicated: None,
-        };
-        // Rule 2: votes are acks of the VoteRequest's send time, so the lease
-        // starts at the moment of winning.
-        extend_lease(&mut state, self.cfg.voters.len(), self.leader_lease);
-        self.role = RoleState::Leader(Box::new(state));
-        self.leader = Some(KnownLeader { id: self.cfg.node_id.clone(), address: self.cfg.advertise.clone() });
-        self.out.events.push(Event::ElectionWon { term: self.hard.term });
-        self.broadcast_heartbeat(now);
-    }
-
-    /// Rule 8: end the lease now, never hold one again in this term, and ask
-    /// `target` to campaign at once.
-    fn abdicate(&mut self, now: Nanos, target: Option<NodeId>) {
-        let term = self.hard.term;
-        let deadline = now.plus(self.cfg.lease_ttl);
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        l.lease_until = l.lease_until.min(now);
-        l.abdicated = Some(Abdication { deadline });
-        self.out.events.push(Event::TransferStarted { term, to: target.clone() });
-        match target {
-            Some(to) => self.send(to, Body::TimeoutNow),
-            None => self.become_follower_after_abdication(now),
-        }
-    }
-
     fn adopt_term(&mut self, now: Nanos, term: Term) {
         let stepped_down = match &self.role {
             RoleState::Leader(l) if l.abdicated.is_some() => Some(StepDownReason::Transferred),
@@ -666,76 +531,6 @@ impl Node {
     }
 
     // ---- helpers ------------------------------------------------------
-
-    fn broadcast_heartbeat(&mut self, now: Nanos) {
-        let ttl = self.cfg.lease_ttl;
-        let interval = self.cfg.heartbeat_interval;
-        let voters = self.cfg.voters.len();
-        let leader_lease = self.leader_lease;
-        let RoleState::Leader(l) = &mut self.role else {
-            return;
-        };
-        l.round += 1;
-        l.next_heartbeat = now.plus(interval);
-        l.sent.push_back((l.round, now));
-        // Rounds sent more than a lease ago cannot extend the lease any more.
-        while l.sent.len() > 1 && l.sent[0].1.plus(ttl) < now {
-            l.sent.pop_front();
-        }
-        extend_lease(l, voters, leader_lease);
-        let round = l.round;
-        let me = self.cfg.node_id.clone();
-        // The leader's own ack of the round: it will not vote for anyone else
-        // for a lease_ttl from now.
-        self.promise_to(now, me);
-        let address = self.cfg.advertise.clone();
-        self.broadcast(|_| Body::Heartbeat { round, leader_address: address.clone() });
-    }
-
-    /// Rule 9: an unhealthy leader hands over to a healthy peer; a healthy
-    /// leader hands over to a peer of strictly higher priority that has been
-    /// healthy and in contact for a while, and only after a minimum tenure,
-    /// so that no flap loop can form.
-    fn maybe_transfer_away(&mut self, now: Nanos) {
-        let RoleState::Leader(l) = &self.role else {
-            return;
-        };
-        if l.abdicated.is_some() || now >= l.lease_until {
-            return;
-        }
-        let settle = self.cfg.lease_ttl * 2;
-        let target = if !self.healthy {
-            self.best_peer(now, |_| true)
-        } else if now.since(l.elected_at) >= settle {
-            let mine = self.cfg.priority;
-            let stable = |p: &PeerReport| p.healthy_since.is_some_and(|s| now.since(s) >= settle);
-            let higher: Vec<NodeId> =
-                l.peers.iter().filter(|(_, p)| p.priority > mine && stable(p)).map(|(id, _)| id.clone()).collect();
-            self.best_peer(now, |id| higher.contains(id))
-        } else {
-            None
-        };
-        if let Some(target) = target {
-            self.abdicate(now, Some(target));
-        }
-    }
-
-    /// The best transfer target among peers passing `filter`: eligible
-    /// (priority > 0, healthy, acked within two heartbeats), then highest
-    /// priority, then most recent round, then lowest id.
-    fn best_peer(&self, now: Nanos, filter: impl Fn(&NodeId) -> bool) -> Option<NodeId> {
-        let RoleState::Leader(l) = &self.role else {
-            return None;
-        };
-        let recent = self.cfg.heartbeat_interval * 2;
-        l.peers
-            .iter()
-            .filter(|(id, p)| filter(id) && p.priority > 0 && p.healthy && now.since(p.last_ack_at) <= recent)
-            .max_by(|(a_id, a), (b_id, b)| {
-                (a.priority, a.last_ack_round).cmp(&(b.priority, b.last_ack_round)).then(b_id.cmp(a_id))
-            })
-            .map(|(id, _)| id.clone())
-    }
 
     /// May this node vote (or pre-vote) for `candidate` in `term`? Rule 1 and
     /// rule 7, with rule 8's single exception: a transfer vote whose
@@ -828,18 +623,5 @@ impl Node {
     /// short enough that a won election still leaves most of a lease.
     fn campaign_timeout(&self) -> Duration {
         self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2).min(self.leader_lease)
-    }
-}
-
-/// Extends the lease to the send time of the highest round a majority has
-/// acked plus the leader lease (rule 2). Never shortens it.
-fn extend_lease(l: &mut LeaderState, voters: usize, leader_lease: Duration) {
-    let mut rounds: Vec<u64> = l.acked.values().copied().collect();
-    rounds.push(l.round);
-    let Some(q) = lease::quorum_round(rounds, voters) else {
-        return;
-    };
-    if let Some(&(_, sent_at)) = l.sent.iter().find(|(r, _)| *r == q) {
-        l.lease_until = l.lease_until.max(sent_at.plus(leader_lease));
     }
 }
