@@ -3,7 +3,7 @@
 //! each node's clock) and the messages they put on the wire. Every check runs
 //! at the event that could break it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use std::time::Duration;
@@ -78,6 +78,14 @@ pub struct LeaseRecord {
     pub abdicated: bool,
 }
 
+/// A promise (rule 1) as the checker tracks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Promise {
+    pub at: Nanos,
+    pub to: NodeId,
+    pub term: Term,
+}
+
 #[derive(Debug, Default)]
 pub struct Checker {
     leader_of_term: BTreeMap<Term, usize>,
@@ -88,11 +96,14 @@ pub struct Checker {
     token_seen: BTreeMap<usize, Term>,
     term_sent: BTreeMap<usize, Term>,
     votes: BTreeMap<(usize, Term), NodeId>,
-    /// Each node's latest promise that left it: its local time and to whom.
-    promises: BTreeMap<usize, (Nanos, NodeId)>,
+    /// Each node's latest promise that left it: its local time, to whom, and
+    /// the term it was made in.
+    promises: BTreeMap<usize, Promise>,
     /// Each node's latest promise decided but not yet on the wire (waiting
     /// for a write); a crash discards it.
-    tentative: BTreeMap<usize, (Nanos, NodeId)>,
+    tentative: BTreeMap<usize, Promise>,
+    /// Leaders that handed over, and the term they handed over in.
+    abdications: BTreeSet<(NodeId, Term)>,
     lease_ttl: Duration,
     pub violations: Vec<Violation>,
 }
@@ -153,7 +164,7 @@ impl Checker {
             Some(i) if self.leases[i].token == token && self.leases[i].end > t => {
                 // Only a hand-over may shorten a lease; otherwise it only grows.
                 let r = &mut self.leases[i];
-                if r.abdicated || end > r.end {
+                if r.abdicated || end >= r.end {
                     r.end = end;
                     r.until_local = until_local;
                 }
@@ -221,29 +232,30 @@ impl Checker {
         }
     }
 
-    /// The node ended its lease to hand over (rule 8). Its promise to itself
-    /// protected only that lease, so it ends too.
-    pub fn on_abdicate(&mut self, node: usize, name: &NodeId) {
+    /// The node ended its lease of `term` to hand over (rule 8). Its
+    /// promise to itself protected only that lease, so it ends too.
+    pub fn on_abdicate(&mut self, node: usize, name: &NodeId, term: Term) {
         if let Some(&i) = self.current.get(&node) {
             self.leases[i].abdicated = true;
         }
-        if self.promises.get(&node).is_some_and(|(_, to)| to == name) {
+        self.abdications.insert((name.clone(), term));
+        if self.promises.get(&node).is_some_and(|p| p.to == *name) {
             self.promises.remove(&node);
         }
-        if self.tentative.get(&node).is_some_and(|(_, to)| to == name) {
+        if self.tentative.get(&node).is_some_and(|p| p.to == *name) {
             self.tentative.remove(&node);
         }
     }
 
-    /// The node decided a promise at its local time `local`.
-    pub fn on_promise_decided(&mut self, node: usize, local: Nanos, to: &NodeId) {
-        self.tentative.insert(node, (local, to.clone()));
+    /// The node decided a promise at its local time `local`, in `term`.
+    pub fn on_promise_decided(&mut self, node: usize, local: Nanos, to: &NodeId, term: Term) {
+        self.tentative.insert(node, Promise { at: local, to: to.clone(), term });
     }
 
     /// The node's latest promise, decided or sent.
-    fn latest_promise(&self, node: usize) -> Option<(Nanos, NodeId)> {
+    fn latest_promise(&self, node: usize) -> Option<Promise> {
         match (self.promises.get(&node), self.tentative.get(&node)) {
-            (Some(p), Some(t)) => Some(if t.0 >= p.0 { t.clone() } else { p.clone() }),
+            (Some(p), Some(t)) => Some(if t.at >= p.at { t.clone() } else { p.clone() }),
             (p, t) => p.or(t).cloned(),
         }
     }
@@ -251,13 +263,13 @@ impl Checker {
     /// A message carrying a promise left the node: an ok ack or a vote (to
     /// its addressee), a VoteRequest or heartbeat (to itself). `local` is the
     /// node's local time at the step that made the promise.
-    pub fn on_promise(&mut self, node: usize, local: Nanos, to: &NodeId) {
-        if self.promises.get(&node).is_none_or(|(at, _)| *at <= local) {
-            self.promises.insert(node, (local, to.clone()));
+    pub fn on_promise(&mut self, node: usize, local: Nanos, to: &NodeId, term: Term) {
+        if self.promises.get(&node).is_none_or(|p| p.at <= local) {
+            self.promises.insert(node, Promise { at: local, to: to.clone(), term });
         }
         // The decided promise is on the wire now, unless a later decision
         // replaced it.
-        if self.tentative.get(&node).is_some_and(|(at, t)| *at == local && t == to) {
+        if self.tentative.get(&node).is_some_and(|p| p.at == local && p.to == *to && p.term == term) {
             self.tentative.remove(&node);
         }
     }
@@ -275,27 +287,23 @@ impl Checker {
         candidate: &NodeId,
         transfer_from: Option<&NodeId>,
     ) {
-        if let Some((at, to)) = self.latest_promise(node) {
-            let still_bound = local < at.plus(self.lease_ttl);
-            // A promise to itself protects only its own lease: once no lease
-            // of this node runs any more (cached deadlines included), it binds
-            // nothing.
-            let own_lease_over = to == *name && !self.leases.iter().any(|r| r.node == node && r.end > t);
-            if transfer_from == Some(&to) {
-                // A transfer from the promised leader proves it abdicated: the
-                // promise protects nothing any more (rule 8).
-                self.promises.remove(&node);
-                self.tentative.remove(&node);
-                return;
-            }
-            if to != *candidate && still_bound && !own_lease_over {
-                let detail = format!(
-                    "node #{node} voted for {candidate} {:?} after promising {to} (lease_ttl {:?})",
-                    local.since(at),
-                    self.lease_ttl
-                );
-                self.violate(t, Invariant::PromiseKept, detail);
-            }
+        let Some(p) = self.latest_promise(node) else { return };
+        // Rule 8: a transfer vote from the promised leader, which the checker
+        // saw hand over in the very term of the promise.
+        if transfer_from == Some(&p.to) && self.abdications.contains(&(p.to.clone(), p.term)) {
+            self.promises.remove(&node);
+            self.tentative.remove(&node);
+            return;
+        }
+        if p.to != *candidate && local < p.at.plus(self.lease_ttl) {
+            let detail = format!(
+                "{name} voted for {candidate} {:?} after promising {} in term {} (lease_ttl {:?})",
+                local.since(p.at),
+                p.to,
+                p.term,
+                self.lease_ttl
+            );
+            self.violate(t, Invariant::PromiseKept, detail);
         }
     }
 
@@ -390,7 +398,7 @@ mod tests {
 
         let mut c = Checker::new(Duration::from_secs(1));
         c.on_view(0, 0, &view("n1", Role::Leader, 1), Some(900 * MS));
-        c.on_abdicate(0, &NodeId::new("n1"));
+        c.on_abdicate(0, &NodeId::new("n1"), Term(1));
         c.on_view(100 * MS, 0, &view("n1", Role::Leader, 1), Some(100 * MS));
         c.on_view(105 * MS, 1, &view("n2", Role::Leader, 2), Some(1000 * MS));
         assert!(c.violations.is_empty(), "{:?}", c.violations);
@@ -426,16 +434,19 @@ mod tests {
     fn voting_for_another_while_promised_is_a_violation_unless_it_is_a_transfer() {
         let (n1, n2, n3) = (NodeId::new("n1"), NodeId::new("n2"), NodeId::new("n3"));
         let mut c = Checker::new(Duration::from_secs(1));
-        c.on_promise(2, Nanos(100 * MS), &n1);
+        c.on_promise(2, Nanos(100 * MS), &n1, Term(1));
         c.check_vote(0, 2, &n3, Nanos(900 * MS), &n1, None);
         assert!(c.violations.is_empty(), "voting for the promised node is allowed");
         c.check_vote(0, 2, &n3, Nanos(1_200 * MS), &n2, None);
         assert!(c.violations.is_empty(), "the promise has expired");
-        c.on_promise(2, Nanos(2_000 * MS), &n1);
+        c.on_promise(2, Nanos(2_000 * MS), &n1, Term(4));
+        c.on_abdicate(0, &n1, Term(4));
         c.check_vote(0, 2, &n3, Nanos(2_500 * MS), &n2, Some(&n1));
-        assert!(c.violations.is_empty(), "a transfer vote from the promised leader is allowed");
-        c.on_promise(2, Nanos(3_000 * MS), &n1);
-        c.check_vote(7, 2, &n3, Nanos(3_500 * MS), &n2, None);
+        assert!(c.violations.is_empty(), "a transfer vote after n1 handed over in term 4 is allowed");
+        // A transfer claimed from a leader that never handed over in the
+        // term of the promise is no excuse.
+        c.on_promise(2, Nanos(3_000 * MS), &n1, Term(6));
+        c.check_vote(7, 2, &n3, Nanos(3_500 * MS), &n2, Some(&n1));
         assert_eq!(c.violations[0].invariant, Invariant::PromiseKept);
     }
 
@@ -443,11 +454,11 @@ mod tests {
     fn a_promise_lost_in_a_crash_before_it_left_binds_nothing() {
         let (n1, n2, n3) = (NodeId::new("n1"), NodeId::new("n2"), NodeId::new("n3"));
         let mut c = Checker::new(Duration::from_secs(1));
-        c.on_promise_decided(2, Nanos(100 * MS), &n1);
+        c.on_promise_decided(2, Nanos(100 * MS), &n1, Term(1));
         c.on_crash(2);
         c.check_vote(0, 2, &n3, Nanos(200 * MS), &n2, None);
         assert!(c.violations.is_empty());
-        c.on_promise_decided(2, Nanos(300 * MS), &n1);
+        c.on_promise_decided(2, Nanos(300 * MS), &n1, Term(1));
         c.check_vote(0, 2, &n3, Nanos(400 * MS), &n2, None);
         assert_eq!(c.violations[0].invariant, Invariant::PromiseKept, "a decided promise binds before it is sent");
     }

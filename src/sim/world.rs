@@ -476,10 +476,12 @@ impl World {
         self.checker.on_send(self.now, from, &msg);
         match &msg.body {
             Body::VoteResponse { granted: true } | Body::HeartbeatAck { ok: true, .. } => {
-                self.checker.on_promise(from, made_at, &msg.to)
+                self.checker.on_promise(from, made_at, &msg.to, msg.term)
             }
             // A campaign or a heartbeat round is a promise to itself.
-            Body::VoteRequest { .. } | Body::Heartbeat { .. } => self.checker.on_promise(from, made_at, &msg.from),
+            Body::VoteRequest { .. } | Body::Heartbeat { .. } => {
+                self.checker.on_promise(from, made_at, &msg.from, msg.term)
+            }
             _ => {}
         }
         let Some(to) = self.index_of(msg.to.as_str()) else { return };
@@ -541,12 +543,12 @@ impl World {
         let me = self.slots[i].id.clone();
         for e in &out.events {
             match e {
-                Event::ElectionStarted { transfer, .. } => {
+                Event::ElectionStarted { transfer, term } => {
                     let from = if *transfer { transfer_from } else { None };
                     self.checker.check_vote(self.now, i, &me, local, &me, from);
-                    self.checker.on_promise_decided(i, local, &me);
+                    self.checker.on_promise_decided(i, local, &me, *term);
                 }
-                Event::TransferStarted { .. } => self.checker.on_abdicate(i, &me),
+                Event::TransferStarted { term, .. } => self.checker.on_abdicate(i, &me, *term),
                 _ => {}
             }
         }
@@ -554,10 +556,10 @@ impl World {
             match &m.body {
                 Body::VoteResponse { granted: true } => {
                     self.checker.check_vote(self.now, i, &me, local, &m.to, transfer_from);
-                    self.checker.on_promise_decided(i, local, &m.to);
+                    self.checker.on_promise_decided(i, local, &m.to, m.term);
                 }
-                Body::HeartbeatAck { ok: true, .. } => self.checker.on_promise_decided(i, local, &m.to),
-                Body::Heartbeat { .. } => self.checker.on_promise_decided(i, local, &me),
+                Body::HeartbeatAck { ok: true, .. } => self.checker.on_promise_decided(i, local, &m.to, m.term),
+                Body::Heartbeat { .. } => self.checker.on_promise_decided(i, local, &me, m.term),
                 _ => {}
             }
         }

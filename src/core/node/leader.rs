@@ -135,6 +135,7 @@ impl Node {
         // starts at the moment of winning.
         extend_lease(&mut state, self.cfg.voters.len(), self.leader_lease);
         self.role = RoleState::Leader(Box::new(state));
+        self.lost_elections = 0;
         self.leader = Some(KnownLeader { id: self.cfg.node_id.clone(), address: self.cfg.advertise.clone() });
         self.out.events.push(Event::ElectionWon { term: self.hard.term });
         self.broadcast_heartbeat(now);

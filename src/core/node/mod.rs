@@ -61,6 +61,11 @@ pub struct Node {
     /// then: an application may have cached that deadline, and a new token
     /// of its own must not overlap it.
     own_lease_until: Nanos,
+    /// Elections lost in a row (split votes); widens the jitter.
+    lost_elections: u32,
+    /// The pre-vote this node granted last: for which term, to whom, and
+    /// until when it endorses no one else for that term.
+    pre_vote_hold: Option<(Term, NodeId, Nanos)>,
     last_now: Nanos,
     published: Option<LeaderView>,
     out: Outputs,
@@ -90,6 +95,8 @@ impl Node {
             boot_promise_until,
             election_due: Nanos::ZERO,
             own_lease_until: Nanos::ZERO,
+            lost_elections: 0,
+            pre_vote_hold: None,
             last_now: now,
             published: None,
             out: Outputs::default(),
@@ -246,9 +253,23 @@ impl Node {
     fn on_pre_vote_request(&mut self, now: Nanos, m: &Envelope, next_term: Term) {
         // Rule 4: granted only if the voter's promise has expired (or is to
         // this very candidate) and the candidate's term would not be stale.
-        let granted =
-            next_term > self.hard.term && m.term < next_term && self.may_vote_for(now, &m.from, None, next_term);
+        let granted = next_term > self.hard.term
+            && m.term < next_term
+            && self.may_vote_for(now, &m.from, None, next_term)
+            && !self.pre_vote_held_for_another(now, &m.from, next_term);
+        if granted {
+            self.pre_vote_hold = Some((next_term, m.from.clone(), now.plus(self.cfg.heartbeat_interval)));
+        }
         self.send(m.from.clone(), Body::PreVoteResponse { next_term, granted });
+    }
+
+    /// Liveness only (pre-votes bind nothing): for one heartbeat interval
+    /// after granting a pre-vote for a term, a node endorses no other
+    /// candidate for that term. Otherwise every pre-candidate that asks
+    /// within a round trip of the promises expiring wins its pre-vote, and
+    /// they split the real vote.
+    fn pre_vote_held_for_another(&self, now: Nanos, candidate: &NodeId, next_term: Term) -> bool {
+        self.pre_vote_hold.as_ref().is_some_and(|(t, c, until)| *t >= next_term && c != candidate && now < *until)
     }
 
     fn on_pre_vote_response(&mut self, now: Nanos, m: &Envelope, next_term: Term, granted: bool) {
@@ -335,6 +356,7 @@ impl Node {
             self.become_follower(now);
         }
         self.leader = Some(KnownLeader { id: m.from.clone(), address: leader_address });
+        self.lost_elections = 0;
         self.promise_to(now, m.from.clone());
         self.send(m.from.clone(), self.ack_body(round, true));
     }
@@ -348,12 +370,17 @@ impl Node {
             self.reject(m, RejectReason::StaleTerm);
             return;
         }
-        // Only from the leader this node follows in this very term.
+        // Only from the leader this node follows in this very term, and only
+        // if its promise is still to that leader (or has expired): a vote
+        // granted to another candidate since is a promise too.
         let from_leader = self.leader.as_ref().is_some_and(|l| l.id == m.from) && m.term == self.hard.term;
+        let promise_allows = now >= self.promise.until || self.promise.to.as_ref() == Some(&m.from);
         if from_leader
+            && promise_allows
             && self.is_eligible()
             && self.has_next_term()
             && now >= self.boot_promise_until
+            && now >= self.own_lease_until
             && self.storage_ok
         {
             self.become_candidate(now, Some(m.from.clone()));
@@ -412,6 +439,7 @@ impl Node {
             RoleState::Candidate { deadline, .. } => {
                 if now >= *deadline {
                     self.out.events.push(Event::ElectionLost { term: self.hard.term });
+                    self.lost_elections = self.lost_elections.saturating_add(1);
                     self.become_follower(now);
                 }
             }
@@ -608,8 +636,11 @@ impl Node {
 
     /// Election jitter: a fraction of the heartbeat interval, smaller for
     /// higher priority, so that the preferred node usually campaigns first.
+    /// After split votes it widens (x2 per election lost in a row, up to x8),
+    /// so that candidates whose promises expire together stop colliding.
     fn jitter(&mut self) -> Duration {
-        let span = self.cfg.heartbeat_interval.as_nanos() / u128::from(self.cfg.priority.max(1));
+        let widen = 1u128 << self.lost_elections.min(3);
+        let span = widen * self.cfg.heartbeat_interval.as_nanos() / u128::from(self.cfg.priority.max(1));
         Duration::from_nanos(self.rng.below(u64::try_from(span).unwrap_or(u64::MAX)))
     }
 
