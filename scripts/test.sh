@@ -26,7 +26,7 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test (unit, scenario scripts, simulator: 3000 seeds and negative controls)"
+step "cargo test (unit, scenario scripts, simulator: 3500 seeds and negative controls)"
 cargo test --locked --all-targets
 
 step "all checks passed"

@@ -33,6 +33,13 @@ fn one_thousand_seeds_of_five_nodes_hold_every_invariant() {
     assert_clean(5, 1..1001);
 }
 
+/// Even-sized groups need three of four votes: the hardest case for split
+/// votes.
+#[test]
+fn five_hundred_seeds_of_four_nodes_hold_every_invariant() {
+    assert_clean(4, 300_000..300_500);
+}
+
 /// Runs seeds until one breaks a safety invariant; returns what it broke.
 fn first_safety_violation(opts: &SeedOptions, seeds: u64) -> Option<(u64, Vec<Invariant>)> {
     (1..=seeds).find_map(|seed| {
