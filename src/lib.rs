@@ -4,6 +4,10 @@
 //! - [`core`]: the consensus state machine (election, leases, promises,
 //!   transfer). Pure and deterministic: no clocks, sockets, files, threads or
 //!   unseeded randomness; time is an argument. Enforced by clippy.
+//! - [`storage`]: the durable state file (term, vote, identity): atomic
+//!   replacement with fsync, checksums, refusal of foreign or damaged files.
+//!   Must not decide protocol matters, and never rewrites a file it could not
+//!   read.
 //! - [`sim`]: the deterministic simulator that drives many `core::Node`s over a
 //!   simulated network, disk and clocks, and checks the safety invariants
 //!   against true simulated time. Test tooling; uses no real IO either.
@@ -11,3 +15,4 @@
 
 pub mod core;
 pub mod sim;
+pub mod storage;

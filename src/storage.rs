@@ -1,0 +1,360 @@
+//! Durable state: the node's `(term, voted_for)` with its identity (cluster,
+//! node, voters), in one versioned, checksummed file under `--data-dir`.
+//!
+//! Owns: the file format, atomic replacement (write a temporary file, fsync
+//! it, rename it over the state file, fsync the directory) and the checks at
+//! start-up. Must not: decide anything about the protocol, or ever replace or
+//! delete a file it could not read: a corrupt or foreign state file stops
+//! start-up and is left exactly as it was, because silently starting from
+//! term 0 could let this node vote twice in a term.
+//!
+//! Format (text, so that an operator can read it):
+//!
+//! ```text
+//! leasehold-state 1
+//! {"cluster_id":"pg","node_id":"a","voters":["a","b","c"],"term":7,"voted_for":"b"}
+//! crc32 8c1a5b2e
+//! ```
+//!
+//! The CRC-32 covers the JSON line's bytes exactly.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{HardState, NodeId, Term};
+
+const MAGIC: &str = "leasehold-state 1";
+const FILE_NAME: &str = "state";
+const TMP_NAME: &str = "state.tmp";
+/// A state file is a few hundred bytes; anything much larger is not ours.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// Who this state belongs to. A file written for another cluster, another
+/// node or another set of voters must not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+    pub voters: BTreeSet<NodeId>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("--data-dir {path}: {op} failed: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "state file {path} is corrupt ({reason}); it was left untouched. Restore it from a backup; \
+         removing it is safe only if this node's vote may be forgotten (see docs/operations.md)"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("state file {path} belongs to cluster {found:?}, not --cluster-id {expected:?}; it was left untouched")]
+    WrongCluster { path: PathBuf, found: String, expected: String },
+    #[error("state file {path} belongs to node {found:?}, not --node-id {expected:?}; it was left untouched")]
+    WrongNode { path: PathBuf, found: String, expected: String },
+    #[error(
+        "state file {path} was written for voters {found}, but --peers names {expected}; changing membership \
+         by restarting nodes can elect two leaders: read docs/operations.md, then pass --accept-new-membership"
+    )]
+    MembershipChanged { path: PathBuf, found: String, expected: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Body {
+    cluster_id: String,
+    node_id: String,
+    voters: Vec<String>,
+    term: u64,
+    voted_for: Option<String>,
+}
+
+/// The state file of one node.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    dir: PathBuf,
+    path: PathBuf,
+    tmp: PathBuf,
+}
+
+impl StateFile {
+    /// Uses (and creates if needed) `data_dir`. Fails if it cannot be created
+    /// or is not a directory.
+    pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        let io = |op, source| StorageError::Io { path: data_dir.to_path_buf(), op, source };
+        fs::create_dir_all(data_dir).map_err(|e| io("create directory", e))?;
+        let meta = fs::metadata(data_dir).map_err(|e| io("stat", e))?;
+        if !meta.is_dir() {
+            return Err(io("open", io::Error::other("not a directory")));
+        }
+        Ok(StateFile { dir: data_dir.to_path_buf(), path: data_dir.join(FILE_NAME), tmp: data_dir.join(TMP_NAME) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the state. `None` if there is no state file (a new node).
+    /// A file for another cluster or node, or a different set of voters
+    /// (unless `accept_new_membership`), is refused and left untouched.
+    pub fn load(&self, expect: &Identity, accept_new_membership: bool) -> Result<Option<HardState>, StorageError> {
+        let bytes = match read_limited(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::Io { path: self.path.clone(), op: "read", source: e }),
+        };
+        let body = decode(&bytes).map_err(|reason| StorageError::Corrupt { path: self.path.clone(), reason })?;
+        if body.cluster_id != expect.cluster_id {
+            return Err(StorageError::WrongCluster {
+                path: self.path.clone(),
+                found: body.cluster_id,
+                expected: expect.cluster_id.clone(),
+            });
+        }
+        if body.node_id != expect.node_id.as_str() {
+            return Err(StorageError::WrongNode {
+                path: self.path.clone(),
+                found: body.node_id,
+                expected: expect.node_id.to_string(),
+            });
+        }
+        let found: BTreeSet<NodeId> = body.voters.iter().map(NodeId::new).collect();
+        if found != expect.voters && !accept_new_membership {
+            return Err(StorageError::MembershipChanged {
+                path: self.path.clone(),
+                found: join(&found),
+                expected: join(&expect.voters),
+            });
+        }
+        Ok(Some(HardState { term: Term(body.term), voted_for: body.voted_for.map(NodeId::new) }))
+    }
+
+    /// Writes `hs` durably and atomically. Returns the time spent in fsync
+    /// (file and directory), for `leasehold_fsync_seconds`. On error the
+    /// previous state file is intact.
+    pub fn store(&self, identity: &Identity, hs: &HardState) -> Result<Duration, StorageError> {
+        let bytes = encode(identity, hs);
+        let io = |path: &Path, op, source| StorageError::Io { path: path.to_path_buf(), op, source };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.tmp)
+            .map_err(|e| io(&self.tmp, "create", e))?;
+        f.write_all(&bytes).map_err(|e| io(&self.tmp, "write", e))?;
+        let started = Instant::now();
+        f.sync_all().map_err(|e| io(&self.tmp, "fsync", e))?;
+        let mut synced = started.elapsed();
+        drop(f);
+        fs::rename(&self.tmp, &self.path).map_err(|e| io(&self.path, "rename", e))?;
+        let dir = File::open(&self.dir).map_err(|e| io(&self.dir, "open directory", e))?;
+        let started = Instant::now();
+        dir.sync_all().map_err(|e| io(&self.dir, "fsync directory", e))?;
+        synced += started.elapsed();
+        Ok(synced)
+    }
+}
+
+fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
+    let meta = fs::metadata(path)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} bytes is too large", meta.len())));
+    }
+    fs::read(path)
+}
+
+fn join(ids: &BTreeSet<NodeId>) -> String {
+    ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
+    let body = Body {
+        cluster_id: identity.cluster_id.clone(),
+        node_id: identity.node_id.to_string(),
+        voters: identity.voters.iter().map(|v| v.to_string()).collect(),
+        term: hs.term.0,
+        voted_for: hs.voted_for.as_ref().map(|v| v.to_string()),
+    };
+    // Serialising plain strings and numbers cannot fail.
+    let json = serde_json::to_string(&body).unwrap_or_default();
+    format!("{MAGIC}\n{json}\ncrc32 {:08x}\n", crc32(json.as_bytes())).into_bytes()
+}
+
+/// Parses a state file. Never panics, whatever the bytes.
+fn decode(bytes: &[u8]) -> Result<Body, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let mut lines = text.split('\n');
+    let magic = lines.next().unwrap_or_default();
+    if magic != MAGIC {
+        return Err(format!("first line is {magic:?}, expected {MAGIC:?}"));
+    }
+    let json = lines.next().ok_or("truncated: no state line")?;
+    let sum_line = lines.next().ok_or("truncated: no checksum line")?;
+    let sum_hex = sum_line.strip_prefix("crc32 ").ok_or("truncated or malformed checksum line")?;
+    let sum = u32::from_str_radix(sum_hex, 16).map_err(|_| format!("malformed checksum {sum_hex:?}"))?;
+    if lines.next() != Some("") || lines.next().is_some() {
+        return Err("unexpected data after the checksum line".into());
+    }
+    let actual = crc32(json.as_bytes());
+    if actual != sum {
+        return Err(format!("checksum mismatch: file says {sum:08x}, content has {actual:08x}"));
+    }
+    serde_json::from_str(json).map_err(|e| format!("bad state line: {e}"))
+}
+
+/// CRC-32 (IEEE 802.3, reflected), as used by zlib and gzip.
+fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in data {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new() -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "leasehold-storage-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&p);
+            TempDir(p)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            cluster_id: "pg".into(),
+            node_id: NodeId::new("a"),
+            voters: ["a", "b", "c"].into_iter().map(NodeId::new).collect(),
+        }
+    }
+
+    fn hs(term: u64, vote: Option<&str>) -> HardState {
+        HardState { term: Term(term), voted_for: vote.map(NodeId::new) }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_value() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn a_missing_file_is_a_new_node_and_a_stored_state_reads_back() {
+        let d = TempDir::new();
+        let f = StateFile::open(&d.0.join("nested/dir")).expect("open");
+        assert_eq!(f.load(&identity(), false).expect("load"), None);
+        f.store(&identity(), &hs(7, Some("b"))).expect("store");
+        assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(7, Some("b"))));
+        f.store(&identity(), &hs(8, None)).expect("store again");
+        assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(8, None)));
+        assert!(!d.0.join("nested/dir/state.tmp").exists(), "the temporary file was renamed away");
+    }
+
+    #[test]
+    fn every_damaged_file_is_refused_and_left_untouched() {
+        let d = TempDir::new();
+        let f = StateFile::open(&d.0).expect("open");
+        f.store(&identity(), &hs(7, Some("b"))).expect("store");
+        let good = fs::read(f.path()).expect("read");
+        let mut damaged: Vec<(String, Vec<u8>)> = Vec::new();
+        for cut in [0, 5, good.len() / 2, good.len() - 3, good.len() - 1] {
+            damaged.push((format!("truncated at {cut}"), good[..cut].to_vec()));
+        }
+        for i in [0, 20, 40, good.len() - 4] {
+            let mut b = good.clone();
+            b[i] ^= 0x01;
+            damaged.push((format!("bit flipped at {i}"), b));
+        }
+        let mut extra = good.clone();
+        extra.extend_from_slice(b"garbage");
+        damaged.push(("trailing garbage".into(), extra));
+        damaged.push(("not utf-8".into(), vec![0xff, 0xfe, 0x00]));
+        damaged.push(("too large".into(), vec![b'x'; 100_000]));
+        for (what, bytes) in damaged {
+            fs::write(f.path(), &bytes).expect("write damaged file");
+            match f.load(&identity(), false) {
+                Err(StorageError::Corrupt { .. }) | Err(StorageError::Io { .. }) => {}
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+            assert_eq!(fs::read(f.path()).expect("read"), bytes, "{what}: file must be left untouched");
+        }
+    }
+
+    #[test]
+    fn a_file_of_another_cluster_node_or_membership_is_refused() {
+        let d = TempDir::new();
+        let f = StateFile::open(&d.0).expect("open");
+        f.store(&identity(), &hs(3, None)).expect("store");
+        let mut other = identity();
+        other.cluster_id = "mysql".into();
+        assert!(matches!(f.load(&other, false), Err(StorageError::WrongCluster { .. })));
+        let mut other = identity();
+        other.node_id = NodeId::new("b");
+        assert!(matches!(f.load(&other, false), Err(StorageError::WrongNode { .. })));
+        let mut other = identity();
+        other.voters.insert(NodeId::new("d"));
+        let err = f.load(&other, false).expect_err("membership changed");
+        assert!(err.to_string().contains("--accept-new-membership"), "{err}");
+        assert_eq!(f.load(&other, true).expect("accepted"), Some(hs(3, None)));
+    }
+
+    #[test]
+    fn a_data_dir_that_is_a_file_is_refused() {
+        let d = TempDir::new();
+        fs::create_dir_all(&d.0).expect("mkdir");
+        let file = d.0.join("plain-file");
+        fs::write(&file, b"x").expect("write");
+        let err = StateFile::open(&file).expect_err("not a directory");
+        assert!(err.to_string().starts_with("--data-dir"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_state_intact() {
+        let d = TempDir::new();
+        let f = StateFile::open(&d.0).expect("open");
+        f.store(&identity(), &hs(4, Some("a"))).expect("store");
+        // Make the temporary file's path a directory: the write fails.
+        fs::create_dir_all(d.0.join(TMP_NAME)).expect("mkdir");
+        assert!(matches!(f.store(&identity(), &hs(5, None)), Err(StorageError::Io { .. })));
+        assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(4, Some("a"))));
+    }
+}
