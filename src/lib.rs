@@ -4,6 +4,9 @@
 //! - [`core`]: the consensus state machine (election, leases, promises,
 //!   transfer). Pure and deterministic: no clocks, sockets, files, threads or
 //!   unseeded randomness; time is an argument. Enforced by clippy.
+//! - [`cli`]: the clap definitions of the command line (DESIGN §4).
+//! - [`config`]: flags and `LEASEHOLD_*` variables turned into a checked
+//!   configuration; one-line refusals naming the flag. No IO.
 //! - [`storage`]: the durable state file (term, vote, identity): atomic
 //!   replacement with fsync, checksums, refusal of foreign or damaged files.
 //!   Must not decide protocol matters, and never rewrites a file it could not
@@ -13,6 +16,8 @@
 //!   against true simulated time. Test tooling; uses no real IO either.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod cli;
+pub mod config;
 pub mod core;
 pub mod sim;
 pub mod storage;

@@ -1,0 +1,154 @@
+//! The command line (DESIGN §4): clap definitions only. Every flag also reads
+//! `LEASEHOLD_<FLAG>`. Turning these into a checked configuration is
+//! `config.rs`'s job.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Lease-based leader election sidecar with fencing tokens.
+#[derive(Parser, Debug)]
+#[command(name = "leasehold", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `run` is the default subcommand: its flags may be given directly.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the sidecar (the default).
+    Run(Box<RunArgs>),
+    /// Run N sidecars on loopback as child processes and print every
+    /// leadership change.
+    Local(LocalArgs),
+    /// Show a running sidecar's status.
+    Status(ClientArgs),
+    /// Show who leads, with which token, for how much longer.
+    Leader(ClientArgs),
+    /// Ask the leader to hand over to its best peer.
+    StepDown(ClientArgs),
+    /// Ask the leader to hand over to a given peer.
+    Transfer(TransferArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// The built-in consensus group of the sidecars.
+    Raft,
+    /// etcd's election API.
+    Etcd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 2s, 500ms, 1m)"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// This node's id; must be one of the ids in --peers.
+    #[arg(long, env = "LEASEHOLD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Every voter of the group as ID=HOST:PORT, comma-separated, this node
+    /// included. Without it the node is a single-node group.
+    #[arg(long, env = "LEASEHOLD_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Where to accept peer connections (default: 0.0.0.0 and this node's
+    /// port in --peers).
+    #[arg(long, env = "LEASEHOLD_LISTEN_PEER")]
+    pub listen_peer: Option<String>,
+    /// The local HTTP API.
+    #[arg(long, env = "LEASEHOLD_LISTEN_API", default_value = "127.0.0.1:4040")]
+    pub listen_api: String,
+    /// Prometheus metrics, /healthz and /readyz.
+    #[arg(long, env = "LEASEHOLD_LISTEN_METRICS", default_value = "0.0.0.0:4042")]
+    pub listen_metrics: String,
+    /// What others report as leader_address while this node leads (e.g. its
+    /// database endpoint). Default: this node's address in --peers.
+    #[arg(long, env = "LEASEHOLD_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory of the durable state file.
+    #[arg(long, env = "LEASEHOLD_DATA_DIR", default_value = "leasehold-data")]
+    pub data_dir: PathBuf,
+    /// Names the group; peers of another cluster are refused.
+    #[arg(long, env = "LEASEHOLD_CLUSTER_ID", default_value = "leasehold")]
+    pub cluster_id: String,
+    /// Lease length (100ms at least).
+    #[arg(long, env = "LEASEHOLD_LEASE_TTL", default_value = "2s", value_parser = duration)]
+    pub lease_ttl: Duration,
+    /// Heartbeat interval (default: lease-ttl / 5).
+    #[arg(long, env = "LEASEHOLD_HEARTBEAT_INTERVAL", value_parser = duration)]
+    pub heartbeat_interval: Option<Duration>,
+    /// Bound on clock rate drift (0.01 = 1%).
+    #[arg(long, env = "LEASEHOLD_MAX_CLOCK_DRIFT", default_value_t = 0.01)]
+    pub max_clock_drift: f64,
+    /// 0 = votes but never leads; higher = preferred leader.
+    #[arg(long, env = "LEASEHOLD_PRIORITY", default_value_t = 1)]
+    pub priority: u32,
+    /// Health check of the local application: an HTTP URL that must answer 2xx.
+    #[arg(long, env = "LEASEHOLD_HEALTH_CHECK_URL", conflicts_with = "health_check_exec")]
+    pub health_check_url: Option<String>,
+    /// Health check of the local application: a command that must exit 0.
+    #[arg(long, env = "LEASEHOLD_HEALTH_CHECK_EXEC")]
+    pub health_check_exec: Option<String>,
+    #[arg(long, env = "LEASEHOLD_BACKEND", value_enum, default_value = "raft")]
+    pub backend: Backend,
+    /// etcd endpoints, comma-separated (with --backend etcd).
+    #[arg(long, env = "LEASEHOLD_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// etcd election name (with --backend etcd).
+    #[arg(long, env = "LEASEHOLD_ELECTION")]
+    pub election: Option<String>,
+    #[arg(long, env = "LEASEHOLD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// File holding the bearer token required by the mutating API endpoints.
+    #[arg(long, env = "LEASEHOLD_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Command run when this node becomes leader.
+    #[arg(long, env = "LEASEHOLD_ON_ELECTED")]
+    pub on_elected: Option<String>,
+    /// Command run when this node stops being leader.
+    #[arg(long, env = "LEASEHOLD_ON_DEMOTED")]
+    pub on_demoted: Option<String>,
+    /// Start even though --peers differs from the voters in the state file
+    /// (see docs/operations.md first).
+    #[arg(long, env = "LEASEHOLD_ACCEPT_NEW_MEMBERSHIP")]
+    pub accept_new_membership: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    /// How many sidecars.
+    #[arg(long, env = "LEASEHOLD_NODES", default_value_t = 3)]
+    pub nodes: u32,
+    #[arg(long, env = "LEASEHOLD_LEASE_TTL", default_value = "2s", value_parser = duration)]
+    pub lease_ttl: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// The sidecar's API.
+    #[arg(long, env = "LEASEHOLD_API", default_value = "http://127.0.0.1:4040")]
+    pub api: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// The peer to hand leadership to.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

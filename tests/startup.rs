@@ -1,0 +1,89 @@
+//! Start-up refusals of the real binary: one line on stderr naming the flag
+//! or the file, exit code 2, and a damaged state file left untouched.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn leasehold(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // Isolate from any LEASEHOLD_* in the caller's environment.
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LEASEHOLD_")) {
+        if !env.iter().any(|(e, _)| *e == k) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().expect("run leasehold")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("leasehold-startup-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn a_wrong_flag_stops_start_up_with_one_line_and_exit_code_2() {
+    let dir = temp_dir("flags");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--node-id", "z", "--peers", "a=h:1,b=h:2"], "--node-id"),
+        (&["--node-id", "a", "--peers", "a=h:1,a=h:2"], "--peers"),
+        (&["--lease-ttl", "1s", "--heartbeat-interval", "900ms"], "--heartbeat-interval"),
+    ];
+    for (args, flag) in cases {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", &dir_s]);
+        let o = leasehold(&all, &[]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err:?}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn flags_are_read_from_leasehold_environment_variables() {
+    let o = leasehold(&[], &[("LEASEHOLD_LEASE_TTL", "50ms")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--lease-ttl"), "{}", stderr(&o));
+    let o = leasehold(&[], &[("LEASEHOLD_PEERS", "a=h:1,b=h:2"), ("LEASEHOLD_NODE_ID", "c")]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--node-id: c is not one of the ids in --peers"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_corrupt_state_file_stops_start_up_and_is_left_untouched() {
+    let dir = temp_dir("corrupt");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let state = dir.join("state");
+    let garbage = b"leasehold-state 1\n{\"term\": 7\ncrc32 00000000\n".to_vec();
+    std::fs::write(&state, &garbage).expect("write");
+    let o = leasehold(&["--data-dir", &dir.to_string_lossy()], &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is corrupt") && err.contains("left untouched"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+    assert_eq!(std::fs::read(&state).expect("read"), garbage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_valid_configuration_passes_the_checks() {
+    let dir = temp_dir("valid");
+    let o = leasehold(&["--data-dir", &dir.to_string_lossy()], &[]);
+    let err = stderr(&o);
+    // The runtime is not in this build: a distinct exit code, after all checks passed.
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("are valid"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
