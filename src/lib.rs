@@ -4,6 +4,7 @@
 //! - [`core`]: the consensus state machine (election, leases, promises,
 //!   transfer). Pure and deterministic: no clocks, sockets, files, threads or
 //!   unseeded randomness; time is an argument. Enforced by clippy.
+//! - [`clock`]: CLOCK_BOOTTIME, the only clock the protocol reads.
 //! - [`cli`]: the clap definitions of the command line (DESIGN §4).
 //! - [`config`]: flags and `LEASEHOLD_*` variables turned into a checked
 //!   configuration; one-line refusals naming the flag. No IO.
@@ -20,6 +21,7 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod sim;

@@ -5,3 +5,4 @@
 //! envelope; the core validates and decides.
 
 pub mod frame;
+pub mod tcp;
