@@ -8,6 +8,9 @@
 //! - [`cli`]: the clap definitions of the command line (DESIGN §4).
 //! - [`config`]: flags and `LEASEHOLD_*` variables turned into a checked
 //!   configuration; one-line refusals naming the flag. No IO.
+//! - [`driver`]: the tokio task that owns a `core::Node`: feeds it inputs,
+//!   persists before sending what depends on it, publishes the view on a
+//!   watch channel. Makes no protocol decision.
 //! - [`storage`]: the durable state file (term, vote, identity): atomic
 //!   replacement with fsync, checksums, refusal of foreign or damaged files.
 //!   Must not decide protocol matters, and never rewrites a file it could not
@@ -24,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod driver;
 pub mod sim;
 pub mod storage;
 pub mod transport;

@@ -1,0 +1,247 @@
+//! The tokio task that owns a [`core::Node`]: one `select!` loop that feeds it
+//! messages, admin calls and ticks, and carries out its [`Outputs`] exactly as
+//! their contract says: persist, then send what depended on it.
+//!
+//! Owns: the node, the state file, the sending half of the transport, and the
+//! `watch` channel the API and metrics read the [`LeaderView`] from. Must not:
+//! make a protocol decision, or let a `send_after_persist` message out before
+//! its write is durable. Reads of the view never wait for this loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::clock::boottime_now;
+use crate::core::{
+    self, AdminError, AdminRequest, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, Outputs,
+};
+use crate::storage::{Identity, StateFile};
+use crate::transport::tcp::Transport;
+
+/// An admin request and where to send its answer.
+pub type AdminCall = (AdminRequest, oneshot::Sender<Result<(), AdminError>>);
+
+/// How long to wait before writing the state again after a failed write.
+const PERSIST_RETRY: Duration = Duration::from_millis(250);
+
+/// What the driver reports besides the view (metrics, logs).
+pub trait Observer: Send + Sync + 'static {
+    fn fsync(&self, seconds: f64);
+    fn event(&self, event: &Event);
+    fn rejected(&self, reason: &'static str);
+}
+
+pub struct Driver {
+    node: Node,
+    state: Arc<StateFile>,
+    identity: Identity,
+    transport: Option<Transport>,
+    inbound: mpsc::Receiver<Envelope>,
+    admin: mpsc::Receiver<AdminCall>,
+    view: watch::Sender<LeaderView>,
+    observer: Arc<dyn Observer>,
+    wake_at: Nanos,
+    /// Set after a failed write: when to try again.
+    retry_persist_at: Option<Instant>,
+}
+
+impl Driver {
+    /// `initial` is what the state file held (None for a new node).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: core::Config,
+        initial: Option<HardState>,
+        state: StateFile,
+        transport: Option<Transport>,
+        inbound: mpsc::Receiver<Envelope>,
+        admin: mpsc::Receiver<AdminCall>,
+        observer: Arc<dyn Observer>,
+        rng_seed: u64,
+    ) -> Result<(Driver, watch::Receiver<LeaderView>), core::ConfigError> {
+        let identity =
+            Identity { cluster_id: cfg.cluster_id.clone(), node_id: cfg.node_id.clone(), voters: cfg.voters.clone() };
+        let node = Node::new(cfg, initial, boottime_now(), rng_seed)?;
+        let (view, view_rx) = watch::channel(node.view());
+        let driver = Driver {
+            node,
+            state: Arc::new(state),
+            identity,
+            transport,
+            inbound,
+            admin,
+            view,
+            observer,
+            wake_at: Nanos::ZERO,
+            retry_persist_at: None,
+        };
+        Ok((driver, view_rx))
+    }
+
+    /// Runs until `shutdown` fires or every input channel closes.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.step(Input::Tick).await;
+        let (mut inbound_open, mut admin_open) = (true, true);
+        loop {
+            let wake = self.wake_instant();
+            tokio::select! {
+                m = self.inbound.recv(), if inbound_open => match m {
+                    Some(m) => { self.step(Input::Message(m)).await; }
+                    None => inbound_open = false,
+                },
+                call = self.admin.recv(), if admin_open => match call {
+                    Some((req, reply)) => {
+                        let answer = self.step(Input::Admin(req)).await;
+                        let _ = reply.send(answer.unwrap_or(Err(AdminError::NotLeader(None))));
+                    }
+                    None => admin_open = false,
+                },
+                _ = tokio::time::sleep_until(wake) => self.on_timer().await,
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        if self.retry_persist_at.is_some_and(|at| at <= Instant::now()) {
+            self.retry_persist_at = None;
+            let hs = self.node.hard_state().clone();
+            self.persist_then(hs, Vec::new()).await;
+        } else {
+            self.step(Input::Tick).await;
+        }
+    }
+
+    /// The tokio instant of the next timer: the node's wake-up or a retry.
+    fn wake_instant(&self) -> Instant {
+        let now = boottime_now();
+        let until_wake = if self.wake_at == Nanos::NEVER { Duration::from_secs(3600) } else { self.wake_at.since(now) };
+        let wake = Instant::now() + until_wake;
+        self.retry_persist_at.map_or(wake, |r| r.min(wake))
+    }
+
+    /// Feeds one input and carries out everything that follows from it.
+    async fn step(&mut self, input: Input) -> Option<Result<(), AdminError>> {
+        let out = self.node.step(boottime_now(), input);
+        let answer = out.admin.clone();
+        self.carry_out(out).await;
+        answer
+    }
+
+    /// The driver contract of `core::Outputs`, in its order.
+    async fn carry_out(&mut self, out: Outputs) {
+        for r in &out.rejected {
+            self.observer.rejected(r.reason.as_str());
+        }
+        for e in &out.events {
+            self.observer.event(e);
+        }
+        if let Some(view) = out.view {
+            self.view.send_replace(view);
+        }
+        for m in out.send_now {
+            self.send(m);
+        }
+        self.wake_at = out.wake_at;
+        match out.persist {
+            Some(hs) => Box::pin(self.persist_then(hs, out.send_after_persist)).await,
+            // Messages that wait for a write, with no write under way (a
+            // failed one is retried from the timer): they must not leave.
+            None => drop(out.send_after_persist),
+        }
+    }
+
+    /// Writes `hs` durably; only then sends `after` and tells the node.
+    async fn persist_then(&mut self, hs: HardState, after: Vec<Envelope>) {
+        let (state, identity, to_write) = (self.state.clone(), self.identity.clone(), hs.clone());
+        let written = tokio::task::spawn_blocking(move || state.store(&identity, &to_write)).await;
+        match written {
+            Ok(Ok(fsync)) => {
+                self.observer.fsync(fsync.as_secs_f64());
+                for m in after {
+                    self.send(m);
+                }
+                let out = self.node.step(boottime_now(), Input::Persisted(hs));
+                Box::pin(self.carry_out(out)).await;
+            }
+            _ => {
+                self.retry_persist_at = Some(Instant::now() + PERSIST_RETRY);
+                let out = self.node.step(boottime_now(), Input::PersistFailed);
+                Box::pin(self.carry_out(out)).await;
+            }
+        }
+    }
+
+    fn send(&self, m: Envelope) {
+        if let Some(t) = &self.transport {
+            t.send(m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{NodeId, Term};
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    struct Quiet;
+    impl Observer for Quiet {
+        fn fsync(&self, _: f64) {}
+        fn event(&self, _: &Event) {}
+        fn rejected(&self, _: &'static str) {}
+    }
+
+    fn config() -> core::Config {
+        core::Config {
+            cluster_id: "t".into(),
+            node_id: NodeId::new("solo"),
+            voters: BTreeSet::from([NodeId::new("solo")]),
+            lease_ttl: Duration::from_millis(300),
+            heartbeat_interval: Duration::from_millis(60),
+            max_clock_drift: 0.01,
+            priority: 1,
+            advertise: "solo:5432".into(),
+        }
+    }
+
+    /// Starts a single-node driver on `dir`, waits until it leads, stops it,
+    /// and returns the token it led with.
+    async fn lead_once(dir: &Path) -> Term {
+        let state = StateFile::open(dir).expect("open");
+        let identity =
+            Identity { cluster_id: "t".into(), node_id: NodeId::new("solo"), voters: config().voters.clone() };
+        let initial = state.load(&identity, false).expect("load");
+        let (_in_tx, in_rx) = mpsc::channel(1);
+        let (_admin_tx, admin_rx) = mpsc::channel(1);
+        let (driver, mut view) =
+            Driver::new(config(), initial, state, None, in_rx, admin_rx, Arc::new(Quiet), 7).expect("driver");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(driver.run(stop_rx));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let token = loop {
+            let v = view.borrow_and_update().clone();
+            if v.is_leader(boottime_now()) {
+                break v.fencing_token.expect("a leader has a token");
+            }
+            assert!(Instant::now() < deadline, "no leader in 5s: {v:?}");
+            let _ = tokio::time::timeout(Duration::from_millis(100), view.changed()).await;
+        };
+        stop_tx.send_replace(true);
+        task.await.expect("driver stopped");
+        token
+    }
+
+    #[tokio::test]
+    async fn a_single_node_group_leads_and_its_token_grows_across_restarts() {
+        let dir = std::env::temp_dir().join(format!("leasehold-driver-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = lead_once(&dir).await;
+        let second = lead_once(&dir).await;
+        let third = lead_once(&dir).await;
+        assert!(first < second && second < third, "{first:?} {second:?} {third:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
