@@ -4,6 +4,8 @@
 //! - [`core`]: the consensus state machine (election, leases, promises,
 //!   transfer). Pure and deterministic: no clocks, sockets, files, threads or
 //!   unseeded randomness; time is an argument. Enforced by clippy.
+//! - [`api`]: the local HTTP API. Reads are copies of the latest view from
+//!   the driver's watch channel: never waits on the loop, disk or network.
 //! - [`clock`]: CLOCK_BOOTTIME, the only clock the protocol reads.
 //! - [`cli`]: the clap definitions of the command line (DESIGN §4).
 //! - [`config`]: flags and `LEASEHOLD_*` variables turned into a checked
@@ -23,6 +25,7 @@
 //!   against true simulated time. Test tooling; uses no real IO either.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

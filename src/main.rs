@@ -1,12 +1,22 @@
-//! The `leasehold` command: parse, check, start. Start-up refusals are one
-//! line on stderr and exit code 2.
+//! The `leasehold` command: parse, check, wire, run. Start-up refusals are
+//! one line on stderr and exit code 2.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use leasehold::cli::{Cli, Command};
+use leasehold::api::{self, ApiState};
+use leasehold::cli::{Cli, Command, RunArgs};
+use leasehold::clock::boottime_now;
 use leasehold::config::Config;
+use leasehold::core::{AdminRequest, Event, HardState, NodeId};
+use leasehold::driver::{Driver, Observer};
 use leasehold::storage::{Identity, StateFile};
+use leasehold::transport::tcp::{self, Transport, TransportConfig};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,7 +27,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &leasehold::cli::RunArgs) -> ExitCode {
+fn run(args: &RunArgs) -> ExitCode {
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => return refuse(&e),
@@ -31,10 +41,133 @@ fn run(args: &leasehold::cli::RunArgs) -> ExitCode {
         node_id: config.node.node_id.clone(),
         voters: config.node.voters.clone(),
     };
-    if let Err(e) = state.load(&identity, config.accept_new_membership) {
-        return refuse(&e);
+    let initial = match state.load(&identity, config.accept_new_membership) {
+        Ok(s) => s,
+        Err(e) => return refuse(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return refuse(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(serve(config, state, initial))
+}
+
+async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> ExitCode {
+    let api_listener = match TcpListener::bind(config.listen_api).await {
+        Ok(l) => l,
+        Err(e) => return refuse(&format!("--listen-api {}: {e}", config.listen_api)),
+    };
+    let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+    let log = Arc::new(Log);
+    let transport = match &config.listen_peer {
+        Some(addr) if !config.peers.is_empty() => {
+            let listener = match TcpListener::bind(addr.as_str()).await {
+                Ok(l) => l,
+                Err(e) => return refuse(&format!("--listen-peer {addr}: {e}")),
+            };
+            let cfg = TransportConfig {
+                cluster_id: config.node.cluster_id.clone(),
+                node_id: config.node.node_id.clone(),
+                peers: config.peers.clone(),
+            };
+            match Transport::start(cfg, listener, inbound_tx.clone(), log.clone()) {
+                Ok(t) => Some(t),
+                Err(e) => return refuse(&format!("--listen-peer {addr}: {e}")),
+            }
+        }
+        _ => None,
+    };
+    let (admin_tx, admin_rx) = mpsc::channel(16);
+    let seed = boottime_now().0 ^ u64::from(std::process::id());
+    let (driver, view) =
+        match Driver::new(config.node.clone(), initial, state, transport, inbound_rx, admin_rx, log, seed) {
+            Ok(d) => d,
+            Err(e) => return refuse(&e),
+        };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let driver_task = tokio::spawn(driver.run(stop_rx));
+    tokio::spawn(api::serve(api_listener, Arc::new(ApiState { view: view.clone(), backend: "raft" })));
+    eprintln!(
+        "leasehold: node {} of cluster {} ({} voters), API on {}",
+        config.node.node_id,
+        config.node.cluster_id,
+        config.node.voters.len(),
+        config.listen_api
+    );
+    let terminated = wait_for_signal().await;
+    if terminated && view.borrow().is_leader(boottime_now()) {
+        hand_over(&admin_tx, view, &config.node.node_id, config.node.lease_ttl).await;
     }
-    not_built("the sidecar runtime (driver, peer transport, local API, metrics)")
+    stop_tx.send_replace(true);
+    let _ = driver_task.await;
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM on a leader: end the lease, hand over to the best peer, and wait
+/// (at most a lease) until another node is known to lead.
+async fn hand_over(
+    admin: &mpsc::Sender<leasehold::driver::AdminCall>,
+    mut view: watch::Receiver<leasehold::core::LeaderView>,
+    me: &NodeId,
+    lease_ttl: Duration,
+) {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if admin.send((AdminRequest::StepDown, reply_tx)).await.is_err() {
+        return;
+    }
+    if let Ok(Err(e)) = reply_rx.await {
+        eprintln!("leasehold: step-down on SIGTERM refused: {e}");
+        return;
+    }
+    let wait = async {
+        loop {
+            let other = view.borrow_and_update().leader_id.as_ref().is_some_and(|l| l != me);
+            if other || view.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(lease_ttl, wait).await;
+}
+
+/// True for SIGTERM, false for SIGINT (Ctrl-C).
+async fn wait_for_signal() -> bool {
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return false;
+    };
+    tokio::select! {
+        _ = term.recv() => true,
+        _ = tokio::signal::ctrl_c() => false,
+    }
+}
+
+/// Role changes and connection events on stderr.
+struct Log;
+
+impl Observer for Log {
+    fn fsync(&self, _seconds: f64) {}
+    fn event(&self, event: &Event) {
+        match event {
+            Event::ElectionWon { term } => eprintln!("leasehold: became leader, term {term}, fencing token {term}"),
+            Event::SteppedDown { term, reason } => eprintln!("leasehold: stepped down from term {term} ({reason:?})"),
+            Event::TransferStarted { term, to } => match to {
+                Some(to) => eprintln!("leasehold: ended the lease of term {term}, handing over to {to}"),
+                None => eprintln!("leasehold: ended the lease of term {term}, no eligible peer"),
+            },
+            Event::StorageFault => eprintln!("leasehold: writing the state file failed; not voting until it works"),
+            Event::StorageRecovered => eprintln!("leasehold: state file writable again"),
+            _ => {}
+        }
+    }
+    fn rejected(&self, _reason: &'static str) {}
+}
+
+impl tcp::Events for Log {
+    fn rejected(&self, _reason: &'static str) {}
+    fn peer_up(&self, peer: &NodeId, up: bool) {
+        eprintln!("leasehold: peer {peer} {}", if up { "connected" } else { "disconnected" });
+    }
 }
 
 fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
@@ -43,9 +176,6 @@ fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
 }
 
 fn not_built(what: &str) -> ExitCode {
-    eprintln!(
-        "leasehold {}: the configuration and the state file are valid, but {what} is not part of this build yet",
-        env!("CARGO_PKG_VERSION")
-    );
+    eprintln!("leasehold {}: {what} is not part of this build yet", env!("CARGO_PKG_VERSION"));
     ExitCode::from(1)
 }

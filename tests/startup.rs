@@ -78,12 +78,34 @@ fn a_corrupt_state_file_stops_start_up_and_is_left_untouched() {
 }
 
 #[test]
-fn a_valid_configuration_passes_the_checks() {
-    let dir = temp_dir("valid");
-    let o = leasehold(&["--data-dir", &dir.to_string_lossy()], &[]);
-    let err = stderr(&o);
-    // The runtime is not in this build: a distinct exit code, after all checks passed.
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("are valid"), "{err}");
+fn a_single_node_group_leads_at_once_and_exits_cleanly_on_sigterm() {
+    let dir = temp_dir("single");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let api = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut answer = String::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(&api) {
+            use std::io::{Read, Write};
+            let _ = write!(s, "GET /v1/leader HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            answer.clear();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(answer.starts_with("HTTP/1.1 200"), "no leader within 10s: {answer:?}");
+    assert!(answer.contains("\"is_leader\":true") && answer.contains("\"fencing_token\":1"), "{answer}");
+    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
