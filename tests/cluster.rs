@@ -1,0 +1,345 @@
+//! Real `leasehold` processes on loopback, real TCP, real fsync, real
+//! signals; every test runs the observer check of DESIGN §7 while it works.
+//! Every process is ended by its pid; every wait has a deadline.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(1);
+const RHO: f64 = 0.01;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// One GET over a fresh connection; None if the node does not answer.
+fn get(api: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.get(9..12)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1)?.to_string();
+    Some((code, body))
+}
+
+fn field(body: &str, name: &str) -> Option<u64> {
+    let at = body.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let digits: String = body[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok()
+}
+
+struct Node {
+    api: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+    observer: Option<Observer>,
+}
+
+impl Cluster {
+    fn start(n: usize, name: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("leasehold-cluster-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let peers: Vec<String> = ids.iter().map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
+        let peers = peers.join(",");
+        let nodes = ids
+            .iter()
+            .map(|id| {
+                let api = format!("127.0.0.1:{}", free_port());
+                let args = vec![
+                    "--node-id".into(),
+                    id.clone(),
+                    "--peers".into(),
+                    peers.clone(),
+                    "--listen-api".into(),
+                    api.clone(),
+                    "--data-dir".into(),
+                    dir.join(id).to_string_lossy().into_owned(),
+                    "--lease-ttl".into(),
+                    format!("{}ms", TTL.as_millis()),
+                ];
+                Node { api, args, child: None }
+            })
+            .collect();
+        let mut c = Cluster { nodes, dir, observer: None };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.observer = Some(Observer::start(c.nodes.iter().map(|n| n.api.clone()).collect()));
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(&self.nodes[i].args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn leasehold");
+        self.nodes[i].child = Some(child);
+    }
+
+    fn signal(&mut self, i: usize, sig: i32) {
+        if let Some(c) = &self.nodes[i].child {
+            // SAFETY: kill(2) on the pid of a child this test spawned.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        self.signal(i, libc::SIGKILL);
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits (at most `within`) until exactly one live node answers 200 on
+    /// /v1/leader, other than `not`; returns its index, its token, and when.
+    fn wait_for_leader(&self, within: Duration, not: Option<usize>) -> (usize, u64, Instant) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let leaders: Vec<(usize, u64)> = (0..self.nodes.len())
+                .filter(|&i| Some(i) != not && self.nodes[i].child.is_some())
+                .filter_map(|i| match get(&self.nodes[i].api, "/v1/leader") {
+                    Some((200, body)) => Some((i, field(&body, "fencing_token").expect("token"))),
+                    _ => None,
+                })
+                .collect();
+            assert!(leaders.len() <= 1, "two nodes answer 200 at once: {leaders:?}");
+            if let Some(&(i, token)) = leaders.first() {
+                return (i, token, Instant::now());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no leader within {within:?}");
+    }
+
+    /// Stops the observer and asserts its check.
+    fn check(&mut self) -> usize {
+        let obs = self.observer.take().expect("observer running");
+        obs.finish()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(o) = self.observer.take() {
+            o.stop.store(true, Ordering::Relaxed);
+        }
+        for i in 0..self.nodes.len() {
+            self.signal(i, libc::SIGKILL);
+            if let Some(mut c) = self.nodes[i].child.take() {
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A leader answer: sent and received on the observer's clock.
+#[derive(Clone, Debug)]
+struct Proof {
+    node: usize,
+    token: u64,
+    sent: Instant,
+    recv: Instant,
+    remaining: Duration,
+}
+
+struct Observer {
+    stop: Arc<AtomicBool>,
+    proofs: Arc<Mutex<Vec<Proof>>>,
+    /// Planned hand-overs the test asked for: which node, and when.
+    handovers: Vec<(usize, Instant)>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Observer {
+    fn start(apis: Vec<String>) -> Observer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let proofs = Arc::new(Mutex::new(Vec::new()));
+        let (s, p) = (stop.clone(), proofs.clone());
+        let thread = thread::spawn(move || {
+            // Bounded: at most 10 minutes of polling even if never stopped.
+            let end = Instant::now() + Duration::from_secs(600);
+            while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                for (node, api) in apis.iter().enumerate() {
+                    let sent = Instant::now();
+                    if let Some((200, body)) = get(api, "/v1/leader") {
+                        let recv = Instant::now();
+                        let token = field(&body, "fencing_token").expect("token");
+                        let remaining = Duration::from_millis(field(&body, "lease_remaining_ms").expect("remaining"));
+                        p.lock().expect("lock").push(Proof { node, token, sent, recv, remaining });
+                    }
+                }
+                thread::sleep(Duration::from_millis(3));
+            }
+        });
+        Observer { stop, proofs, handovers: Vec::new(), thread: Some(thread) }
+    }
+
+    /// Stops polling and checks: no two proofs of different tokens overlap,
+    /// and no token goes backwards. Returns how many proofs were seen.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("observer thread");
+        }
+        let proofs = self.proofs.lock().expect("lock").clone();
+        let found = violations(&proofs, &self.handovers);
+        assert!(
+            found.is_empty(),
+            "observer check failed ({} violations): {:?}",
+            found.len(),
+            &found[..found.len().min(5)]
+        );
+        proofs.len()
+    }
+}
+
+/// The observer check: an answer "leader, token T, remaining r" received in
+/// [sent, recv] proves a lease over [recv, sent + r*(1-rho)). Two proofs of
+/// different tokens that overlap are a violation, except across a planned
+/// hand-over the test asked for (rule 8 ends the old lease early: the older
+/// proof was given before the request, the newer one after it).
+fn violations(proofs: &[Proof], handovers: &[(usize, Instant)]) -> Vec<String> {
+    let mut found = Vec::new();
+    let end = |p: &Proof| p.sent + p.remaining.mul_f64(1.0 - RHO);
+    let planned = |old: &Proof, new: &Proof| {
+        handovers.iter().any(|&(node, at)| node == old.node && old.sent <= at && at <= new.sent)
+    };
+    for (i, a) in proofs.iter().enumerate() {
+        for b in &proofs[i + 1..] {
+            let (old, new) = if a.token < b.token { (a, b) } else { (b, a) };
+            if a.token != b.token && a.recv < end(b) && b.recv < end(a) && !planned(old, new) {
+                found.push(format!("overlap: node {} token {} and node {} token {}", a.node, a.token, b.node, b.token));
+            }
+            if b.sent > a.recv && b.token < a.token {
+                found.push(format!("token went back from {} to {}", a.token, b.token));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_observer_check_bites_on_overlapping_proofs_and_tokens_going_back() {
+    let t = Instant::now();
+    let ms = Duration::from_millis;
+    let p = |node, token, at: u64, rem: u64| Proof {
+        node,
+        token,
+        sent: t + ms(at),
+        recv: t + ms(at + 1),
+        remaining: ms(rem),
+    };
+    assert!(violations(&[p(0, 1, 0, 500), p(1, 2, 600, 500)], &[]).is_empty());
+    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[]).len(), 1, "overlap");
+    assert_eq!(violations(&[p(0, 2, 0, 10), p(1, 1, 600, 10)], &[]).len(), 1, "token went back");
+    // A hand-over of node 0 requested at 200ms excuses exactly that overlap...
+    assert!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[(0, t + ms(200))]).is_empty());
+    // ...but not one with a proof given after the request, nor another node's.
+    assert_eq!(violations(&[p(0, 1, 250, 500), p(1, 2, 300, 500)], &[(0, t + ms(200))]).len(), 1);
+    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[(2, t + ms(200))]).len(), 1);
+}
+
+#[test]
+fn three_nodes_elect_exactly_one_leader() {
+    let mut c = Cluster::start(3, "elect3");
+    let (_, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    assert!(token >= 1);
+    thread::sleep(2 * TTL); // let the observer watch a stable group
+    assert!(c.check() > 50, "the observer saw the leader many times");
+}
+
+#[test]
+fn five_nodes_elect_exactly_one_leader() {
+    let mut c = Cluster::start(5, "elect5");
+    c.wait_for_leader(Duration::from_secs(10), None);
+    thread::sleep(TTL);
+    assert!(c.check() > 10);
+}
+
+#[test]
+fn kill_9_of_the_leader_elects_another_with_a_higher_token() {
+    let mut c = Cluster::start(3, "kill9");
+    let mut failovers = Vec::new();
+    let (mut leader, mut token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    for round in 0..3 {
+        let killed_at = Instant::now();
+        c.kill9(leader);
+        let (next, next_token, at) = c.wait_for_leader(3 * TTL, Some(leader));
+        assert!(next_token > token, "round {round}: token {next_token} after {token}");
+        failovers.push(at - killed_at);
+        c.spawn(leader);
+        (leader, token) = (next, next_token);
+        // Let the restarted node rejoin before the next kill.
+        thread::sleep(TTL);
+    }
+    c.check();
+    eprintln!("failover after kill -9 at lease_ttl {TTL:?}: {failovers:?}");
+}
+
+#[test]
+fn sigterm_of_the_leader_hands_over_within_a_fraction_of_the_lease() {
+    let mut c = Cluster::start(3, "sigterm");
+    let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    thread::sleep(TTL / 2);
+    let t0 = Instant::now();
+    c.observer.as_mut().expect("observer").handovers.push((leader, t0));
+    c.signal(leader, libc::SIGTERM);
+    let (_, next_token, at) = c.wait_for_leader(TTL, Some(leader));
+    let handover = at - t0;
+    assert!(next_token > token);
+    let status = c.nodes[leader].child.take().expect("child").wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "clean exit after the hand-over");
+    c.check();
+    eprintln!("handover on SIGTERM: {handover:?}");
+    assert!(handover < TTL / 2, "a planned hand-over must not wait for the lease: {handover:?}");
+}
+
+#[test]
+fn a_paused_leader_never_overlaps_its_successor() {
+    let mut c = Cluster::start(3, "pause");
+    let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    c.signal(leader, libc::SIGSTOP);
+    let (_, next_token, _) = c.wait_for_leader(3 * TTL, Some(leader));
+    assert!(next_token > token);
+    thread::sleep(TTL);
+    c.signal(leader, libc::SIGCONT);
+    thread::sleep(TTL);
+    match get(&c.nodes[leader].api, "/v1/leader") {
+        Some((code, body)) => assert_eq!(code, 503, "the resumed ex-leader is not leader: {body}"),
+        None => panic!("the resumed node does not answer"),
+    }
+    c.check();
+}
+
+#[test]
+fn a_node_restarted_with_other_peers_refuses_to_start() {
+    let mut c = Cluster::start(3, "membership");
+    c.wait_for_leader(Duration::from_secs(10), None);
+    c.kill9(2);
+    let mut args = c.nodes[2].args.clone();
+    let peers = args.iter().position(|a| a == "--peers").expect("--peers") + 1;
+    args[peers] = format!("{},n4=127.0.0.1:{}", args[peers], free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold")).args(&args).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--accept-new-membership"), "{err}");
+    c.check();
+}
