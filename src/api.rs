@@ -1,60 +1,96 @@
 //! The local HTTP API (DESIGN §5), on `--listen-api`.
 //!
-//! Owns: HTTP parsing and the JSON answers. Must not: wait for the consensus
-//! loop, the disk or the network on a read. Every read is a copy of the
-//! latest view from the driver's watch channel.
+//! Owns: HTTP parsing, the JSON answers, the guards on mutating endpoints.
+//! Must not: make a read wait for the consensus loop, the disk or the
+//! network. Every read is a copy of the latest view from the driver's watch
+//! channel; a long-poll or a watch stream waits for that channel only.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::boottime_now;
-use crate::core::{LeaderView, Nanos, Role};
+use crate::core::{AdminError, AdminRequest, LeaderView, Nanos, NodeId, Role};
+use crate::driver::AdminCall;
 
-/// What the API reads.
+type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// The longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long request headers may take to arrive (slowloris).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the API reads and where it sends admin requests.
 pub struct ApiState {
     pub view: watch::Receiver<LeaderView>,
     pub backend: &'static str,
+    pub admin: mpsc::Sender<AdminCall>,
+    /// Required as `Authorization: Bearer <token>` on mutating endpoints.
+    pub token: Option<String>,
+    /// A Host name accepted on mutating endpoints besides loopback ones.
+    pub host_name: Option<String>,
 }
 
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&req, &state)) }
+                async move { Ok::<_, Infallible>(handle(req, &state).await) }
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let mut builder = http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-fn handle(req: &Request<Incoming>, state: &ApiState) -> Response<Full<Bytes>> {
-    let view = state.view.borrow().clone();
-    let now = boottime_now();
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD here\n");
+async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/v1/step-down") => admin(&req, state, AdminRequest::StepDown).await,
+        (Method::POST, "/v1/transfer") => match query_param(&query, "to") {
+            Some(to) if !to.is_empty() => admin(&req, state, AdminRequest::TransferTo(NodeId::new(to))).await,
+            _ => error(StatusCode::BAD_REQUEST, "POST /v1/transfer needs ?to=NODE_ID"),
+        },
+        (Method::GET | Method::HEAD, _) => read(&path, &query, state).await,
+        _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
     }
+}
+
+async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
+    let now = boottime_now();
+    let view = state.view.borrow().clone();
     let leading = view.is_leader(now);
     let ok_if = |cond: bool| if cond { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    match req.uri().path() {
-        "/v1/leader" => json_response(ok_if(leading), leader_json(&view, now, state.backend)),
+    match path {
+        "/v1/leader" => match wait_param(query) {
+            Ok(None) => json_response(ok_if(leading), leader_json(&view, now, state.backend)),
+            Ok(Some(wait)) => long_poll(state, wait, query_param(query, "after_token")).await,
+            Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
+        },
+        "/v1/watch" => sse(state),
         "/v1/status" => json_response(StatusCode::OK, status_json(&view, now, state.backend)),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
@@ -66,8 +102,170 @@ fn handle(req: &Request<Incoming>, state: &ApiState) -> Response<Full<Bytes>> {
             let replica = !leading && view.role != Role::Leader && view.leader_id.is_some() && view.healthy;
             json_response(ok_if(replica), leader_json(&view, now, state.backend))
         }
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// What a waiting client cares about: who leads, with which token, and
+/// whether this node holds the lease. Lease extensions are not changes.
+fn leadership(view: &LeaderView, now: Nanos) -> (Option<NodeId>, Option<u64>, bool) {
+    (view.leader_id.clone(), view.fencing_token.map(|t| t.0), view.is_leader(now))
+}
+
+/// `?wait=D[&after_token=N]`: with `after_token`, answers as soon as a
+/// leadership with another token than N is known (at once if it already
+/// is); without it, as soon as who leads or this node's lease changes;
+/// else after D.
+async fn long_poll(state: &ApiState, wait: Duration, after_token: Option<&str>) -> Response<HttpBody> {
+    let after: Option<u64> = match after_token.map(str::parse) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after_token must be a number"),
+    };
+    let mut rx = state.view.clone();
+    let start = leadership(&rx.borrow_and_update(), boottime_now());
+    let changed = |now_view: &LeaderView| {
+        let now = leadership(now_view, boottime_now());
+        match after {
+            // A new leadership is known (not merely "the old one ended").
+            Some(n) => now.1.is_some_and(|t| t != n),
+            None => now != start,
+        }
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    // A lease can lapse without a new view: look at least every 100ms.
+    while !changed(&rx.borrow()) && tokio::time::Instant::now() < deadline {
+        let step = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+        let _ = tokio::time::timeout_at(step, rx.changed()).await;
+    }
+    let now = boottime_now();
+    let view = rx.borrow().clone();
+    let status = if view.is_leader(now) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, leader_json(&view, now, state.backend))
+}
+
+fn wait_param(query: &str) -> Result<Option<Duration>, String> {
+    match query_param(query, "wait") {
+        None => Ok(None),
+        Some(w) => humantime::parse_duration(w)
+            .map(|d| Some(d.min(MAX_WAIT)))
+            .map_err(|e| format!("wait={w}: {e} (examples: 30s, 500ms)")),
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+/// `GET /v1/watch`: a server-sent event with the leader JSON now and at every
+/// change of leadership, and a comment every 15s to keep proxies open.
+fn sse(state: &ApiState) -> Response<HttpBody> {
+    let body = WatchBody { rx: Some(state.view.clone()), backend: state.backend, last: None, pending: None };
+    let mut r = Response::new(body.boxed_unsync());
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+type Wait = Pin<Box<dyn Future<Output = (watch::Receiver<LeaderView>, bool)> + Send>>;
+
+struct WatchBody {
+    rx: Option<watch::Receiver<LeaderView>>,
+    backend: &'static str,
+    last: Option<(Option<NodeId>, Option<u64>, bool)>,
+    pending: Option<Wait>,
+}
+
+impl Body for WatchBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        loop {
+            if let Some(rx) = self.rx.take() {
+                let now = boottime_now();
+                let view = rx.borrow().clone();
+                let key = leadership(&view, now);
+                if self.last.as_ref() != Some(&key) {
+                    self.last = Some(key);
+                    self.rx = Some(rx);
+                    let line = format!("event: leader\ndata: {}\n\n", leader_json(&view, now, self.backend));
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))));
+                }
+                self.pending = Some(Box::pin(async move {
+                    let mut rx = rx;
+                    let waited = tokio::time::timeout(Duration::from_secs(15), rx.changed()).await;
+                    let open = !matches!(waited, Ok(Err(_)));
+                    // Also wake at lease expiry, which changes no view.
+                    (rx, open)
+                }));
+            }
+            let Some(fut) = self.pending.as_mut() else { return Poll::Ready(None) };
+            match fut.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready((rx, open)) => {
+                    self.pending = None;
+                    if !open {
+                        return Poll::Ready(None);
+                    }
+                    let key = leadership(&rx.borrow(), boottime_now());
+                    let unchanged = self.last.as_ref() == Some(&key);
+                    self.rx = Some(rx);
+                    if unchanged {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n")))));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Mutating endpoints: the Host must be loopback (or the configured name),
+/// no Origin header (a browser page must not depose the leader through DNS
+/// rebinding), and the bearer token if one is configured.
+async fn admin(req: &Request<Incoming>, state: &ApiState, request: AdminRequest) -> Response<HttpBody> {
+    if req.headers().contains_key(ORIGIN) {
+        return error(StatusCode::FORBIDDEN, "requests with an Origin header are refused (browsers may not call this)");
+    }
+    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !host_allowed(host, state.host_name.as_deref()) {
+        return error(StatusCode::FORBIDDEN, "the Host header must name a loopback address");
+    }
+    if let Some(token) = &state.token {
+        let given = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), format!("Bearer {token}").as_bytes()) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if state.admin.send((request, reply_tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    }
+    match tokio::time::timeout(Duration::from_secs(5), reply_rx).await {
+        Ok(Ok(Ok(()))) => json_response(StatusCode::OK, json!({"ok": true})),
+        Ok(Ok(Err(e))) => {
+            let status = match e {
+                AdminError::UnknownPeer(_) | AdminError::SelfTarget(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            };
+            error(status, &e.to_string())
+        }
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "no answer from the consensus loop"),
+    }
+}
+
+fn host_allowed(host: &str, name: Option<&str>) -> bool {
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+    };
+    let loopback = bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback || name.is_some_and(|n| n == bare)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The answer to "am I the leader, with which token, for how much longer?"
@@ -96,20 +294,48 @@ fn status_json(view: &LeaderView, now: Nanos, backend: &str) -> Value {
     })
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+fn json_response(status: StatusCode, body: Value) -> Response<HttpBody> {
     let mut bytes = body.to_string().into_bytes();
     bytes.push(b'\n');
     response(status, "application/json", bytes)
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: &str) -> Response<HttpBody> {
+    json_response(status, json!({ "error": message }))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<HttpBody> {
     response(status, "text/plain; charset=utf-8", body.as_bytes().to_vec())
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<HttpBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
-    r.headers_mut().insert(CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_or_the_configured_name_may_mutate() {
+        for ok in ["127.0.0.1", "127.0.0.1:4040", "localhost:4040", "[::1]:4040", "[::1]"] {
+            assert!(host_allowed(ok, None), "{ok}");
+        }
+        for bad in ["", "evil.example", "evil.example:4040", "10.0.0.1:4040", "127.0.0.1.evil.example"] {
+            assert!(!host_allowed(bad, None), "{bad}");
+        }
+        assert!(host_allowed("pg-0:4040", Some("pg-0")));
+    }
+
+    #[test]
+    fn query_parameters_and_waits_parse() {
+        assert_eq!(query_param("wait=30s&after_token=7", "after_token"), Some("7"));
+        assert_eq!(wait_param("wait=2m").expect("valid"), Some(MAX_WAIT));
+        assert!(wait_param("wait=soon").is_err());
+        assert_eq!(wait_param("").expect("valid"), None);
+    }
 }

@@ -343,3 +343,69 @@ fn a_node_restarted_with_other_peers_refuses_to_start() {
     assert!(err.contains("--accept-new-membership"), "{err}");
     c.check();
 }
+
+/// One request with extra header lines; (status, body).
+fn request(api: &str, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.get(9..12)?.parse().ok()?;
+    Some((code, text.split("\r\n\r\n").nth(1)?.to_string()))
+}
+
+#[test]
+fn transfer_through_the_api_with_its_guards_and_a_long_poll_that_sees_it() {
+    let mut c = Cluster::start(3, "transfer");
+    let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    let target = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let host = "Host: 127.0.0.1\r\n";
+    let path = format!("/v1/transfer?to=n{}", target + 1);
+    let api = c.nodes[leader].api.clone();
+    let (code, body) = request(&api, "POST", &path, &format!("{host}Origin: http://evil.example\r\n")).expect("answer");
+    assert_eq!(code, 403, "an Origin header is refused: {body}");
+    let (code, _) = request(&api, "POST", &path, "Host: evil.example\r\n").expect("answer");
+    assert_eq!(code, 403, "a foreign Host is refused");
+    let (code, _) = request(&api, "POST", "/v1/transfer?to=n9", host).expect("answer");
+    assert_eq!(code, 400, "an unknown target is refused");
+    let (code, body) = request(&c.nodes[other].api, "POST", &path, host).expect("answer");
+    assert_eq!(code, 409, "a follower cannot transfer: {body}");
+
+    // A follower long-polls for the next leadership while the transfer runs.
+    let follower_api = c.nodes[other].api.clone();
+    let poll_path = format!("/v1/leader?wait=10s&after_token={token}");
+    let started = Instant::now();
+    let poller = thread::spawn(move || request(&follower_api, "GET", &poll_path, "Host: 127.0.0.1\r\n"));
+    thread::sleep(Duration::from_millis(100));
+    c.observer.as_mut().expect("observer").handovers.push((leader, Instant::now()));
+    let (code, body) = request(&api, "POST", &path, host).expect("answer");
+    assert_eq!(code, 200, "{body}");
+    let (next, next_token, _) = c.wait_for_leader(TTL, Some(leader));
+    assert_eq!(next, target);
+    assert!(next_token > token);
+    let (_, polled) = poller.join().expect("poller").expect("answer");
+    assert!(started.elapsed() < Duration::from_secs(5), "the long-poll answered on the change");
+    assert!(field(&polled, "fencing_token").expect("token") > token, "{polled}");
+    c.check();
+}
+
+#[test]
+fn the_watch_stream_sends_the_current_leader_first() {
+    let mut c = Cluster::start(3, "watch");
+    let (_, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    let mut s = TcpStream::connect(c.nodes[0].api.as_str()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(s, "GET /v1/watch HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").expect("write");
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got.contains("data: ") && Instant::now() < deadline {
+        let n = s.read(&mut buf).expect("read");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("text/event-stream"), "{got}");
+    assert!(got.contains("event: leader") && got.contains(&format!("\"fencing_token\":{token}")), "{got}");
+    c.check();
+}

@@ -109,3 +109,49 @@ fn a_single_node_group_leads_at_once_and_exits_cleanly_on_sigterm() {
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_configured_bearer_token_guards_the_mutating_endpoints() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("token");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret\n").expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let api = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--data-dir", &dir.join("data").to_string_lossy(), "--listen-api", &api])
+        .args(["--api-token-file", &token_file.to_string_lossy()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let post = |auth: &str| -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(mut s) = std::net::TcpStream::connect(&api) {
+                let _ = write!(
+                    s,
+                    "POST /v1/step-down HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+                );
+                let mut text = String::new();
+                let _ = s.read_to_string(&mut text);
+                // Until the single node leads, a step-down is a 409.
+                if !text.starts_with("HTTP/1.1 409") {
+                    return text;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        String::new()
+    };
+    let without = post("");
+    let wrong = post("Authorization: Bearer nope\r\n");
+    let right = post("Authorization: Bearer s3cret\r\n");
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(without.starts_with("HTTP/1.1 401"), "{without}");
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    assert!(right.starts_with("HTTP/1.1 200"), "{right}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
