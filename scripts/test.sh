@@ -26,7 +26,8 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test (unit, scenario scripts, simulator: 3500 seeds and negative controls)"
-cargo test --locked --all-targets
+step "cargo test (unit, scenarios, simulator: 3500 seeds and negative controls, real processes)"
+# Bounded: a hung test fails the run instead of stalling it.
+timeout --signal=KILL 1200 cargo test --locked --all-targets
 
 step "all checks passed"

@@ -305,7 +305,18 @@ fn sigterm_of_the_leader_hands_over_within_a_fraction_of_the_lease() {
     let (_, next_token, at) = c.wait_for_leader(TTL, Some(leader));
     let handover = at - t0;
     assert!(next_token > token);
-    let status = c.nodes[leader].child.take().expect("child").wait().expect("wait");
+    let mut child = c.nodes[leader].child.take().expect("child");
+    let deadline = Instant::now() + 3 * TTL;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the old leader did not exit within 3 x lease_ttl of SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(status.code(), Some(0), "clean exit after the hand-over");
     c.check();
     eprintln!("handover on SIGTERM: {handover:?}");
@@ -329,17 +340,51 @@ fn a_paused_leader_never_overlaps_its_successor() {
     c.check();
 }
 
+/// Runs the binary to completion, killing it (by pid) if it outlives
+/// `limit`; returns its exit code and stderr.
+fn run_bounded(args: &[String], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.and_then(|s| s.code()), err)
+}
+
 #[test]
 fn a_node_restarted_with_other_peers_refuses_to_start() {
     let mut c = Cluster::start(3, "membership");
     c.wait_for_leader(Duration::from_secs(10), None);
+    // Its view names a leader only once its term is durable: the state file
+    // holds the voter set from then on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(&c.nodes[2].api, "/v1/leader").is_some_and(|(_, b)| b.contains("\"leader_id\":\"n")) {
+        assert!(Instant::now() < deadline, "n3 never learned the leader");
+        thread::sleep(Duration::from_millis(10));
+    }
     c.kill9(2);
     let mut args = c.nodes[2].args.clone();
     let peers = args.iter().position(|a| a == "--peers").expect("--peers") + 1;
     args[peers] = format!("{},n4=127.0.0.1:{}", args[peers], free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_leasehold")).args(&args).output().expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_bounded(&args, Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--accept-new-membership"), "{err}");
     c.check();
 }

@@ -103,7 +103,17 @@ fn a_single_node_group_leads_at_once_and_exits_cleanly_on_sigterm() {
     }
     // SAFETY: kill(2) on the pid of the child this test spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().expect("wait");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("no exit within 10s of SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     assert!(answer.starts_with("HTTP/1.1 200"), "no leader within 10s: {answer:?}");
     assert!(answer.contains("\"is_leader\":true") && answer.contains("\"fencing_token\":1"), "{answer}");
     assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
