@@ -12,11 +12,21 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 step() { printf '\n== %s\n' "$*"; }
 
 # --- what the tests need ---------------------------------------------------
-# The consensus core and the simulator need only the Rust toolchain with
-# clippy and rustfmt.
+# The Rust toolchain with clippy and rustfmt.
 if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
   step "installing clippy and rustfmt"
   rustup component add clippy rustfmt
+fi
+
+# promtool (Debian's prometheus package) checks a live scrape of /metrics.
+apt_packages=()
+command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+  step "installing ${apt_packages[*]} (Debian packages)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
 fi
 
 # --- checks ----------------------------------------------------------------

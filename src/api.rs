@@ -43,6 +43,7 @@ pub struct ApiState {
     pub token: Option<String>,
     /// A Host name accepted on mutating endpoints besides loopback ones.
     pub host_name: Option<String>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Serves the API on `listener` until the task is dropped.
@@ -56,7 +57,14 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(req, &state).await) }
+                async move {
+                    let path = path_label(req.uri().path());
+                    let response = handle(req, &state).await;
+                    if let Some(m) = &state.metrics {
+                        m.api_request(path, response.status().as_u16());
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let mut builder = http1::Builder::new();
             builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -104,6 +112,25 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// The `path` label of `leasehold_api_requests_total`: known paths only, so
+/// that a scanner cannot create unbounded label values.
+fn path_label(path: &str) -> &'static str {
+    const KNOWN: [&str; 11] = [
+        "/v1/leader",
+        "/v1/watch",
+        "/v1/status",
+        "/v1/step-down",
+        "/v1/transfer",
+        "/healthz",
+        "/readyz",
+        "/primary",
+        "/leader",
+        "/replica",
+        "/metrics",
+    ];
+    KNOWN.iter().find(|k| **k == path).copied().unwrap_or("other")
 }
 
 /// What a waiting client cares about: who leads, with which token, and

@@ -13,6 +13,8 @@
 //! - [`driver`]: the tokio task that owns a `core::Node`: feeds it inputs,
 //!   persists before sending what depends on it, publishes the view on a
 //!   watch channel. Makes no protocol decision.
+//! - [`metrics`]: the Prometheus registry and the metrics listener (with
+//!   `/healthz` and `/readyz` for kubelet). Changes no state.
 //! - [`storage`]: the durable state file (term, vote, identity): atomic
 //!   replacement with fsync, checksums, refusal of foreign or damaged files.
 //!   Must not decide protocol matters, and never rewrites a file it could not
@@ -31,6 +33,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod driver;
+pub mod metrics;
 pub mod sim;
 pub mod storage;
 pub mod transport;

@@ -15,6 +15,7 @@ use leasehold::clock::boottime_now;
 use leasehold::config::Config;
 use leasehold::core::{AdminRequest, Event, HardState, NodeId};
 use leasehold::driver::{Driver, Observer};
+use leasehold::metrics::Metrics;
 use leasehold::storage::{Identity, StateFile};
 use leasehold::transport::tcp::{self, Transport, TransportConfig};
 use tokio::net::TcpListener;
@@ -68,8 +69,17 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         Ok(l) => l,
         Err(e) => return refuse(&format!("--listen-api {}: {e}", config.listen_api)),
     };
+    let metrics_listener = match TcpListener::bind(config.listen_metrics).await {
+        Ok(l) => l,
+        Err(e) => return refuse(&format!("--listen-metrics {}: {e}", config.listen_metrics)),
+    };
+    let peers: Vec<NodeId> = config.node.voters.iter().filter(|v| **v != config.node.node_id).cloned().collect();
+    let metrics = match Metrics::new(&peers) {
+        Ok(m) => m,
+        Err(e) => return refuse(&format!("metrics: {e}")),
+    };
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
-    let log = Arc::new(Log);
+    let log = Arc::new(Observers { metrics: metrics.clone() });
     let transport = match &config.listen_peer {
         Some(addr) if !config.peers.is_empty() => {
             let listener = match TcpListener::bind(addr.as_str()).await {
@@ -97,8 +107,17 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         };
     let (stop_tx, stop_rx) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(stop_rx));
-    let api_state = ApiState { view: view.clone(), backend: "raft", admin: admin_tx.clone(), token, host_name: None };
+    let api_state = ApiState {
+        view: view.clone(),
+        backend: "raft",
+        admin: admin_tx.clone(),
+        token,
+        host_name: None,
+        metrics: Some(metrics.clone()),
+    };
     tokio::spawn(api::serve(api_listener, Arc::new(api_state)));
+    tokio::spawn(leasehold::metrics::serve(metrics_listener, metrics.clone(), view.clone()));
+    tokio::spawn(metrics.clone().count_leader_changes(view.clone()));
     eprintln!(
         "leasehold: node {} of cluster {} ({} voters), API on {}",
         config.node.node_id,
@@ -154,12 +173,17 @@ async fn wait_for_signal() -> bool {
     }
 }
 
-/// Role changes and connection events on stderr.
-struct Log;
+/// Role changes and connection events go to stderr and to the metrics.
+struct Observers {
+    metrics: Arc<Metrics>,
+}
 
-impl Observer for Log {
-    fn fsync(&self, _seconds: f64) {}
+impl Observer for Observers {
+    fn fsync(&self, seconds: f64) {
+        self.metrics.fsync(seconds);
+    }
     fn event(&self, event: &Event) {
+        self.metrics.event(event);
         match event {
             Event::ElectionWon { term } => eprintln!("leasehold: became leader, term {term}, fencing token {term}"),
             Event::SteppedDown { term, reason } => eprintln!("leasehold: stepped down from term {term} ({reason:?})"),
@@ -172,12 +196,17 @@ impl Observer for Log {
             _ => {}
         }
     }
-    fn rejected(&self, _reason: &'static str) {}
+    fn rejected(&self, reason: &'static str) {
+        Observer::rejected(&*self.metrics, reason);
+    }
 }
 
-impl tcp::Events for Log {
-    fn rejected(&self, _reason: &'static str) {}
+impl tcp::Events for Observers {
+    fn rejected(&self, reason: &'static str) {
+        tcp::Events::rejected(&*self.metrics, reason);
+    }
     fn peer_up(&self, peer: &NodeId, up: bool) {
+        tcp::Events::peer_up(&*self.metrics, peer, up);
         eprintln!("leasehold: peer {peer} {}", if up { "connected" } else { "disconnected" });
     }
 }

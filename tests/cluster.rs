@@ -39,6 +39,7 @@ fn field(body: &str, name: &str) -> Option<u64> {
 
 struct Node {
     api: String,
+    metrics: String,
     args: Vec<String>,
     child: Option<Child>,
 }
@@ -67,12 +68,15 @@ impl Cluster {
                     peers.clone(),
                     "--listen-api".into(),
                     api.clone(),
+                    "--listen-metrics".into(),
+                    format!("127.0.0.1:{}", free_port()),
                     "--data-dir".into(),
                     dir.join(id).to_string_lossy().into_owned(),
                     "--lease-ttl".into(),
                     format!("{}ms", TTL.as_millis()),
                 ];
-                Node { api, args, child: None }
+                let metrics = args[args.iter().position(|a| a == "--listen-metrics").expect("flag") + 1].clone();
+                Node { api, metrics, args, child: None }
             })
             .collect();
         let mut c = Cluster { nodes, dir, observer: None };
@@ -452,5 +456,46 @@ fn the_watch_stream_sends_the_current_leader_first() {
     }
     assert!(got.contains("text/event-stream"), "{got}");
     assert!(got.contains("event: leader") && got.contains(&format!("\"fencing_token\":{token}")), "{got}");
+    c.check();
+}
+
+#[test]
+fn metrics_are_served_and_pass_promtool() {
+    let mut c = Cluster::start(3, "metrics");
+    let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    thread::sleep(TTL / 2); // a few heartbeat rounds for the RTT histogram
+    let (code, body) = get(&c.nodes[leader].metrics, "/metrics").expect("scrape");
+    assert_eq!(code, 200);
+    for name in [
+        "leasehold_is_leader 1",
+        &format!("leasehold_fencing_token {token}"),
+        &format!("leasehold_term {token}"),
+        "leasehold_lease_remaining_seconds",
+        "leasehold_leader_changes_total",
+        "leasehold_elections_total{result=\"won\"}",
+        "leasehold_peer_up{peer=",
+        "leasehold_peer_rtt_seconds_bucket{peer=",
+        "leasehold_fsync_seconds_bucket",
+        "leasehold_api_requests_total{code=\"200\",path=\"/v1/leader\"}",
+        "leasehold_rejected_messages_total",
+        "leasehold_build_info{version=",
+    ] {
+        assert!(body.contains(name), "missing {name} in:\n{body}");
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(get(&c.nodes[leader].metrics, path).expect("answer").0, 200, "{path}");
+    }
+    // promtool is installed by scripts/test.sh (Debian's prometheus package).
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run scripts/test.sh, which installs Debian's prometheus package");
+    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
     c.check();
 }

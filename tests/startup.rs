@@ -84,6 +84,7 @@ fn a_single_node_group_leads_at_once_and_exits_cleanly_on_sigterm() {
     let api = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api])
+        .args(["--listen-metrics", "127.0.0.1:0"])
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn");
@@ -131,6 +132,7 @@ fn a_configured_bearer_token_guards_the_mutating_endpoints() {
     let api = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.join("data").to_string_lossy(), "--listen-api", &api])
+        .args(["--listen-metrics", "127.0.0.1:0"])
         .args(["--api-token-file", &token_file.to_string_lossy()])
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -256,15 +256,38 @@ pub enum StepDownReason {
 /// Things that happened inside a step, for metrics and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    PreVoteStarted { next_term: Term },
-    PreVoteFailed { next_term: Term },
-    ElectionStarted { term: Term, transfer: bool },
-    ElectionWon { term: Term },
-    ElectionLost { term: Term },
-    SteppedDown { term: Term, reason: StepDownReason },
-    TransferStarted { term: Term, to: Option<NodeId> },
+    PreVoteStarted {
+        next_term: Term,
+    },
+    PreVoteFailed {
+        next_term: Term,
+    },
+    ElectionStarted {
+        term: Term,
+        transfer: bool,
+    },
+    ElectionWon {
+        term: Term,
+    },
+    ElectionLost {
+        term: Term,
+    },
+    SteppedDown {
+        term: Term,
+        reason: StepDownReason,
+    },
+    TransferStarted {
+        term: Term,
+        to: Option<NodeId>,
+    },
     StorageFault,
     StorageRecovered,
+    /// The leader got `peer`'s ack of a heartbeat round `rtt` after sending
+    /// it (for `leasehold_peer_rtt_seconds`).
+    AckRoundTrip {
+        peer: NodeId,
+        rtt: Duration,
+    },
 }
 
 /// A message that was not processed, and why.

@@ -588,7 +588,7 @@ impl World {
             let (id, from, reason) = (self.slots[i].id.clone(), r.from.clone(), r.reason);
             self.note(Verbosity::Events, |_| format!("{id} rejected a message from {from}: {reason}"));
         }
-        for e in &out.events {
+        for e in out.events.iter().filter(|e| !matches!(e, Event::AckRoundTrip { .. })) {
             let id = self.slots[i].id.clone();
             self.note(Verbosity::Events, |_| format!("{id} {}", fmt_event(e)));
         }
@@ -751,5 +751,6 @@ fn fmt_event(e: &Event) -> String {
         },
         Event::StorageFault => "storage fault".to_string(),
         Event::StorageRecovered => "storage recovered".to_string(),
+        Event::AckRoundTrip { peer, rtt } => format!("ack from {peer} after {rtt:?}"),
     }
 }

@@ -80,8 +80,12 @@ impl Node {
         report.last_ack_round = report.last_ack_round.max(round);
         let acked = l.acked.entry(m.from.clone()).or_insert(0);
         *acked = (*acked).max(round);
+        let rtt = l.sent.iter().find(|(r, _)| *r == round).map(|(_, sent)| now.since(*sent));
         if l.abdicated.is_none() {
             extend_lease(l, voters, leader_lease);
+        }
+        if let Some(rtt) = rtt {
+            self.out.events.push(Event::AckRoundTrip { peer: m.from.clone(), rtt });
         }
     }
 

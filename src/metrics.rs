@@ -1,0 +1,224 @@
+//! Prometheus metrics (DESIGN §6) and the metrics listener, which also serves
+//! `/healthz` and `/readyz` because kubelet probes reach the pod IP, never
+//! its localhost. Nothing on this listener can change state.
+//!
+//! Owns: the registry and every metric. Gauges that describe the view are
+//! computed from the latest view at scrape time; counters and histograms are
+//! fed by the driver's and the transport's observer hooks. Must not: block
+//! the consensus loop (every hook is a few atomic operations).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::boottime_now;
+use crate::core::{Event, LeaderView, NodeId};
+use crate::driver::Observer;
+use crate::transport::tcp;
+
+pub struct Metrics {
+    registry: Registry,
+    is_leader: IntGauge,
+    term: IntGauge,
+    fencing_token: IntGauge,
+    lease_remaining: Gauge,
+    leader_changes: IntCounter,
+    elections: IntCounterVec,
+    peer_up: IntGaugeVec,
+    peer_rtt: HistogramVec,
+    fsync: Histogram,
+    api_requests: IntCounterVec,
+    rejected: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(peers: &[NodeId]) -> Result<Arc<Metrics>, prometheus::Error> {
+        let registry = Registry::new();
+        let fast = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+        let m = Metrics {
+            is_leader: IntGauge::new("leasehold_is_leader", "1 if this node holds a valid lease, else 0")?,
+            term: IntGauge::new("leasehold_term", "This node's current durable term")?,
+            fencing_token: IntGauge::new(
+                "leasehold_fencing_token",
+                "The fencing token of the leader this node knows (0 if none)",
+            )?,
+            lease_remaining: Gauge::new(
+                "leasehold_lease_remaining_seconds",
+                "How much longer this node's lease lasts (0 unless leader)",
+            )?,
+            leader_changes: IntCounter::new(
+                "leasehold_leader_changes_total",
+                "Changes of the leader or token this node has seen",
+            )?,
+            elections: IntCounterVec::new(
+                Opts::new("leasehold_elections_total", "Elections this node took part in as a candidate, by result"),
+                &["result"],
+            )?,
+            peer_up: IntGaugeVec::new(
+                Opts::new("leasehold_peer_up", "1 while this node's connection to the peer is up"),
+                &["peer"],
+            )?,
+            peer_rtt: HistogramVec::new(
+                HistogramOpts::new("leasehold_peer_rtt_seconds", "Heartbeat round trip to each peer, on the leader")
+                    .buckets(fast.clone()),
+                &["peer"],
+            )?,
+            fsync: Histogram::with_opts(
+                HistogramOpts::new("leasehold_fsync_seconds", "Time spent in fsync per state write").buckets(fast),
+            )?,
+            api_requests: IntCounterVec::new(
+                Opts::new("leasehold_api_requests_total", "Requests to the local API, by path and status code"),
+                &["path", "code"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new("leasehold_rejected_messages_total", "Peer messages and connections refused, by reason"),
+                &["reason"],
+            )?,
+            registry,
+        };
+        let build_info =
+            IntGaugeVec::new(Opts::new("leasehold_build_info", "Always 1; labels describe the build"), &["version"])?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let r = &m.registry;
+        r.register(Box::new(m.is_leader.clone()))?;
+        r.register(Box::new(m.term.clone()))?;
+        r.register(Box::new(m.fencing_token.clone()))?;
+        r.register(Box::new(m.lease_remaining.clone()))?;
+        r.register(Box::new(m.leader_changes.clone()))?;
+        r.register(Box::new(m.elections.clone()))?;
+        r.register(Box::new(m.peer_up.clone()))?;
+        r.register(Box::new(m.peer_rtt.clone()))?;
+        r.register(Box::new(m.fsync.clone()))?;
+        r.register(Box::new(m.api_requests.clone()))?;
+        r.register(Box::new(m.rejected.clone()))?;
+        r.register(Box::new(build_info))?;
+        // Every peer and result appears from the start, at 0.
+        for p in peers {
+            m.peer_up.with_label_values(&[p.as_str()]).set(0);
+        }
+        for result in ["won", "lost", "pre_vote_failed"] {
+            m.elections.with_label_values(&[result]);
+        }
+        // Every rejection reason the transport and the core can report.
+        for reason in [
+            "oversize",
+            "malformed",
+            "not_a_peer",
+            "version",
+            "cluster_id",
+            "unknown_peer",
+            "wrong_addressee",
+            "stale_term",
+            "conflicting_leader",
+        ] {
+            m.rejected.with_label_values(&[reason]);
+        }
+        Ok(Arc::new(m))
+    }
+
+    /// The text exposition format, with the view's gauges as of now.
+    pub fn render(&self, view: &LeaderView) -> String {
+        let now = boottime_now();
+        self.is_leader.set(i64::from(view.is_leader(now)));
+        self.term.set(i64::try_from(view.term.0).unwrap_or(i64::MAX));
+        self.fencing_token.set(view.fencing_token.map_or(0, |t| i64::try_from(t.0).unwrap_or(i64::MAX)));
+        self.lease_remaining.set(view.lease_remaining(now).as_secs_f64());
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Counts a request to the local API.
+    pub fn api_request(&self, path: &str, code: u16) {
+        self.api_requests.with_label_values(&[path, &code.to_string()]).inc();
+    }
+
+    /// Counts changes of (leader, token) as the view changes; runs until the
+    /// driver stops.
+    pub async fn count_leader_changes(self: Arc<Self>, mut rx: watch::Receiver<LeaderView>) {
+        let key = |v: &LeaderView| (v.leader_id.clone(), v.fencing_token);
+        let mut last = key(&rx.borrow_and_update());
+        while rx.changed().await.is_ok() {
+            let now = key(&rx.borrow_and_update());
+            if now != last && now.0.is_some() {
+                self.leader_changes.inc();
+            }
+            last = now;
+        }
+    }
+}
+
+impl Observer for Metrics {
+    fn fsync(&self, seconds: f64) {
+        self.fsync.observe(seconds);
+    }
+    fn event(&self, event: &Event) {
+        match event {
+            Event::ElectionWon { .. } => self.elections.with_label_values(&["won"]).inc(),
+            Event::ElectionLost { .. } => self.elections.with_label_values(&["lost"]).inc(),
+            Event::PreVoteFailed { .. } => self.elections.with_label_values(&["pre_vote_failed"]).inc(),
+            Event::AckRoundTrip { peer, rtt } => {
+                self.peer_rtt.with_label_values(&[peer.as_str()]).observe(rtt.as_secs_f64())
+            }
+            _ => {}
+        }
+    }
+    fn rejected(&self, reason: &'static str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+}
+
+impl tcp::Events for Metrics {
+    fn rejected(&self, reason: &'static str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+    fn peer_up(&self, peer: &NodeId, up: bool) {
+        self.peer_up.with_label_values(&[peer.as_str()]).set(i64::from(up));
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener`.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: watch::Receiver<LeaderView>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (metrics, view) = (metrics.clone(), view.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (metrics, view) = (metrics.clone(), view.borrow().clone());
+                async move {
+                    let (status, ctype, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render(&view)),
+                        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+                        "/readyz" if view.leader_id.is_some() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no leader known\n".to_string()),
+                        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+                    };
+                    let mut r = Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = status;
+                    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let mut builder = http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(5));
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
