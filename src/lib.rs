@@ -6,6 +6,9 @@
 //!   unseeded randomness; time is an argument. Enforced by clippy.
 //! - [`api`]: the local HTTP API. Reads are copies of the latest view from
 //!   the driver's watch channel: never waits on the loop, disk or network.
+//! - [`client`]: the client subcommands (`status`, `leader`, `step-down`,
+//!   `transfer`): one request to a running sidecar's API.
+//! - [`local`]: `leasehold local`, N sidecars on loopback as child processes.
 //! - [`clock`]: CLOCK_BOOTTIME, the only clock the protocol reads.
 //! - [`cli`]: the clap definitions of the command line (DESIGN §4).
 //! - [`config`]: flags and `LEASEHOLD_*` variables turned into a checked
@@ -29,10 +32,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;
 pub mod driver;
+pub mod local;
 pub mod metrics;
 pub mod sim;
 pub mod storage;

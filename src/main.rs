@@ -27,7 +27,8 @@ fn main() -> ExitCode {
     match cli.command {
         None => run(&cli.run),
         Some(Command::Run(args)) => run(&args),
-        Some(_) => not_built("this subcommand"),
+        Some(Command::Local(args)) => leasehold::local::run(&args),
+        Some(other) => leasehold::client::run(&other),
     }
 }
 
@@ -214,9 +215,4 @@ impl tcp::Events for Observers {
 fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("leasehold: {e}");
     ExitCode::from(2)
-}
-
-fn not_built(what: &str) -> ExitCode {
-    eprintln!("leasehold {}: {what} is not part of this build yet", env!("CARGO_PKG_VERSION"));
-    ExitCode::from(1)
 }
