@@ -45,6 +45,8 @@ pub struct Driver {
     wake_at: Nanos,
     /// Set after a failed write: when to try again.
     retry_persist_at: Option<Instant>,
+    /// Results of the local health check, if one is configured.
+    health: Option<mpsc::Receiver<bool>>,
 }
 
 impl Driver {
@@ -75,12 +77,25 @@ impl Driver {
             observer,
             wake_at: Nanos::ZERO,
             retry_persist_at: None,
+            health: None,
         };
         Ok((driver, view_rx))
     }
 
+    /// Feeds the results of a health check. Until the first result the
+    /// node counts as unhealthy: it must not win an election at boot with
+    /// a local application that is down.
+    pub fn with_health(mut self, health: mpsc::Receiver<bool>) -> Self {
+        self.health = Some(health);
+        self
+    }
+
     /// Runs until `shutdown` fires or every input channel closes.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut health = self.health.take();
+        if health.is_some() {
+            self.step(Input::Health(false)).await;
+        }
         self.step(Input::Tick).await;
         let (mut inbound_open, mut admin_open) = (true, true);
         loop {
@@ -96,6 +111,10 @@ impl Driver {
                         let _ = reply.send(answer.unwrap_or(Err(AdminError::NotLeader(None))));
                     }
                     None => admin_open = false,
+                },
+                h = next_health(&mut health), if health.is_some() => match h {
+                    Some(h) => { self.step(Input::Health(h)).await; }
+                    None => health = None,
                 },
                 _ = tokio::time::sleep_until(wake) => self.on_timer().await,
                 _ = shutdown.changed() => break,
@@ -177,6 +196,13 @@ impl Driver {
         if let Some(t) = &self.transport {
             t.send(m);
         }
+    }
+}
+
+async fn next_health(rx: &mut Option<mpsc::Receiver<bool>>) -> Option<bool> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

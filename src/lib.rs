@@ -16,6 +16,8 @@
 //! - [`driver`]: the tokio task that owns a `core::Node`: feeds it inputs,
 //!   persists before sending what depends on it, publishes the view on a
 //!   watch channel. Makes no protocol decision.
+//! - [`hooks`]: the local health check (may this node lead?) and the
+//!   `--on-elected`/`--on-demoted` commands, with timeouts, off the loop.
 //! - [`metrics`]: the Prometheus registry and the metrics listener (with
 //!   `/healthz` and `/readyz` for kubelet). Changes no state.
 //! - [`storage`]: the durable state file (term, vote, identity): atomic
@@ -37,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod driver;
+pub mod hooks;
 pub mod local;
 pub mod metrics;
 pub mod sim;

@@ -12,9 +12,10 @@ use clap::Parser;
 use leasehold::api::{self, ApiState};
 use leasehold::cli::{Cli, Command, RunArgs};
 use leasehold::clock::boottime_now;
-use leasehold::config::Config;
+use leasehold::config::{Config, HealthCheck};
 use leasehold::core::{AdminRequest, Event, HardState, NodeId};
 use leasehold::driver::{Driver, Observer};
+use leasehold::hooks;
 use leasehold::metrics::Metrics;
 use leasehold::storage::{Identity, StateFile};
 use leasehold::transport::tcp::{self, Transport, TransportConfig};
@@ -106,6 +107,16 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
             Ok(d) => d,
             Err(e) => return refuse(&e),
         };
+    let (health_tx, health_rx) = mpsc::channel(4);
+    let driver = if config.health_check == HealthCheck::None { driver } else { driver.with_health(health_rx) };
+    tokio::spawn(hooks::watch_health(config.health_check.clone(), config.node.heartbeat_interval, health_tx));
+    let counter = metrics.clone();
+    tokio::spawn(hooks::run_hooks(
+        config.on_elected.clone(),
+        config.on_demoted.clone(),
+        view.clone(),
+        Arc::new(move |hook, result| counter.hook(hook, result)),
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let driver_task = tokio::spawn(driver.run(stop_rx));
     let api_state = ApiState {

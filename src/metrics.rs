@@ -43,6 +43,7 @@ pub struct Metrics {
     fsync: Histogram,
     api_requests: IntCounterVec,
     rejected: IntCounterVec,
+    hooks: IntCounterVec,
 }
 
 impl Metrics {
@@ -88,6 +89,10 @@ impl Metrics {
                 Opts::new("leasehold_rejected_messages_total", "Peer messages and connections refused, by reason"),
                 &["reason"],
             )?,
+            hooks: IntCounterVec::new(
+                Opts::new("leasehold_hook_runs_total", "Runs of --on-elected and --on-demoted, by outcome"),
+                &["hook", "result"],
+            )?,
             registry,
         };
         let build_info =
@@ -105,6 +110,7 @@ impl Metrics {
         r.register(Box::new(m.fsync.clone()))?;
         r.register(Box::new(m.api_requests.clone()))?;
         r.register(Box::new(m.rejected.clone()))?;
+        r.register(Box::new(m.hooks.clone()))?;
         r.register(Box::new(build_info))?;
         // Every peer and result appears from the start, at 0.
         for p in peers {
@@ -140,6 +146,11 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Counts a run of a role-change hook.
+    pub fn hook(&self, hook: &str, result: &str) {
+        self.hooks.with_label_values(&[hook, result]).inc();
     }
 
     /// Counts a request to the local API.

@@ -1,0 +1,149 @@
+//! The sidecar's dealings with its local application: the health check that
+//! decides whether this node may lead (DESIGN §2 rule 9), and the
+//! `--on-elected` / `--on-demoted` hooks.
+//!
+//! Owns: running those commands and URLs with timeouts. Must not: block the
+//! consensus loop. Health results reach the driver through a channel; hooks
+//! run one at a time on their own task, never waited for by the loop.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::client;
+use crate::clock::boottime_now;
+use crate::config::HealthCheck;
+use crate::core::LeaderView;
+
+/// A hook that has not finished after this long is killed.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `sh -c cmd` with `env`, killing it after `limit`. Ok(true) if it
+/// exited 0.
+fn run_command(cmd: &str, env: &[(&str, String)], limit: Duration) -> Result<bool, String> {
+    let mut child = Command::new("sh")
+        .args(["-c", cmd])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status.success()),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("killed after {limit:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// One health check: the URL answers 2xx, or the command exits 0.
+fn check_once(check: &HealthCheck, limit: Duration) -> bool {
+    match check {
+        HealthCheck::None => true,
+        HealthCheck::Exec(cmd) => run_command(cmd, &[], limit).unwrap_or(false),
+        HealthCheck::Url(url) => {
+            let rest = url.strip_prefix("http://").unwrap_or(url);
+            let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+            client::request(authority, "GET", &path).is_ok_and(|a| (200..300).contains(&a.status))
+        }
+    }
+}
+
+/// Checks health every `interval` and reports each change to the driver.
+pub async fn watch_health(check: HealthCheck, interval: Duration, tx: mpsc::Sender<bool>) {
+    if check == HealthCheck::None {
+        return;
+    }
+    let mut last = None;
+    loop {
+        let c = check.clone();
+        let healthy = tokio::task::spawn_blocking(move || check_once(&c, interval.max(Duration::from_secs(1))))
+            .await
+            .unwrap_or(false);
+        if last != Some(healthy) {
+            if last.is_some() || !healthy {
+                eprintln!("leasehold: health check {}", if healthy { "passes" } else { "fails" });
+            }
+            if tx.send(healthy).await.is_err() {
+                return;
+            }
+            last = Some(healthy);
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Counts hook outcomes: (hook, result) with result ok, failed, or timeout.
+pub type HookCounter = Arc<dyn Fn(&'static str, &'static str) + Send + Sync>;
+
+/// Runs `--on-elected` when this node starts holding a lease and
+/// `--on-demoted` when it stops, in order, one at a time.
+pub async fn run_hooks(
+    on_elected: Option<String>,
+    on_demoted: Option<String>,
+    mut view: watch::Receiver<LeaderView>,
+    count: HookCounter,
+) {
+    if on_elected.is_none() && on_demoted.is_none() {
+        return;
+    }
+    let mut leading = false;
+    loop {
+        // A lease can lapse without a new view: look at least every 50ms.
+        let _ = tokio::time::timeout(Duration::from_millis(50), view.changed()).await;
+        let v = view.borrow_and_update().clone();
+        let now_leading = v.is_leader(boottime_now());
+        if now_leading == leading {
+            continue;
+        }
+        leading = now_leading;
+        let (name, cmd) = if leading { ("on_elected", &on_elected) } else { ("on_demoted", &on_demoted) };
+        let Some(cmd) = cmd.clone() else { continue };
+        let env = vec![
+            ("LEASEHOLD_TOKEN", v.fencing_token.map_or(String::new(), |t| t.0.to_string())),
+            ("LEASEHOLD_TERM", v.term.0.to_string()),
+            ("LEASEHOLD_LEADER_ID", v.leader_id.as_ref().map_or(String::new(), |l| l.to_string())),
+        ];
+        let outcome = tokio::task::spawn_blocking(move || run_command(&cmd, &env, HOOK_TIMEOUT)).await;
+        let result = match outcome {
+            Ok(Ok(true)) => "ok",
+            Ok(Ok(false)) => "failed",
+            Ok(Err(e)) if e.starts_with("killed") => "timeout",
+            _ => "failed",
+        };
+        eprintln!("leasehold: hook --{} {result}", name.replace('_', "-"));
+        count(name, result);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_succeed_fail_and_time_out() {
+        assert_eq!(run_command("exit 0", &[], Duration::from_secs(5)), Ok(true));
+        assert_eq!(run_command("exit 3", &[], Duration::from_secs(5)), Ok(false));
+        assert_eq!(run_command("test \"$X\" = y", &[("X", "y".into())], Duration::from_secs(5)), Ok(true));
+        let slow = run_command("sleep 5", &[], Duration::from_millis(100));
+        assert!(slow.is_err_and(|e| e.starts_with("killed")));
+    }
+
+    #[test]
+    fn an_unreachable_health_url_is_unhealthy() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let check = HealthCheck::Url(format!("http://127.0.0.1:{port}/health"));
+        assert!(!check_once(&check, Duration::from_secs(1)));
+        assert!(check_once(&HealthCheck::None, Duration::from_secs(1)));
+    }
+}
