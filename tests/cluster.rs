@@ -52,6 +52,10 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize, name: &str) -> Cluster {
+        Cluster::start_with(n, name, TTL)
+    }
+
+    fn start_with(n: usize, name: &str, ttl: Duration) -> Cluster {
         let dir = std::env::temp_dir().join(format!("leasehold-cluster-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
@@ -73,7 +77,7 @@ impl Cluster {
                     "--data-dir".into(),
                     dir.join(id).to_string_lossy().into_owned(),
                     "--lease-ttl".into(),
-                    format!("{}ms", TTL.as_millis()),
+                    format!("{}ms", ttl.as_millis()),
                 ];
                 let metrics = args[args.iter().position(|a| a == "--listen-metrics").expect("flag") + 1].clone();
                 Node { api, metrics, args, child: None }
@@ -497,5 +501,64 @@ fn metrics_are_served_and_pass_promtool() {
     let out = promtool.wait_with_output().expect("promtool");
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    c.check();
+}
+
+#[test]
+fn fifty_rounds_of_kill_and_pause_keep_one_leader_and_growing_tokens() {
+    let ttl = Duration::from_millis(300);
+    let mut c = Cluster::start_with(3, "loop", ttl);
+    let (mut leader, mut token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    for round in 0..50 {
+        assert!(started.elapsed() < Duration::from_secs(240), "the loop is bounded in time");
+        let t0 = Instant::now();
+        let paused = round % 2 == 1;
+        if paused {
+            c.signal(leader, libc::SIGSTOP);
+        } else {
+            c.kill9(leader);
+        }
+        let (next, next_token, at) = c.wait_for_leader(10 * ttl, Some(leader));
+        assert!(next_token > token, "round {round}: token {next_token} after {token}");
+        worst = worst.max(at - t0);
+        if paused {
+            thread::sleep(ttl);
+            c.signal(leader, libc::SIGCONT);
+        } else {
+            c.spawn(leader);
+        }
+        (leader, token) = (next, next_token);
+        // Let the old leader rejoin before the next fault.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (0..3).any(|i| !get(&c.nodes[i].api, "/v1/leader").is_some_and(|(_, b)| b.contains("\"leader_id\":\"n")))
+        {
+            assert!(Instant::now() < deadline, "round {round}: a node did not rejoin");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let proofs = c.check();
+    eprintln!(
+        "50 rounds at lease_ttl {ttl:?}: worst failover {worst:?}, final token {token}, {proofs} proofs observed"
+    );
+}
+
+#[test]
+fn killing_every_node_and_restarting_keeps_tokens_growing() {
+    let mut c = Cluster::start(3, "restart-all");
+    let (_, mut token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    for round in 0..3 {
+        for i in 0..3 {
+            c.kill9(i);
+        }
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        // Restarted nodes keep a restart promise of one lease before voting.
+        let (_, next_token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+        assert!(next_token > token, "round {round}: token {next_token} after {token}");
+        token = next_token;
+    }
     c.check();
 }
