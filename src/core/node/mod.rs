@@ -343,7 +343,7 @@ impl Node {
     fn on_heartbeat(&mut self, now: Nanos, m: &Envelope, round: u64, leader_address: String) {
         if m.term < self.hard.term {
             self.reject(m, RejectReason::StaleTerm);
-            self.send(m.from.clone(), self.ack_body(round, false));
+            self.send(m.from.clone(), self.ack_body(now, round, false));
             return;
         }
         if matches!(self.role, RoleState::Leader(_)) {
@@ -358,11 +358,16 @@ impl Node {
         self.leader = Some(KnownLeader { id: m.from.clone(), address: leader_address });
         self.lost_elections = 0;
         self.promise_to(now, m.from.clone());
-        self.send(m.from.clone(), self.ack_body(round, true));
+        self.send(m.from.clone(), self.ack_body(now, round, true));
     }
 
-    fn ack_body(&self, round: u64, ok: bool) -> Body {
-        Body::HeartbeatAck { round, ok, priority: self.cfg.priority, healthy: self.healthy }
+    /// `healthy` in an ack means "could campaign right now if asked": the
+    /// local check passes, the state file is writable, and no restart
+    /// promise holds. A leader hands over only to such a peer; otherwise
+    /// the TimeoutNow would be ignored and the group would wait out a lease.
+    fn ack_body(&self, now: Nanos, round: u64, ok: bool) -> Body {
+        let ready = self.healthy && self.storage_ok && now >= self.boot_promise_until;
+        Body::HeartbeatAck { round, ok, priority: self.cfg.priority, healthy: ready }
     }
 
     fn on_timeout_now(&mut self, now: Nanos, m: &Envelope) {
