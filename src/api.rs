@@ -44,6 +44,7 @@ pub struct ApiState {
     /// A Host name accepted on mutating endpoints besides loopback ones.
     pub host_name: Option<String>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    pub peers: Option<Arc<crate::transport::tcp::PeerTable>>,
 }
 
 /// Serves the API on `listener` until the task is dropped.
@@ -99,7 +100,17 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
             Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
         },
         "/v1/watch" => sse(state),
-        "/v1/status" => json_response(StatusCode::OK, status_json(&view, now, state.backend)),
+        "/v1/status" => {
+            let mut body = status_json(&view, now, state.backend);
+            let peers: Vec<Value> = state.peers.as_ref().map_or(Vec::new(), |t| {
+                t.snapshot()
+                    .into_iter()
+                    .map(|(id, up, ago)| json!({"id": id.as_str(), "connected": up, "last_contact_ms_ago": ago}))
+                    .collect()
+            });
+            body["peers"] = Value::Array(peers);
+            json_response(StatusCode::OK, body)
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => {
             text(ok_if(view.leader_id.is_some()), if view.leader_id.is_some() { "ok\n" } else { "no leader known\n" })

@@ -81,7 +81,8 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         Err(e) => return refuse(&format!("metrics: {e}")),
     };
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
-    let log = Arc::new(Observers { metrics: metrics.clone() });
+    let peer_table = Arc::new(tcp::PeerTable::new(peers.iter().cloned()));
+    let log = Arc::new(Observers { metrics: metrics.clone(), peers: peer_table.clone() });
     let transport = match &config.listen_peer {
         Some(addr) if !config.peers.is_empty() => {
             let listener = match TcpListener::bind(addr.as_str()).await {
@@ -126,6 +127,7 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         token,
         host_name: None,
         metrics: Some(metrics.clone()),
+        peers: Some(peer_table),
     };
     tokio::spawn(api::serve(api_listener, Arc::new(api_state)));
     tokio::spawn(leasehold::metrics::serve(metrics_listener, metrics.clone(), view.clone()));
@@ -188,6 +190,7 @@ async fn wait_for_signal() -> bool {
 /// Role changes and connection events go to stderr and to the metrics.
 struct Observers {
     metrics: Arc<Metrics>,
+    peers: Arc<tcp::PeerTable>,
 }
 
 impl Observer for Observers {
@@ -217,7 +220,11 @@ impl tcp::Events for Observers {
     fn rejected(&self, reason: &'static str) {
         tcp::Events::rejected(&*self.metrics, reason);
     }
+    fn received(&self, peer: &NodeId) {
+        self.peers.received(peer);
+    }
     fn peer_up(&self, peer: &NodeId, up: bool) {
+        self.peers.set_up(peer, up);
         tcp::Events::peer_up(&*self.metrics, peer, up);
         eprintln!("leasehold: peer {peer} {}", if up { "connected" } else { "disconnected" });
     }

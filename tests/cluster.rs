@@ -271,6 +271,13 @@ fn three_nodes_elect_exactly_one_leader() {
     let (_, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
     assert!(token >= 1);
     thread::sleep(2 * TTL); // let the observer watch a stable group
+    let (_, status) = get(&c.nodes[0].api, "/v1/status").expect("status");
+    for peer in ["n2", "n3"] {
+        assert!(
+            status.contains(&format!("{{\"connected\":true,\"id\":\"{peer}\",\"last_contact_ms_ago\":")),
+            "{status}"
+        );
+    }
     assert!(c.check() > 50, "the observer saw the leader many times");
 }
 

@@ -35,6 +35,8 @@ const BACKOFF_CAP: Duration = Duration::from_millis(1000);
 pub trait Events: Send + Sync + 'static {
     fn rejected(&self, reason: &'static str);
     fn peer_up(&self, peer: &NodeId, up: bool);
+    /// A valid message from `peer` arrived.
+    fn received(&self, _peer: &NodeId) {}
 }
 
 #[derive(Clone, Debug)]
@@ -165,6 +167,7 @@ async fn serve_inbound(mut stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<E
                 msg.from, hello.node_id
             ))));
         }
+        ctx.events.received(&hello.node_id);
         if inbound.send(msg).await.is_err() {
             return Ok(()); // the driver stopped
         }
@@ -339,5 +342,36 @@ mod tests {
         raw_client(addr, &forged).await;
         eventually("malformed counted", || count("malformed") == 1).await;
         assert!(rb.try_recv().is_err(), "nothing forged reached the driver");
+    }
+}
+
+/// What the API reports about each peer: is this node's connection to it
+/// up, and when did a message from it last arrive.
+#[derive(Default)]
+pub struct PeerTable {
+    peers: std::sync::Mutex<BTreeMap<NodeId, (bool, Option<std::time::Instant>)>>,
+}
+
+impl PeerTable {
+    pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
+        PeerTable { peers: std::sync::Mutex::new(peers.into_iter().map(|p| (p, (false, None))).collect()) }
+    }
+
+    pub fn set_up(&self, peer: &NodeId, up: bool) {
+        if let Ok(mut m) = self.peers.lock() {
+            m.entry(peer.clone()).or_default().0 = up;
+        }
+    }
+
+    pub fn received(&self, peer: &NodeId) {
+        if let Ok(mut m) = self.peers.lock() {
+            m.entry(peer.clone()).or_default().1 = Some(std::time::Instant::now());
+        }
+    }
+
+    /// (peer, connected, milliseconds since its last message).
+    pub fn snapshot(&self) -> Vec<(NodeId, bool, Option<u64>)> {
+        let Ok(m) = self.peers.lock() else { return Vec::new() };
+        m.iter().map(|(p, (up, last))| (p.clone(), *up, last.map(|t| t.elapsed().as_millis() as u64))).collect()
     }
 }
