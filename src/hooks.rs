@@ -71,8 +71,10 @@ pub async fn watch_health(check: HealthCheck, interval: Duration, tx: mpsc::Send
             .await
             .unwrap_or(false);
         if last != Some(healthy) {
-            if last.is_some() || !healthy {
-                eprintln!("leasehold: health check {}", if healthy { "passes" } else { "fails" });
+            if healthy && last.is_some() {
+                tracing::info!("health check passes");
+            } else if !healthy {
+                tracing::warn!("health check fails: this node will not lead");
             }
             if tx.send(healthy).await.is_err() {
                 return;
@@ -121,7 +123,11 @@ pub async fn run_hooks(
             Ok(Err(e)) if e.starts_with("killed") => "timeout",
             _ => "failed",
         };
-        eprintln!("leasehold: hook --{} {result}", name.replace('_', "-"));
+        if result == "ok" {
+            tracing::info!(hook = name, result, "hook ran");
+        } else {
+            tracing::warn!(hook = name, result, "hook did not succeed");
+        }
         count(name, result);
     }
 }

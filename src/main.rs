@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use leasehold::api::{self, ApiState};
-use leasehold::cli::{Cli, Command, RunArgs};
+use leasehold::cli::{Cli, Command, LogFormat, RunArgs};
 use leasehold::clock::boottime_now;
 use leasehold::config::{Config, HealthCheck};
 use leasehold::core::{AdminRequest, Event, HardState, NodeId};
@@ -22,6 +22,8 @@ use leasehold::transport::tcp::{self, Transport, TransportConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -51,11 +53,23 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return refuse(&e),
     };
+    init_logs(config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return refuse(&format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(serve(config, state, initial))
+}
+
+/// Logs on stderr, as text or JSON lines; `LEASEHOLD_LOG` filters
+/// (default `info`; `debug` shows every rejected message).
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("LEASEHOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match format {
+        LogFormat::Text => logs.with_ansi(false).try_init(),
+        LogFormat::Json => logs.json().try_init(),
+    };
 }
 
 async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> ExitCode {
@@ -132,12 +146,14 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
     tokio::spawn(api::serve(api_listener, Arc::new(api_state)));
     tokio::spawn(leasehold::metrics::serve(metrics_listener, metrics.clone(), view.clone()));
     tokio::spawn(metrics.clone().count_leader_changes(view.clone()));
-    eprintln!(
-        "leasehold: node {} of cluster {} ({} voters), API on {}",
-        config.node.node_id,
-        config.node.cluster_id,
-        config.node.voters.len(),
-        config.listen_api
+    info!(
+        node = %config.node.node_id,
+        cluster = %config.node.cluster_id,
+        voters = config.node.voters.len(),
+        api = %config.listen_api,
+        metrics = %config.listen_metrics,
+        lease_ttl = ?config.node.lease_ttl,
+        "started"
     );
     let terminated = wait_for_signal().await;
     if terminated && view.borrow().is_leader(boottime_now()) {
@@ -161,7 +177,7 @@ async fn hand_over(
         return;
     }
     if let Ok(Err(e)) = reply_rx.await {
-        eprintln!("leasehold: step-down on SIGTERM refused: {e}");
+        warn!(error = %e, "step-down on SIGTERM refused");
         return;
     }
     let wait = async {
@@ -200,24 +216,29 @@ impl Observer for Observers {
     fn event(&self, event: &Event) {
         self.metrics.event(event);
         match event {
-            Event::ElectionWon { term } => eprintln!("leasehold: became leader, term {term}, fencing token {term}"),
-            Event::SteppedDown { term, reason } => eprintln!("leasehold: stepped down from term {term} ({reason:?})"),
+            Event::ElectionWon { term } => info!(term = term.0, token = term.0, "became leader"),
+            Event::SteppedDown { term, reason } => info!(term = term.0, reason = ?reason, "stepped down"),
             Event::TransferStarted { term, to } => match to {
-                Some(to) => eprintln!("leasehold: ended the lease of term {term}, handing over to {to}"),
-                None => eprintln!("leasehold: ended the lease of term {term}, no eligible peer"),
+                Some(to) => info!(term = term.0, to = %to, "ended the lease to hand over"),
+                None => info!(term = term.0, "ended the lease; no peer can take over now"),
             },
-            Event::StorageFault => eprintln!("leasehold: writing the state file failed; not voting until it works"),
-            Event::StorageRecovered => eprintln!("leasehold: state file writable again"),
+            Event::StorageFault => {
+                warn!("writing the state file failed; not voting or campaigning until a write succeeds")
+            }
+            Event::StorageRecovered => info!("state file writable again"),
+            Event::ElectionStarted { term, transfer } => debug!(term = term.0, transfer, "campaigning"),
             _ => {}
         }
     }
     fn rejected(&self, reason: &'static str) {
+        debug!(reason, "rejected a peer message");
         Observer::rejected(&*self.metrics, reason);
     }
 }
 
 impl tcp::Events for Observers {
     fn rejected(&self, reason: &'static str) {
+        debug!(reason, "closed a peer connection");
         tcp::Events::rejected(&*self.metrics, reason);
     }
     fn received(&self, peer: &NodeId) {
@@ -226,7 +247,7 @@ impl tcp::Events for Observers {
     fn peer_up(&self, peer: &NodeId, up: bool) {
         self.peers.set_up(peer, up);
         tcp::Events::peer_up(&*self.metrics, peer, up);
-        eprintln!("leasehold: peer {peer} {}", if up { "connected" } else { "disconnected" });
+        info!(peer = %peer, "{}", if up { "peer connected" } else { "peer disconnected" });
     }
 }
 

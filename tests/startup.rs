@@ -167,3 +167,39 @@ fn a_configured_bearer_token_guards_the_mutating_endpoints() {
     assert!(right.starts_with("HTTP/1.1 200"), "{right}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_fields() {
+    let dir = temp_dir("json-logs");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let api = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api, "--log-format", "json"])
+        .args(["--listen-metrics", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(&api) {
+            use std::io::{Read, Write};
+            let _ = write!(s, "GET /v1/leader HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            let mut t = String::new();
+            let _ = s.read_to_string(&mut t);
+            if t.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let elected = lines.iter().find(|l| l["fields"]["message"] == "became leader").expect("a 'became leader' line");
+    assert_eq!(elected["level"], "INFO");
+    assert_eq!(elected["fields"]["token"], 1, "{elected}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
