@@ -91,8 +91,13 @@ impl Config {
         };
         node.validate()?;
         let health_check = match (&a.health_check_url, &a.health_check_exec) {
-            (Some(u), _) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                return Err(invalid("--health-check-url", format!("{u:?} is not an http:// or https:// URL")));
+            (Some(u), _) if !u.starts_with("http://") => {
+                return Err(invalid(
+                    "--health-check-url",
+                    format!(
+                        "{u:?} is not an http:// URL (the check targets the local application; https is not supported)"
+                    ),
+                ));
             }
             (Some(u), _) => HealthCheck::Url(u.clone()),
             (None, Some(c)) if c.trim().is_empty() => return Err(invalid("--health-check-exec", "is empty")),
@@ -106,6 +111,7 @@ impl Config {
             if a.election.as_deref().is_none_or(str::is_empty) {
                 return Err(invalid("--election", "is required with --backend etcd"));
             }
+            return Err(invalid("--backend", "etcd is not available in this build; use the built-in group (raft)"));
         }
         Ok(Config {
             node,
@@ -234,6 +240,11 @@ mod tests {
             (&["--health-check-url", "ftp://x"], "--health-check-url"),
             (&["--backend", "etcd"], "--etcd-endpoints: is required"),
             (&["--backend", "etcd", "--etcd-endpoints", "http://e:2379"], "--election: is required"),
+            (
+                &["--backend", "etcd", "--etcd-endpoints", "http://e:2379", "--election", "pg"],
+                "--backend: etcd is not available",
+            ),
+            (&["--health-check-url", "https://127.0.0.1/health"], "--health-check-url"),
             (&["--cluster-id", ""], "--cluster-id"),
         ];
         for (args, expected) in cases {
