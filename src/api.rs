@@ -174,7 +174,9 @@ async fn long_poll(state: &ApiState, wait: Duration, after_token: Option<&str>) 
     // A lease can lapse without a new view: look at least every 100ms.
     while !changed(&rx.borrow()) && tokio::time::Instant::now() < deadline {
         let step = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
-        let _ = tokio::time::timeout_at(step, rx.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout_at(step, rx.changed()).await {
+            break; // the driver stopped: answer with what is known
+        }
     }
     let now = boottime_now();
     let view = rx.borrow().clone();
@@ -205,7 +207,10 @@ fn sse(state: &ApiState) -> Response<HttpBody> {
     r
 }
 
-type Wait = Pin<Box<dyn Future<Output = (watch::Receiver<LeaderView>, bool)> + Send>>;
+/// `Some(true)`: timed out; `Some(false)`: the view changed; `None`: closed.
+type Wait = Pin<Box<dyn Future<Output = (watch::Receiver<LeaderView>, Option<bool>)> + Send>>;
+
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 struct WatchBody {
     rx: Option<watch::Receiver<LeaderView>>,
@@ -230,26 +235,28 @@ impl Body for WatchBody {
                     let line = format!("event: leader\ndata: {}\n\n", leader_json(&view, now, self.backend));
                     return Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))));
                 }
+                // Wake at the next view change, at lease expiry (which changes
+                // no view), or after 15s for a keep-alive.
+                let lease_left = view.lease_until.filter(|_| key.2).map(|u| u.since(now) + Duration::from_millis(1));
+                let wait = lease_left.map_or(KEEP_ALIVE, |l| l.min(KEEP_ALIVE));
                 self.pending = Some(Box::pin(async move {
                     let mut rx = rx;
-                    let waited = tokio::time::timeout(Duration::from_secs(15), rx.changed()).await;
-                    let open = !matches!(waited, Ok(Err(_)));
-                    // Also wake at lease expiry, which changes no view.
-                    (rx, open)
+                    let waited = tokio::time::timeout(wait, rx.changed()).await;
+                    (rx, waited.map_or(Some(true), |r| r.ok().map(|_| false)))
                 }));
             }
             let Some(fut) = self.pending.as_mut() else { return Poll::Ready(None) };
             match fut.as_mut().poll(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready((rx, open)) => {
+                Poll::Ready((rx, outcome)) => {
                     self.pending = None;
-                    if !open {
-                        return Poll::Ready(None);
-                    }
+                    let Some(timed_out) = outcome else { return Poll::Ready(None) };
                     let key = leadership(&rx.borrow(), boottime_now());
                     let unchanged = self.last.as_ref() == Some(&key);
                     self.rx = Some(rx);
-                    if unchanged {
+                    // A quiet stretch gets a keep-alive; a view change that
+                    // changed nothing a watcher cares about gets nothing.
+                    if unchanged && timed_out {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n")))));
                     }
                 }
@@ -294,7 +301,16 @@ async fn admin(req: &Request<Incoming>, state: &ApiState, request: AdminRequest)
 
 fn host_allowed(host: &str, name: Option<&str>) -> bool {
     let bare = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
+        // "[::1]" or "[::1]:4040", nothing else after the bracket.
+        match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some((ip, port))
+                if port.strip_prefix(':').is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) =>
+            {
+                ip
+            }
+            _ => return false,
+        }
     } else {
         host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
     };
@@ -363,7 +379,16 @@ mod tests {
         for ok in ["127.0.0.1", "127.0.0.1:4040", "localhost:4040", "[::1]:4040", "[::1]"] {
             assert!(host_allowed(ok, None), "{ok}");
         }
-        for bad in ["", "evil.example", "evil.example:4040", "10.0.0.1:4040", "127.0.0.1.evil.example"] {
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:4040",
+            "10.0.0.1:4040",
+            "127.0.0.1.evil.example",
+            "[::1].evil.com",
+            "[::1]x",
+            "localhost.evil",
+        ] {
             assert!(!host_allowed(bad, None), "{bad}");
         }
         assert!(host_allowed("pg-0:4040", Some("pg-0")));

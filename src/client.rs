@@ -26,28 +26,52 @@ fn authority(api: &str) -> Result<&str, String> {
         return Err(format!("--api {api}: https is not supported for the local API"));
     }
     let auth = rest.split('/').next().unwrap_or("");
-    if auth.is_empty() || !auth.contains(':') {
+    if auth.is_empty() {
         return Err(format!("--api {api}: expected http://HOST:PORT"));
     }
     Ok(auth)
 }
 
-/// One request with a short timeout; the API is on this machine.
+/// One request; the API is on this machine.
 pub fn request(api: &str, method: &str, path: &str) -> Result<Answer, String> {
+    request_within(api, method, path, Duration::from_secs(10))
+}
+
+/// The most of an answer that is read.
+const MAX_ANSWER_BYTES: u64 = 1 << 20;
+
+/// One request that gives up after `limit` in all, however slowly the
+/// other side trickles bytes.
+pub fn request_within(api: &str, method: &str, path: &str, limit: Duration) -> Result<Answer, String> {
+    let deadline = std::time::Instant::now() + limit;
     let auth = authority(api)?;
-    let addr = auth
+    let with_port = if auth.contains(':') { auth.to_string() } else { format!("{auth}:80") };
+    let addr = with_port
+        .as_str()
         .to_socket_addrs()
         .map_err(|e| format!("--api {api}: {e}"))?
         .next()
         .ok_or_else(|| format!("--api {api}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("cannot reach the sidecar at {api}: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut s = TcpStream::connect_timeout(&addr, limit.min(Duration::from_secs(2)))
+        .map_err(|e| format!("cannot reach {api}: {e}"))?;
     let host = if addr.ip().is_loopback() { "127.0.0.1".to_string() } else { auth.to_string() };
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         .map_err(|e| format!("{api}: {e}"))?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| format!("{api}: {e}"))?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || bytes.len() as u64 >= MAX_ANSWER_BYTES {
+            return Err(format!("{api}: no complete answer within {limit:?}"));
+        }
+        let _ = s.set_read_timeout(Some(left));
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("{api}: {e}")),
+        }
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     let status = text.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("{api}: not an HTTP answer"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok(Answer { status, body })
@@ -124,7 +148,8 @@ mod tests {
         assert_eq!(authority("http://127.0.0.1:4040").expect("ok"), "127.0.0.1:4040");
         assert_eq!(authority("127.0.0.1:4040").expect("ok"), "127.0.0.1:4040");
         assert!(authority("https://x:1").is_err());
-        assert!(authority("http://nohost").is_err());
+        assert_eq!(authority("http://localhost/health").expect("ok"), "localhost");
+        assert!(authority("http:///x").is_err());
     }
 
     #[test]

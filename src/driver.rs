@@ -106,6 +106,9 @@ impl Driver {
                     None => inbound_open = false,
                 },
                 call = self.admin.recv(), if admin_open => match call {
+                    // The caller gave up (the API's deadline passed): do not
+                    // act on a request nobody waits for any more.
+                    Some((_, reply)) if reply.is_closed() => {}
                     Some((req, reply)) => {
                         let answer = self.step(Input::Admin(req)).await;
                         let _ = reply.send(answer.unwrap_or(Err(AdminError::NotLeader(None))));

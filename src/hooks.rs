@@ -54,7 +54,7 @@ fn check_once(check: &HealthCheck, limit: Duration) -> bool {
         HealthCheck::Url(url) => {
             let rest = url.strip_prefix("http://").unwrap_or(url);
             let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-            client::request(authority, "GET", &path).is_ok_and(|a| (200..300).contains(&a.status))
+            client::request_within(authority, "GET", &path, limit).is_ok_and(|a| (200..300).contains(&a.status))
         }
     }
 }
@@ -99,37 +99,55 @@ pub async fn run_hooks(
     if on_elected.is_none() && on_demoted.is_none() {
         return;
     }
-    let mut leading = false;
+    // (leading, token): a new leadership after a lost one is a new election
+    // even if both happened while a hook ran.
+    let mut state: (bool, Option<u64>) = (false, None);
     loop {
         // A lease can lapse without a new view: look at least every 50ms.
-        let _ = tokio::time::timeout(Duration::from_millis(50), view.changed()).await;
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(50), view.changed()).await {
+            return; // the driver stopped
+        }
         let v = view.borrow_and_update().clone();
-        let now_leading = v.is_leader(boottime_now());
-        if now_leading == leading {
+        let leading = v.is_leader(boottime_now());
+        let now = (leading, if leading { v.fencing_token.map(|t| t.0) } else { None });
+        if now == state {
             continue;
         }
-        leading = now_leading;
-        let (name, cmd) = if leading { ("on_elected", &on_elected) } else { ("on_demoted", &on_demoted) };
-        let Some(cmd) = cmd.clone() else { continue };
-        let env = vec![
-            ("LEASEHOLD_TOKEN", v.fencing_token.map_or(String::new(), |t| t.0.to_string())),
-            ("LEASEHOLD_TERM", v.term.0.to_string()),
-            ("LEASEHOLD_LEADER_ID", v.leader_id.as_ref().map_or(String::new(), |l| l.to_string())),
-        ];
-        let outcome = tokio::task::spawn_blocking(move || run_command(&cmd, &env, HOOK_TIMEOUT)).await;
-        let result = match outcome {
-            Ok(Ok(true)) => "ok",
-            Ok(Ok(false)) => "failed",
-            Ok(Err(e)) if e.starts_with("killed") => "timeout",
-            _ => "failed",
-        };
-        if result == "ok" {
-            tracing::info!(hook = name, result, "hook ran");
-        } else {
-            tracing::warn!(hook = name, result, "hook did not succeed");
+        let was_leading = state.0;
+        state = now;
+        let mut runs = Vec::new();
+        if was_leading {
+            runs.push(("on_demoted", on_demoted.clone()));
         }
-        count(name, result);
+        if leading {
+            runs.push(("on_elected", on_elected.clone()));
+        }
+        for (name, cmd) in runs {
+            let Some(cmd) = cmd else { continue };
+            run_hook(name, cmd, &v, &count).await;
+        }
     }
+}
+
+async fn run_hook(name: &'static str, cmd: String, v: &LeaderView, count: &HookCounter) {
+    let env = vec![
+        ("LEASEHOLD_TOKEN", v.fencing_token.map_or(String::new(), |t| t.0.to_string())),
+        ("LEASEHOLD_TERM", v.term.0.to_string()),
+        ("LEASEHOLD_LEADER_ID", v.leader_id.as_ref().map_or(String::new(), |l| l.to_string())),
+    ];
+    let outcome = tokio::task::spawn_blocking(move || run_command(&cmd, &env, HOOK_TIMEOUT)).await;
+    let result = match outcome {
+        Ok(Ok(true)) => "ok",
+        Ok(Ok(false)) => "failed",
+        Ok(Err(e)) if e.starts_with("killed") => "timeout",
+        _ => "failed",
+    };
+    if result == "ok" {
+        tracing::info!(hook = name, result, "hook ran");
+    } else {
+        tracing::warn!(hook = name, result, "hook did not succeed");
+    }
+    count(name, result);
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         Arc::new(move |hook, result| counter.hook(hook, result)),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let driver_task = tokio::spawn(driver.run(stop_rx));
+    let mut driver_task = tokio::spawn(driver.run(stop_rx));
     let api_state = ApiState {
         view: view.clone(),
         backend: "raft",
@@ -155,7 +155,15 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         lease_ttl = ?config.node.lease_ttl,
         "started"
     );
-    let terminated = wait_for_signal().await;
+    let terminated = tokio::select! {
+        t = wait_for_signal() => t,
+        ended = &mut driver_task => {
+            // The consensus loop must never end by itself: without it the
+            // view is frozen. Exit so that a supervisor restarts the node.
+            tracing::error!(outcome = ?ended, "the consensus loop stopped");
+            return ExitCode::from(1);
+        }
+    };
     if terminated && view.borrow().is_leader(boottime_now()) {
         hand_over(&admin_tx, view, &config.node.node_id, config.node.lease_ttl).await;
     }

@@ -130,6 +130,7 @@ impl Metrics {
             "wrong_addressee",
             "stale_term",
             "conflicting_leader",
+            "too_many_connections",
         ] {
             m.rejected.with_label_values(&[reason]);
         }

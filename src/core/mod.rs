@@ -51,8 +51,9 @@ pub struct Term(pub u64);
 impl Term {
     pub fn next(self) -> Term {
         // A forged u64::MAX term must not wrap to 0; saturating keeps terms
-        // monotonic (a group stuck at u64::MAX can elect no new leader, which
-        // is safe; transport validation keeps such terms out in practice).
+        // monotonic (a node at u64::MAX never campaigns, which is safe but
+        // wedges the group: keeping forged terms out is the job of peer
+        // authentication).
         Term(self.0.saturating_add(1))
     }
 }

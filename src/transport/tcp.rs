@@ -29,6 +29,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 const QUEUE_PER_PEER: usize = 256;
 const BACKOFF_BASE: Duration = Duration::from_millis(20);
 const BACKOFF_CAP: Duration = Duration::from_millis(1000);
+const STABLE_CONNECTION: Duration = Duration::from_secs(2);
+/// Inbound connections at once; beyond, new ones are closed at once.
+const MAX_INBOUND: usize = 64;
 
 /// What the transport reports: rejected input (by reason label) and peers
 /// connecting or disconnecting.
@@ -99,10 +102,16 @@ impl Transport {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender<Envelope>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             // Out of file descriptors and the like: back off briefly.
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            ctx.events.rejected("too_many_connections");
+            drop(stream);
             continue;
         };
         let (ctx, inbound) = (ctx.clone(), inbound.clone());
@@ -110,6 +119,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender
             if let Err(Closed::Rejected(e)) = serve_inbound(stream, &ctx, inbound).await {
                 ctx.events.rejected(e.label());
             }
+            drop(slot);
         });
     }
 }
@@ -180,10 +190,15 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
     loop {
         match dial(&peer, &addr, &ctx).await {
             Ok(mut stream) => {
-                backoff = BACKOFF_BASE;
+                let up_at = tokio::time::Instant::now();
                 ctx.events.peer_up(&peer, true);
                 let done = pump(&mut stream, &mut queue).await;
                 ctx.events.peer_up(&peer, false);
+                // Only a connection that stayed up resets the backoff: a peer
+                // that accepts and drops at once is not redialled in a loop.
+                if up_at.elapsed() >= STABLE_CONNECTION {
+                    backoff = BACKOFF_BASE;
+                }
                 if done {
                     return; // the driver stopped
                 }
