@@ -136,6 +136,16 @@ impl Cluster {
         panic!("no leader within {within:?}");
     }
 
+    /// Waits (at most 10s) until every running node knows a leader.
+    fn wait_until_all_know_a_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let knows = |api: &str| get(api, "/v1/leader").is_some_and(|(_, b)| b.contains("\"leader_id\":\"n"));
+        while !self.nodes.iter().filter(|n| n.child.is_some()).all(|n| knows(&n.api)) {
+            assert!(Instant::now() < deadline, "a node did not rejoin within 10s");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Stops the observer and asserts its check.
     fn check(&mut self) -> usize {
         let obs = self.observer.take().expect("observer running");
@@ -285,7 +295,7 @@ fn three_nodes_elect_exactly_one_leader() {
 fn five_nodes_elect_exactly_one_leader() {
     let mut c = Cluster::start(5, "elect5");
     c.wait_for_leader(Duration::from_secs(10), None);
-    thread::sleep(TTL);
+    thread::sleep(TTL); // let the observer watch the group
     assert!(c.check() > 10);
 }
 
@@ -302,8 +312,7 @@ fn kill_9_of_the_leader_elects_another_with_a_higher_token() {
         failovers.push(at - killed_at);
         c.spawn(leader);
         (leader, token) = (next, next_token);
-        // Let the restarted node rejoin before the next kill.
-        thread::sleep(TTL);
+        c.wait_until_all_know_a_leader();
     }
     c.check();
     eprintln!("failover after kill -9 at lease_ttl {TTL:?}: {failovers:?}");
@@ -313,7 +322,7 @@ fn kill_9_of_the_leader_elects_another_with_a_higher_token() {
 fn sigterm_of_the_leader_hands_over_within_a_fraction_of_the_lease() {
     let mut c = Cluster::start(3, "sigterm");
     let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
-    thread::sleep(TTL / 2);
+    thread::sleep(TTL / 2); // the leader holds its lease a while before the hand-over
     let t0 = Instant::now();
     c.observer.as_mut().expect("observer").handovers.push((leader, t0));
     c.signal(leader, libc::SIGTERM);
@@ -345,12 +354,20 @@ fn a_paused_leader_never_overlaps_its_successor() {
     c.signal(leader, libc::SIGSTOP);
     let (_, next_token, _) = c.wait_for_leader(3 * TTL, Some(leader));
     assert!(next_token > token);
-    thread::sleep(TTL);
     c.signal(leader, libc::SIGCONT);
-    thread::sleep(TTL);
-    match get(&c.nodes[leader].api, "/v1/leader") {
-        Some((code, body)) => assert_eq!(code, 503, "the resumed ex-leader is not leader: {body}"),
-        None => panic!("the resumed node does not answer"),
+    // The resumed node catches up (its queued messages carry the new term)
+    // and then follows the new leader; it must answer 503 throughout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = get(&c.nodes[leader].api, "/v1/leader");
+        if let Some((code, body)) = &answer {
+            assert_eq!(*code, 503, "the resumed ex-leader is not leader: {body}");
+            if field(body, "fencing_token") == Some(next_token) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the resumed node never followed the new leader: {answer:?}");
+        thread::sleep(Duration::from_millis(10));
     }
     c.check();
 }
@@ -538,12 +555,7 @@ fn fifty_rounds_of_kill_and_pause_keep_one_leader_and_growing_tokens() {
         }
         (leader, token) = (next, next_token);
         // Let the old leader rejoin before the next fault.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while (0..3).any(|i| !get(&c.nodes[i].api, "/v1/leader").is_some_and(|(_, b)| b.contains("\"leader_id\":\"n")))
-        {
-            assert!(Instant::now() < deadline, "round {round}: a node did not rejoin");
-            thread::sleep(Duration::from_millis(10));
-        }
+        c.wait_until_all_know_a_leader();
     }
     let proofs = c.check();
     eprintln!(
