@@ -136,6 +136,21 @@ impl Cluster {
         panic!("no leader within {within:?}");
     }
 
+    /// Waits (at most 10s) until the observer holds `n` proofs of leadership,
+    /// of `token` if given.
+    fn wait_for_proofs(&self, n: usize, token: Option<u64>) {
+        let obs = self.observer.as_ref().expect("observer running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = obs.proofs.lock().expect("lock").iter().filter(|p| token.is_none_or(|t| p.token == t)).count();
+            if seen >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the observer saw only {seen} of {n} proofs within 10s");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits (at most 10s) until every running node knows a leader.
     fn wait_until_all_know_a_leader(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -280,23 +295,28 @@ fn three_nodes_elect_exactly_one_leader() {
     let mut c = Cluster::start(3, "elect3");
     let (_, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
     assert!(token >= 1);
-    thread::sleep(2 * TTL); // let the observer watch a stable group
-    let (_, status) = get(&c.nodes[0].api, "/v1/status").expect("status");
-    for peer in ["n2", "n3"] {
-        assert!(
-            status.contains(&format!("{{\"connected\":true,\"id\":\"{peer}\",\"last_contact_ms_ago\":")),
-            "{status}"
-        );
+    c.wait_for_proofs(100, Some(token));
+    let connected = |status: &str, peer: &str| {
+        status.contains(&format!("{{\"connected\":true,\"id\":\"{peer}\",\"last_contact_ms_ago\":"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = get(&c.nodes[0].api, "/v1/status").expect("status");
+        if connected(&status, "n2") && connected(&status, "n3") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peers not reported connected: {status}");
+        thread::sleep(Duration::from_millis(10));
     }
-    assert!(c.check() > 50, "the observer saw the leader many times");
+    assert!(c.check() >= 100, "the observer saw the leader many times");
 }
 
 #[test]
 fn five_nodes_elect_exactly_one_leader() {
     let mut c = Cluster::start(5, "elect5");
-    c.wait_for_leader(Duration::from_secs(10), None);
-    thread::sleep(TTL); // let the observer watch the group
-    assert!(c.check() > 10);
+    let (_, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    c.wait_for_proofs(30, Some(token));
+    assert!(c.check() >= 30);
 }
 
 #[test]
@@ -322,7 +342,9 @@ fn kill_9_of_the_leader_elects_another_with_a_higher_token() {
 fn sigterm_of_the_leader_hands_over_within_a_fraction_of_the_lease() {
     let mut c = Cluster::start(3, "sigterm");
     let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
-    thread::sleep(TTL / 2); // the leader holds its lease a while before the hand-over
+    // Proofs of the old lease exist before the hand-over, so the observer
+    // check really covers the overlap a hand-over creates.
+    c.wait_for_proofs(10, Some(token));
     let t0 = Instant::now();
     c.observer.as_mut().expect("observer").handovers.push((leader, t0));
     c.signal(leader, libc::SIGTERM);
@@ -455,7 +477,8 @@ fn transfer_through_the_api_with_its_guards_and_a_long_poll_that_sees_it() {
     let poll_path = format!("/v1/leader?wait=10s&after_token={token}");
     let started = Instant::now();
     let poller = thread::spawn(move || request(&follower_api, "GET", &poll_path, "Host: 127.0.0.1\r\n"));
-    thread::sleep(Duration::from_millis(100));
+    thread::sleep(Duration::from_millis(100)); // the long-poll is under way before the transfer
+    assert!(!poller.is_finished(), "the long-poll must wait while the leadership is unchanged");
     c.observer.as_mut().expect("observer").handovers.push((leader, Instant::now()));
     let (code, body) = request(&api, "POST", &path, host).expect("answer");
     assert_eq!(code, 200, "{body}");
@@ -491,8 +514,15 @@ fn the_watch_stream_sends_the_current_leader_first() {
 fn metrics_are_served_and_pass_promtool() {
     let mut c = Cluster::start(3, "metrics");
     let (leader, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
-    thread::sleep(TTL / 2); // a few heartbeat rounds for the RTT histogram
-    let (code, body) = get(&c.nodes[leader].metrics, "/metrics").expect("scrape");
+    // Wait (bounded) until heartbeat round trips have reached the histogram.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        let (code, body) = get(&c.nodes[leader].metrics, "/metrics").expect("scrape");
+        if body.contains("leasehold_peer_rtt_seconds_bucket{peer=") || Instant::now() >= deadline {
+            break (code, body);
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(code, 200);
     for name in [
         "leasehold_is_leader 1",
@@ -548,7 +578,7 @@ fn fifty_rounds_of_kill_and_pause_keep_one_leader_and_growing_tokens() {
         assert!(next_token > token, "round {round}: token {next_token} after {token}");
         worst = worst.max(at - t0);
         if paused {
-            thread::sleep(ttl);
+            thread::sleep(ttl); // the pause itself lasts one more lease: the fault, not a wait
             c.signal(leader, libc::SIGCONT);
         } else {
             c.spawn(leader);
