@@ -18,9 +18,12 @@ if ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 
   rustup component add clippy rustfmt
 fi
 
-# promtool (Debian's prometheus package) checks a live scrape of /metrics.
+# promtool (Debian's prometheus package) checks a live scrape of /metrics;
+# the etcd backend builds with protoc and is tested against a real etcd.
 apt_packages=()
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
+command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || apt_packages+=(etcd-server)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   step "installing ${apt_packages[*]} (Debian packages)"
   sudo=""
@@ -33,11 +36,12 @@ fi
 step "cargo fmt --check"
 cargo fmt --check
 
-step "cargo clippy --all-targets -- -D warnings"
+step "cargo clippy --all-targets -- -D warnings (default build, then with the etcd backend)"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features etcd -- -D warnings
 
-step "cargo test (unit, scenarios, simulator: 3500 seeds and negative controls, real processes)"
+step "cargo test --features etcd (unit, scenarios, simulator: 3500 seeds and negative controls, real processes, real etcd)"
 # Bounded: a hung test fails the run instead of stalling it.
-timeout --signal=KILL 1200 cargo test --locked --all-targets
+timeout --signal=KILL 1200 cargo test --locked --all-targets --features etcd
 
 step "all checks passed"

@@ -291,6 +291,7 @@ async fn admin(req: &Request<Incoming>, state: &ApiState, request: AdminRequest)
         Ok(Ok(Err(e))) => {
             let status = match e {
                 AdminError::UnknownPeer(_) | AdminError::SelfTarget(_) => StatusCode::BAD_REQUEST,
+                AdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::CONFLICT,
             };
             error(status, &e.to_string())

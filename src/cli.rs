@@ -105,9 +105,31 @@ pub struct RunArgs {
     /// etcd endpoints, comma-separated (with --backend etcd).
     #[arg(long, env = "LEASEHOLD_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
-    /// etcd election name (with --backend etcd).
+    /// etcd election name (with --backend etcd): the sidecars of one
+    /// replica set share it.
     #[arg(long, env = "LEASEHOLD_ELECTION")]
     pub election: Option<String>,
+    /// CA certificate (PEM) that signed etcd's server certificates; needed
+    /// for https:// endpoints.
+    #[arg(long, env = "LEASEHOLD_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's client-cert-auth (with --etcd-key).
+    #[arg(long, env = "LEASEHOLD_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, env = "LEASEHOLD_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user name (etcd auth); the password comes from
+    /// --etcd-password-file or LEASEHOLD_ETCD_PASSWORD.
+    #[arg(long, env = "LEASEHOLD_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password.
+    #[arg(long, env = "LEASEHOLD_ETCD_PASSWORD_FILE", conflicts_with = "etcd_password")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// The etcd user's password. Prefer the variable or the file: a flag's
+    /// value is visible to every local user in the process list.
+    #[arg(long, env = "LEASEHOLD_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
     #[arg(long, env = "LEASEHOLD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// File holding the bearer token required by the mutating API endpoints.

@@ -52,6 +52,45 @@ pub struct Config {
     pub on_elected: Option<String>,
     pub on_demoted: Option<String>,
     pub accept_new_membership: bool,
+    /// Set with `--backend etcd`.
+    pub etcd: Option<EtcdConfig>,
+}
+
+/// How to reach etcd and which election to run (`--backend etcd`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub election: String,
+    /// `--lease-ttl` rounded up to whole seconds: etcd's leases have
+    /// whole-second TTLs.
+    pub lease_ttl_secs: i64,
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, both or neither.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+}
+
+/// Where the etcd password comes from (read at start-up, never logged).
+#[derive(Clone, PartialEq)]
+pub enum Secret {
+    File(PathBuf),
+    Value(String),
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::File(p) => write!(f, "File({})", p.display()),
+            Secret::Value(_) => f.write_str("Value(..)"),
+        }
+    }
+}
+
+/// etcd leases have whole-second TTLs: `ttl` rounded up, 1s at least.
+pub fn whole_seconds(ttl: std::time::Duration) -> i64 {
+    let secs = ttl.as_nanos().div_ceil(1_000_000_000).max(1);
+    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 impl Config {
@@ -104,15 +143,7 @@ impl Config {
             (None, Some(c)) => HealthCheck::Exec(c.clone()),
             (None, None) => HealthCheck::None,
         };
-        if a.backend == Backend::Etcd {
-            if a.etcd_endpoints.is_empty() {
-                return Err(invalid("--etcd-endpoints", "is required with --backend etcd"));
-            }
-            if a.election.as_deref().is_none_or(str::is_empty) {
-                return Err(invalid("--election", "is required with --backend etcd"));
-            }
-            return Err(invalid("--backend", "etcd is not available in this build; use the built-in group (raft)"));
-        }
+        let etcd = if a.backend == Backend::Etcd { Some(etcd_config(a)?) } else { None };
         Ok(Config {
             node,
             peers,
@@ -127,8 +158,77 @@ impl Config {
             on_elected: a.on_elected.clone(),
             on_demoted: a.on_demoted.clone(),
             accept_new_membership: a.accept_new_membership,
+            etcd,
         })
     }
+}
+
+/// The etcd flags, checked; refused in a build without the `etcd` feature.
+fn etcd_config(a: &RunArgs) -> Result<EtcdConfig, ConfigError> {
+    if !a.peers.is_empty() {
+        return Err(invalid("--peers", "is for the built-in group; with --backend etcd the sidecars meet in etcd"));
+    }
+    if a.node_id.as_deref().is_none_or(|id| id.trim().is_empty()) {
+        return Err(invalid("--node-id", "is required with --backend etcd (each sidecar needs its own)"));
+    }
+    let endpoints: Vec<String> =
+        a.etcd_endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+    if endpoints.is_empty() {
+        return Err(invalid("--etcd-endpoints", "is required with --backend etcd"));
+    }
+    let election = a.election.clone().unwrap_or_default();
+    if election.trim().is_empty() {
+        return Err(invalid("--election", "is required with --backend etcd"));
+    }
+    let https = endpoints.iter().filter(|e| e.starts_with("https://")).count();
+    for e in &endpoints {
+        let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+        match rest {
+            Some(host_port) if check_host_port("--etcd-endpoints", host_port.trim_end_matches('/')).is_ok() => {}
+            _ => {
+                return Err(invalid("--etcd-endpoints", format!("{e:?} is not http://HOST:PORT or https://HOST:PORT")))
+            }
+        }
+    }
+    if https != 0 && https != endpoints.len() {
+        return Err(invalid("--etcd-endpoints", "mixes http:// and https:// endpoints"));
+    }
+    let tls_flags = a.etcd_ca.is_some() || a.etcd_cert.is_some();
+    if https > 0 && a.etcd_ca.is_none() {
+        return Err(invalid(
+            "--etcd-ca",
+            "is required with https:// endpoints (the CA that signed etcd's certificates)",
+        ));
+    }
+    if https == 0 && tls_flags {
+        return Err(invalid("--etcd-endpoints", "must be https:// URLs when --etcd-ca or --etcd-cert is given"));
+    }
+    let password = match (&a.etcd_password_file, &a.etcd_password) {
+        (Some(f), _) => Some(Secret::File(f.clone())),
+        (None, Some(p)) => Some(Secret::Value(p.clone())),
+        (None, None) => None,
+    };
+    if a.etcd_user.is_some() != password.is_some() {
+        return Err(invalid(
+            "--etcd-user",
+            "and a password (--etcd-password-file or LEASEHOLD_ETCD_PASSWORD) go together",
+        ));
+    }
+    if !cfg!(feature = "etcd") {
+        return Err(invalid(
+            "--backend",
+            "etcd is not available in this build; build with `cargo build --release --features etcd`",
+        ));
+    }
+    Ok(EtcdConfig {
+        endpoints,
+        election,
+        lease_ttl_secs: whole_seconds(a.lease_ttl),
+        ca: a.etcd_ca.clone(),
+        identity: a.etcd_cert.clone().zip(a.etcd_key.clone()),
+        user: a.etcd_user.clone(),
+        password,
+    })
 }
 
 /// `ID=HOST:PORT` entries; ids unique, addresses well-formed.
@@ -238,11 +338,47 @@ mod tests {
             (&["--max-clock-drift", "0.6"], "--max-clock-drift"),
             (&["--listen-api", "localhost"], "--listen-api"),
             (&["--health-check-url", "ftp://x"], "--health-check-url"),
-            (&["--backend", "etcd"], "--etcd-endpoints: is required"),
-            (&["--backend", "etcd", "--etcd-endpoints", "http://e:2379"], "--election: is required"),
+            (&["--backend", "etcd"], "--node-id: is required with --backend etcd"),
+            (&["--backend", "etcd", "--node-id", "a"], "--etcd-endpoints: is required"),
+            (&["--backend", "etcd", "--node-id", "a", "--etcd-endpoints", "http://e:2379"], "--election: is required"),
+            (&["--backend", "etcd", "--node-id", "a", "--peers", PEERS], "--peers: is for the built-in group"),
             (
-                &["--backend", "etcd", "--etcd-endpoints", "http://e:2379", "--election", "pg"],
-                "--backend: etcd is not available",
+                &["--backend", "etcd", "--node-id", "a", "--election", "pg", "--etcd-endpoints", "e:2379"],
+                "--etcd-endpoints",
+            ),
+            (
+                &["--backend", "etcd", "--node-id", "a", "--election", "pg", "--etcd-endpoints", "https://e:2379"],
+                "--etcd-ca: is required",
+            ),
+            (
+                &[
+                    "--backend",
+                    "etcd",
+                    "--node-id",
+                    "a",
+                    "--election",
+                    "pg",
+                    "--etcd-endpoints",
+                    "http://e:2379",
+                    "--etcd-ca",
+                    "ca.pem",
+                ],
+                "--etcd-endpoints: must be https://",
+            ),
+            (
+                &[
+                    "--backend",
+                    "etcd",
+                    "--node-id",
+                    "a",
+                    "--election",
+                    "pg",
+                    "--etcd-endpoints",
+                    "http://e:2379",
+                    "--etcd-user",
+                    "u",
+                ],
+                "--etcd-user: and a password",
             ),
             (&["--health-check-url", "https://127.0.0.1/health"], "--health-check-url"),
             (&["--cluster-id", ""], "--cluster-id"),
@@ -254,6 +390,27 @@ mod tests {
         }
         let usage = message(parse(&["--lease-ttl", "soon"]));
         assert!(usage.contains("--lease-ttl"), "{usage}");
+    }
+
+    #[test]
+    fn etcd_ttls_round_up_to_whole_seconds() {
+        assert_eq!(whole_seconds(Duration::from_millis(100)), 1);
+        assert_eq!(whole_seconds(Duration::from_secs(1)), 1);
+        assert_eq!(whole_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(whole_seconds(Duration::from_millis(2500)), 3);
+    }
+
+    #[test]
+    fn the_etcd_backend_needs_the_etcd_feature() {
+        let args = ["--backend", "etcd", "--node-id", "a", "--etcd-endpoints", "http://e:2379", "--election", "pg"];
+        let parsed = parse(&args);
+        if cfg!(feature = "etcd") {
+            let etcd = parsed.expect("valid").etcd.expect("etcd settings");
+            assert_eq!(etcd.endpoints, ["http://e:2379"]);
+            assert_eq!(etcd.lease_ttl_secs, 2);
+        } else {
+            assert!(message(parsed).contains("--features etcd"));
+        }
     }
 
     #[test]

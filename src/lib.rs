@@ -6,6 +6,8 @@
 //!   unseeded randomness; time is an argument. Enforced by clippy.
 //! - [`api`]: the local HTTP API. Reads are copies of the latest view from
 //!   the driver's watch channel: never waits on the loop, disk or network.
+//! - [`backend`]: the etcd backend (feature `etcd`): the same view and
+//!   admin calls as the built-in group, from etcd's election API.
 //! - [`client`]: the client subcommands (`status`, `leader`, `step-down`,
 //!   `transfer`): one request to a running sidecar's API.
 //! - [`local`]: `leasehold local`, N sidecars on loopback as child processes.
@@ -33,6 +35,7 @@
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod api;
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod clock;

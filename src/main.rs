@@ -40,6 +40,10 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return refuse(&e),
     };
+    #[cfg(feature = "etcd")]
+    if config.etcd.is_some() {
+        return etcd::run(config);
+    }
     let state = match StateFile::open(&config.data_dir) {
         Ok(s) => s,
         Err(e) => return refuse(&e),
@@ -72,28 +76,72 @@ fn init_logs(format: LogFormat) {
     };
 }
 
-async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> ExitCode {
+/// What both backends serve from: the API token, the two listeners and the
+/// metrics registry.
+struct Listeners {
+    token: Option<String>,
+    api: TcpListener,
+    metrics_listener: TcpListener,
+    metrics: Arc<Metrics>,
+}
+
+async fn listen(config: &Config, peers: &[NodeId]) -> Result<Listeners, String> {
     let token = match &config.api_token_file {
         None => None,
         Some(path) => match std::fs::read_to_string(path) {
             Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
-            Ok(_) => return refuse(&format!("--api-token-file {}: the file is empty", path.display())),
-            Err(e) => return refuse(&format!("--api-token-file {}: {e}", path.display())),
+            Ok(_) => return Err(format!("--api-token-file {}: the file is empty", path.display())),
+            Err(e) => return Err(format!("--api-token-file {}: {e}", path.display())),
         },
     };
-    let api_listener = match TcpListener::bind(config.listen_api).await {
-        Ok(l) => l,
-        Err(e) => return refuse(&format!("--listen-api {}: {e}", config.listen_api)),
+    let api =
+        TcpListener::bind(config.listen_api).await.map_err(|e| format!("--listen-api {}: {e}", config.listen_api))?;
+    let metrics_listener = TcpListener::bind(config.listen_metrics)
+        .await
+        .map_err(|e| format!("--listen-metrics {}: {e}", config.listen_metrics))?;
+    let metrics = Metrics::new(peers).map_err(|e| format!("metrics: {e}"))?;
+    Ok(Listeners { token, api, metrics_listener, metrics })
+}
+
+/// Starts what reads the view (API, metrics, hooks) and the health check.
+fn start_readers(
+    config: &Config,
+    l: Listeners,
+    view: &watch::Receiver<leasehold::core::LeaderView>,
+    admin: mpsc::Sender<leasehold::driver::AdminCall>,
+    backend: &'static str,
+    peers: Option<Arc<tcp::PeerTable>>,
+    health_tx: mpsc::Sender<bool>,
+) {
+    tokio::spawn(hooks::watch_health(config.health_check.clone(), config.node.heartbeat_interval, health_tx));
+    let counter = l.metrics.clone();
+    tokio::spawn(hooks::run_hooks(
+        config.on_elected.clone(),
+        config.on_demoted.clone(),
+        view.clone(),
+        Arc::new(move |hook, result| counter.hook(hook, result)),
+    ));
+    let api_state = ApiState {
+        view: view.clone(),
+        backend,
+        admin,
+        token: l.token,
+        host_name: None,
+        metrics: Some(l.metrics.clone()),
+        peers,
     };
-    let metrics_listener = match TcpListener::bind(config.listen_metrics).await {
-        Ok(l) => l,
-        Err(e) => return refuse(&format!("--listen-metrics {}: {e}", config.listen_metrics)),
-    };
+    tokio::spawn(api::serve(l.api, Arc::new(api_state)));
+    tokio::spawn(leasehold::metrics::serve(l.metrics_listener, l.metrics.clone(), view.clone()));
+    tokio::spawn(l.metrics.clone().count_leader_changes(view.clone()));
+}
+
+async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> ExitCode {
     let peers: Vec<NodeId> = config.node.voters.iter().filter(|v| **v != config.node.node_id).cloned().collect();
-    let metrics = match Metrics::new(&peers) {
-        Ok(m) => m,
-        Err(e) => return refuse(&format!("metrics: {e}")),
+    let listeners = match listen(&config, &peers).await {
+        Ok(l) => l,
+        Err(e) => return refuse(&e),
     };
+    let metrics = listeners.metrics.clone();
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
     let peer_table = Arc::new(tcp::PeerTable::new(peers.iter().cloned()));
     let log = Arc::new(Observers { metrics: metrics.clone(), peers: peer_table.clone() });
@@ -124,28 +172,9 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
         };
     let (health_tx, health_rx) = mpsc::channel(4);
     let driver = if config.health_check == HealthCheck::None { driver } else { driver.with_health(health_rx) };
-    tokio::spawn(hooks::watch_health(config.health_check.clone(), config.node.heartbeat_interval, health_tx));
-    let counter = metrics.clone();
-    tokio::spawn(hooks::run_hooks(
-        config.on_elected.clone(),
-        config.on_demoted.clone(),
-        view.clone(),
-        Arc::new(move |hook, result| counter.hook(hook, result)),
-    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut driver_task = tokio::spawn(driver.run(stop_rx));
-    let api_state = ApiState {
-        view: view.clone(),
-        backend: "raft",
-        admin: admin_tx.clone(),
-        token,
-        host_name: None,
-        metrics: Some(metrics.clone()),
-        peers: Some(peer_table),
-    };
-    tokio::spawn(api::serve(api_listener, Arc::new(api_state)));
-    tokio::spawn(leasehold::metrics::serve(metrics_listener, metrics.clone(), view.clone()));
-    tokio::spawn(metrics.clone().count_leader_changes(view.clone()));
+    start_readers(&config, listeners, &view, admin_tx.clone(), "raft", Some(peer_table), health_tx);
     info!(
         node = %config.node.node_id,
         cluster = %config.node.cluster_id,
@@ -262,4 +291,79 @@ impl tcp::Events for Observers {
 fn refuse(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("leasehold: {e}");
     ExitCode::from(2)
+}
+
+/// `--backend etcd`: etcd's election API instead of the built-in group.
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use leasehold::backend::etcd::{Backend, Settings};
+
+    pub fn run(config: Config) -> ExitCode {
+        let Some(etcd) = config.etcd.clone() else { return ExitCode::from(2) };
+        let settings = Settings {
+            etcd,
+            cluster_id: config.node.cluster_id.clone(),
+            node_id: config.node.node_id.clone(),
+            advertise: config.node.advertise.clone(),
+            priority: config.node.priority,
+            max_clock_drift: config.node.max_clock_drift,
+            data_dir: config.data_dir.clone(),
+        };
+        init_logs(config.log_format);
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return refuse(&format!("cannot start the runtime: {e}")),
+        };
+        runtime.block_on(serve(config, settings))
+    }
+
+    async fn serve(config: Config, settings: Settings) -> ExitCode {
+        let listeners = match listen(&config, &[]).await {
+            Ok(l) => l,
+            Err(e) => return refuse(&e),
+        };
+        let log = Arc::new(Observers { metrics: listeners.metrics.clone(), peers: Arc::new(tcp::PeerTable::new([])) });
+        let seed = boottime_now().0 ^ u64::from(std::process::id());
+        let (backend, view) = match Backend::new(settings, log, seed) {
+            Ok(b) => b,
+            Err(e) => return refuse(&e),
+        };
+        let (admin_tx, admin_rx) = mpsc::channel(16);
+        let (health_tx, health_rx) = mpsc::channel(4);
+        let health = (config.health_check != HealthCheck::None).then_some(health_rx);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut task = tokio::spawn(backend.run(admin_rx, health, stop_rx));
+        start_readers(&config, listeners, &view, admin_tx, "etcd", None, health_tx);
+        info!(
+            node = %config.node.node_id,
+            backend = "etcd",
+            api = %config.listen_api,
+            metrics = %config.listen_metrics,
+            "started"
+        );
+        let outcome = tokio::select! {
+            _ = wait_for_signal() => None,
+            ended = &mut task => Some(ended),
+        };
+        let outcome = match outcome {
+            Some(ended) => ended,
+            None => {
+                // Resign and revoke: the next candidate wins at once.
+                stop_tx.send_replace(true);
+                match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
+                    Ok(ended) => ended,
+                    Err(_) => return ExitCode::SUCCESS,
+                }
+            }
+        };
+        match outcome {
+            Ok(Ok(())) if *stop_tx.borrow() => ExitCode::SUCCESS,
+            Ok(Err(e)) => refuse(&e),
+            other => {
+                tracing::error!(outcome = ?other, "the etcd election loop stopped");
+                ExitCode::from(1)
+            }
+        }
+    }
 }

@@ -30,7 +30,6 @@ use crate::core::{HardState, NodeId, Term};
 
 const MAGIC: &str = "leasehold-state 1";
 const FILE_NAME: &str = "state";
-const TMP_NAME: &str = "state.tmp";
 /// A state file is a few hundred bytes; anything much larger is not ours.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
 
@@ -89,13 +88,20 @@ impl StateFile {
     /// Uses (and creates if needed) `data_dir`. Fails if it cannot be created
     /// or is not a directory.
     pub fn open(data_dir: &Path) -> Result<Self, StorageError> {
+        Self::open_named(data_dir, FILE_NAME)
+    }
+
+    /// Like [`StateFile::open`], for a file of another name in the same
+    /// format (the etcd backend keeps its highest token in `etcd-state`).
+    pub fn open_named(data_dir: &Path, name: &str) -> Result<Self, StorageError> {
         let io = |op, source| StorageError::Io { path: data_dir.to_path_buf(), op, source };
         fs::create_dir_all(data_dir).map_err(|e| io("create directory", e))?;
         let meta = fs::metadata(data_dir).map_err(|e| io("stat", e))?;
         if !meta.is_dir() {
             return Err(io("open", io::Error::other("not a directory")));
         }
-        Ok(StateFile { dir: data_dir.to_path_buf(), path: data_dir.join(FILE_NAME), tmp: data_dir.join(TMP_NAME) })
+        let (path, tmp) = (data_dir.join(name), data_dir.join(format!("{name}.tmp")));
+        Ok(StateFile { dir: data_dir.to_path_buf(), path, tmp })
     }
 
     pub fn path(&self) -> &Path {
@@ -353,7 +359,7 @@ mod tests {
         let f = StateFile::open(&d.0).expect("open");
         f.store(&identity(), &hs(4, Some("a"))).expect("store");
         // Make the temporary file's path a directory: the write fails.
-        fs::create_dir_all(d.0.join(TMP_NAME)).expect("mkdir");
+        fs::create_dir_all(d.0.join("state.tmp")).expect("mkdir");
         assert!(matches!(f.store(&identity(), &hs(5, None)), Err(StorageError::Io { .. })));
         assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(4, Some("a"))));
     }

@@ -7,35 +7,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 const TTL: Duration = Duration::from_secs(1);
-const RHO: f64 = 0.01;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// One GET over a fresh connection; None if the node does not answer.
-fn get(api: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.get(9..12)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1)?.to_string();
-    Some((code, body))
-}
-
-fn field(body: &str, name: &str) -> Option<u64> {
-    let at = body.find(&format!("\"{name}\":"))? + name.len() + 3;
-    let digits: String = body[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
-}
+mod common;
+use common::*;
 
 struct Node {
     api: String,
@@ -183,92 +161,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A leader answer: sent and received on the observer's clock.
-#[derive(Clone, Debug)]
-struct Proof {
-    node: usize,
-    token: u64,
-    sent: Instant,
-    recv: Instant,
-    remaining: Duration,
-}
-
-struct Observer {
-    stop: Arc<AtomicBool>,
-    proofs: Arc<Mutex<Vec<Proof>>>,
-    /// Planned hand-overs the test asked for: which node, and when.
-    handovers: Vec<(usize, Instant)>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Observer {
-    fn start(apis: Vec<String>) -> Observer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let proofs = Arc::new(Mutex::new(Vec::new()));
-        let (s, p) = (stop.clone(), proofs.clone());
-        let thread = thread::spawn(move || {
-            // Bounded: at most 10 minutes of polling even if never stopped.
-            let end = Instant::now() + Duration::from_secs(600);
-            while !s.load(Ordering::Relaxed) && Instant::now() < end {
-                for (node, api) in apis.iter().enumerate() {
-                    let sent = Instant::now();
-                    if let Some((200, body)) = get(api, "/v1/leader") {
-                        let recv = Instant::now();
-                        let token = field(&body, "fencing_token").expect("token");
-                        let remaining = Duration::from_millis(field(&body, "lease_remaining_ms").expect("remaining"));
-                        p.lock().expect("lock").push(Proof { node, token, sent, recv, remaining });
-                    }
-                }
-                thread::sleep(Duration::from_millis(3));
-            }
-        });
-        Observer { stop, proofs, handovers: Vec::new(), thread: Some(thread) }
-    }
-
-    /// Stops polling and checks: no two proofs of different tokens overlap,
-    /// and no token goes backwards. Returns how many proofs were seen.
-    fn finish(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("observer thread");
-        }
-        let proofs = self.proofs.lock().expect("lock").clone();
-        let found = violations(&proofs, &self.handovers);
-        assert!(
-            found.is_empty(),
-            "observer check failed ({} violations): {:?}",
-            found.len(),
-            &found[..found.len().min(5)]
-        );
-        proofs.len()
-    }
-}
-
-/// The observer check: an answer "leader, token T, remaining r" received in
-/// [sent, recv] proves a lease over [recv, sent + r*(1-rho)). Two proofs of
-/// different tokens that overlap are a violation, except across a planned
-/// hand-over the test asked for (rule 8 ends the old lease early: the older
-/// proof was given before the request, the newer one after it).
-fn violations(proofs: &[Proof], handovers: &[(usize, Instant)]) -> Vec<String> {
-    let mut found = Vec::new();
-    let end = |p: &Proof| p.sent + p.remaining.mul_f64(1.0 - RHO);
-    let planned = |old: &Proof, new: &Proof| {
-        handovers.iter().any(|&(node, at)| node == old.node && old.sent <= at && at <= new.sent)
-    };
-    for (i, a) in proofs.iter().enumerate() {
-        for b in &proofs[i + 1..] {
-            let (old, new) = if a.token < b.token { (a, b) } else { (b, a) };
-            if a.token != b.token && a.recv < end(b) && b.recv < end(a) && !planned(old, new) {
-                found.push(format!("overlap: node {} token {} and node {} token {}", a.node, a.token, b.node, b.token));
-            }
-            if b.sent > a.recv && b.token < a.token {
-                found.push(format!("token went back from {} to {}", a.token, b.token));
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn the_observer_check_bites_on_overlapping_proofs_and_tokens_going_back() {
     let t = Instant::now();
@@ -284,10 +176,13 @@ fn the_observer_check_bites_on_overlapping_proofs_and_tokens_going_back() {
     assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[]).len(), 1, "overlap");
     assert_eq!(violations(&[p(0, 2, 0, 10), p(1, 1, 600, 10)], &[]).len(), 1, "token went back");
     // A hand-over of node 0 requested at 200ms excuses exactly that overlap...
-    assert!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[(0, t + ms(200))]).is_empty());
-    // ...but not one with a proof given after the request, nor another node's.
-    assert_eq!(violations(&[p(0, 1, 250, 500), p(1, 2, 300, 500)], &[(0, t + ms(200))]).len(), 1);
-    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[(2, t + ms(200))]).len(), 1);
+    let asked_at_200 = (0, t + ms(200), t + ms(210));
+    assert!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[asked_at_200]).is_empty());
+    // ...but not one with a proof given after it was done, or a successor's
+    // proof given before it was asked, nor another node's.
+    assert_eq!(violations(&[p(0, 1, 250, 500), p(1, 2, 300, 500)], &[asked_at_200]).len(), 1);
+    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 150, 500)], &[asked_at_200]).len(), 1);
+    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[(2, t + ms(200), t + ms(210))]).len(), 1);
 }
 
 #[test]
@@ -346,9 +241,9 @@ fn sigterm_of_the_leader_hands_over_within_a_fraction_of_the_lease() {
     // check really covers the overlap a hand-over creates.
     c.wait_for_proofs(10, Some(token));
     let t0 = Instant::now();
-    c.observer.as_mut().expect("observer").handovers.push((leader, t0));
     c.signal(leader, libc::SIGTERM);
     let (_, next_token, at) = c.wait_for_leader(TTL, Some(leader));
+    c.observer.as_mut().expect("observer").handovers.push((leader, t0, at));
     let handover = at - t0;
     assert!(next_token > token);
     let mut child = c.nodes[leader].child.take().expect("child");
@@ -479,8 +374,9 @@ fn transfer_through_the_api_with_its_guards_and_a_long_poll_that_sees_it() {
     let poller = thread::spawn(move || request(&follower_api, "GET", &poll_path, "Host: 127.0.0.1\r\n"));
     thread::sleep(Duration::from_millis(100)); // the long-poll is under way before the transfer
     assert!(!poller.is_finished(), "the long-poll must wait while the leadership is unchanged");
-    c.observer.as_mut().expect("observer").handovers.push((leader, Instant::now()));
+    let asked = Instant::now();
     let (code, body) = request(&api, "POST", &path, host).expect("answer");
+    c.observer.as_mut().expect("observer").handovers.push((leader, asked, Instant::now()));
     assert_eq!(code, 200, "{body}");
     let (next, next_token, _) = c.wait_for_leader(TTL, Some(leader));
     assert_eq!(next, target);

@@ -192,6 +192,12 @@ pub enum AdminError {
     TargetIneligible(NodeId),
     #[error("a leadership transfer is already in progress")]
     TransferInProgress,
+    /// The backend cannot do what was asked, and says why (HTTP 409).
+    #[error("{0}")]
+    Refused(String),
+    /// The backend could not reach its consensus group (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
