@@ -24,6 +24,7 @@ apt_packages=()
 command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || apt_packages+=(etcd-server)
+command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)  # certificates for the etcd TLS test
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   step "installing ${apt_packages[*]} (Debian packages)"
   sudo=""

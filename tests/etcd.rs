@@ -631,3 +631,124 @@ fn crc32(data: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Runs a command that must succeed (certificate generation).
+fn must(cmd: &mut Command) {
+    let out = cmd.output().expect("run openssl (the test command installs it)");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &Path) {
+    let ossl = || {
+        let mut c = Command::new("openssl");
+        c.current_dir(dir);
+        c
+    };
+    must(ossl().args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]).args([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=leasehold test CA",
+    ]));
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        .expect("ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("ext");
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        must(ossl().args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={name}")]).args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ]));
+        must(
+            ossl().args(["x509", "-req", "-days", "2", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"]).args([
+                "-in",
+                &format!("{name}.csr"),
+                "-out",
+                &format!("{name}.pem"),
+                "-extfile",
+                ext,
+            ]),
+        );
+    }
+}
+
+#[test]
+fn a_sidecar_leads_through_etcd_with_tls_and_client_certificates() {
+    let dir = temp_dir("tls");
+    make_certs(&dir);
+    let (client, peer) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let etcd_log = std::fs::File::create(dir.join("etcd.log")).expect("log");
+    let mut etcd = Some(
+        Command::new(etcd_bin())
+            .args([
+                "--name=e0".to_string(),
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls=https://{client}"),
+                format!("--advertise-client-urls=https://{client}"),
+                format!("--listen-peer-urls=http://{peer}"),
+                format!("--initial-advertise-peer-urls=http://{peer}"),
+                format!("--initial-cluster=e0=http://{peer}"),
+                format!("--cert-file={}", dir.join("server.pem").display()),
+                format!("--key-file={}", dir.join("server.key").display()),
+                format!("--trusted-ca-file={}", dir.join("ca.pem").display()),
+                "--client-cert-auth".into(),
+                "--heartbeat-interval=20".into(),
+                "--election-timeout=200".into(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(etcd_log)
+            .spawn()
+            .expect("spawn etcd"),
+    );
+    let api = format!("127.0.0.1:{}", free_port());
+    let base = |with_cert: bool| {
+        let mut args = vec![
+            "--backend=etcd".to_string(),
+            "--node-id=tls".into(),
+            format!("--etcd-endpoints=https://{client}"),
+            "--election=tls".into(),
+            "--lease-ttl=1s".into(),
+            format!("--listen-api={api}"),
+            format!("--listen-metrics=127.0.0.1:{}", free_port()),
+            format!("--data-dir={}", dir.join("node").display()),
+            format!("--etcd-ca={}", dir.join("ca.pem").display()),
+        ];
+        if with_cert {
+            args.push(format!("--etcd-cert={}", dir.join("client.pem").display()));
+            args.push(format!("--etcd-key={}", dir.join("client.key").display()));
+        }
+        args
+    };
+    // Without a client certificate etcd refuses the connection: no leader.
+    let mut child = Some(
+        Command::new(env!("CARGO_BIN_EXE_leasehold")).args(base(false)).stderr(Stdio::null()).spawn().expect("spawn"),
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut refused = 0;
+    while Instant::now() < until {
+        match get(&api, "/v1/leader").map(|r| r.0) {
+            Some(200) => panic!("led without a client certificate"),
+            Some(_) => refused += 1,
+            None => {}
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(refused > 10, "the sidecar without a certificate did not run and answer");
+    kill9(&mut child);
+    // With one, it leads.
+    let mut child = Some(
+        Command::new(env!("CARGO_BIN_EXE_leasehold")).args(base(true)).stderr(Stdio::null()).spawn().expect("spawn"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(&api, "/v1/leader").is_none_or(|(c, _)| c != 200) {
+        assert!(Instant::now() < deadline, "no leader over TLS within 15s");
+        thread::sleep(Duration::from_millis(20));
+    }
+    kill9(&mut child);
+    kill9(&mut etcd);
+    keep_if_failed(&dir);
+}
