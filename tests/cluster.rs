@@ -96,22 +96,8 @@ impl Cluster {
     /// Waits (at most `within`) until exactly one live node answers 200 on
     /// /v1/leader, other than `not`; returns its index, its token, and when.
     fn wait_for_leader(&self, within: Duration, not: Option<usize>) -> (usize, u64, Instant) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            let leaders: Vec<(usize, u64)> = (0..self.nodes.len())
-                .filter(|&i| Some(i) != not && self.nodes[i].child.is_some())
-                .filter_map(|i| match get(&self.nodes[i].api, "/v1/leader") {
-                    Some((200, body)) => Some((i, field(&body, "fencing_token").expect("token"))),
-                    _ => None,
-                })
-                .collect();
-            assert!(leaders.len() <= 1, "two nodes answer 200 at once: {leaders:?}");
-            if let Some(&(i, token)) = leaders.first() {
-                return (i, token, Instant::now());
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-        panic!("no leader within {within:?}");
+        let apis: Vec<Option<&str>> = self.nodes.iter().map(|n| n.child.as_ref().map(|_| n.api.as_str())).collect();
+        wait_for_one_leader(&apis, within, not).unwrap_or_else(|| panic!("no leader within {within:?}"))
     }
 
     /// Waits (at most 10s) until the observer holds `n` proofs of leadership,

@@ -281,18 +281,7 @@ impl Backend {
             .unwrap_or_default();
         let drift_ppm = lease::drift_ppm(s.max_clock_drift);
         let tokens = Tokens { file: Arc::new(file), identity, highest, ok: true };
-        let (view, view_rx) = watch::channel(LeaderView {
-            node_id: s.node_id.clone(),
-            role: Role::Follower,
-            term: Term(highest),
-            leader_id: None,
-            leader_address: None,
-            fencing_token: None,
-            lease_until: None,
-            promise_until: Nanos::ZERO,
-            healthy: true,
-            storage_ok: true,
-        });
+        let (view, view_rx) = watch::channel(follower_view(&s.node_id, highest, true, true));
         let backend = Backend {
             s,
             value,
@@ -811,18 +800,7 @@ impl Backend {
 
     fn current_view(&self) -> LeaderView {
         let highest = self.tokens.highest.max(self.known.as_ref().map_or(0, |k| k.token));
-        let base = LeaderView {
-            node_id: self.s.node_id.clone(),
-            role: Role::Follower,
-            term: Term(highest),
-            leader_id: None,
-            leader_address: None,
-            fencing_token: None,
-            lease_until: None,
-            promise_until: Nanos::ZERO,
-            healthy: self.healthy,
-            storage_ok: self.tokens.ok,
-        };
+        let base = follower_view(&self.s.node_id, highest, self.healthy, self.tokens.ok);
         match (&self.phase, &self.session) {
             (Phase::Leading { token, .. }, Some(s)) => LeaderView {
                 role: Role::Leader,
@@ -854,6 +832,22 @@ impl Backend {
             *v = view;
             changed
         });
+    }
+}
+
+/// A view with no leader known, before the backend fills in what it knows.
+fn follower_view(node_id: &NodeId, highest: u64, healthy: bool, storage_ok: bool) -> LeaderView {
+    LeaderView {
+        node_id: node_id.clone(),
+        role: Role::Follower,
+        term: Term(highest),
+        leader_id: None,
+        leader_address: None,
+        fencing_token: None,
+        lease_until: None,
+        promise_until: Nanos::ZERO,
+        healthy,
+        storage_ok,
     }
 }
 

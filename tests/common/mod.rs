@@ -34,6 +34,32 @@ pub fn field(body: &str, name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Waits (at most `within`) until exactly one of `apis` (None: not running)
+/// other than `not` answers 200 on /v1/leader, asserting all along that never
+/// two do. Returns its index, its token and when it was seen; None if none.
+pub fn wait_for_one_leader(
+    apis: &[Option<&str>],
+    within: Duration,
+    not: Option<usize>,
+) -> Option<(usize, u64, Instant)> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let leaders: Vec<(usize, u64)> = (0..apis.len())
+            .filter(|&i| Some(i) != not)
+            .filter_map(|i| match get(apis[i]?, "/v1/leader") {
+                Some((200, body)) => Some((i, field(&body, "fencing_token").expect("token"))),
+                _ => None,
+            })
+            .collect();
+        assert!(leaders.len() <= 1, "two nodes answer 200 at once: {leaders:?}");
+        if let Some(&(i, token)) = leaders.first() {
+            return Some((i, token, Instant::now()));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
 /// A leader answer: sent and received on the observer's clock.
 #[derive(Clone, Debug)]
 pub struct Proof {
