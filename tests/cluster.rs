@@ -275,34 +275,6 @@ fn a_paused_leader_never_overlaps_its_successor() {
     c.check();
 }
 
-/// Runs the binary to completion, killing it (by pid) if it outlives
-/// `limit`; returns its exit code and stderr.
-fn run_bounded(args: &[String], limit: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    (status.and_then(|s| s.code()), err)
-}
-
 #[test]
 fn a_node_restarted_with_other_peers_refuses_to_start() {
     let mut c = Cluster::start(3, "membership");

@@ -494,34 +494,6 @@ fn step_down_and_transfer_follow_etcds_queue() {
     g.check();
 }
 
-/// Runs `leasehold` with `args` until it exits (at most `limit`).
-fn run_bounded(args: &[String], limit: Duration) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + limit;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut err);
-    }
-    (code, err)
-}
-
 fn solo_args(etcd: &Etcd, dir: &Path, ttl: &str) -> Vec<String> {
     vec![
         "--backend=etcd".into(),
