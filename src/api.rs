@@ -77,10 +77,17 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
 async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    let admin_wait = || wait_param(&query);
     match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/v1/step-down") => admin(&req, state, AdminRequest::StepDown).await,
-        (Method::POST, "/v1/transfer") => match query_param(&query, "to") {
-            Some(to) if !to.is_empty() => admin(&req, state, AdminRequest::TransferTo(NodeId::new(to))).await,
+        (Method::POST, "/v1/step-down") => match admin_wait() {
+            Ok(wait) => admin(&req, state, AdminRequest::StepDown, wait).await,
+            Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
+        },
+        (Method::POST, "/v1/transfer") => match (query_param(&query, "to"), admin_wait()) {
+            (_, Err(msg)) => error(StatusCode::BAD_REQUEST, &msg),
+            (Some(to), Ok(wait)) if !to.is_empty() => {
+                admin(&req, state, AdminRequest::TransferTo(NodeId::new(to)), wait).await
+            }
             _ => error(StatusCode::BAD_REQUEST, "POST /v1/transfer needs ?to=NODE_ID"),
         },
         (Method::GET | Method::HEAD, _) => read(&path, &query, state).await,
@@ -160,28 +167,36 @@ async fn long_poll(state: &ApiState, wait: Duration, after_token: Option<&str>) 
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after_token must be a number"),
     };
-    let mut rx = state.view.clone();
-    let start = leadership(&rx.borrow_and_update(), boottime_now());
-    let changed = |now_view: &LeaderView| {
+    let start = leadership(&state.view.borrow(), boottime_now());
+    let view = wait_until(state, wait, |now_view| {
         let now = leadership(now_view, boottime_now());
         match after {
             // A new leadership is known (not merely "the old one ended").
             Some(n) => now.1.is_some_and(|t| t != n),
             None => now != start,
         }
-    };
+    })
+    .await;
+    let now = boottime_now();
+    let status = if view.is_leader(now) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json_response(status, leader_json(&view, now, state.backend))
+}
+
+/// Waits for the view to satisfy `done`, at most `wait`; returns the view
+/// as it then is. Waits on the view channel only.
+async fn wait_until(state: &ApiState, wait: Duration, done: impl Fn(&LeaderView) -> bool) -> LeaderView {
+    let mut rx = state.view.clone();
+    rx.borrow_and_update();
     let deadline = tokio::time::Instant::now() + wait;
     // A lease can lapse without a new view: look at least every 100ms.
-    while !changed(&rx.borrow()) && tokio::time::Instant::now() < deadline {
+    while !done(&rx.borrow()) && tokio::time::Instant::now() < deadline {
         let step = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
         if let Ok(Err(_)) = tokio::time::timeout_at(step, rx.changed()).await {
             break; // the driver stopped: answer with what is known
         }
     }
-    let now = boottime_now();
     let view = rx.borrow().clone();
-    let status = if view.is_leader(now) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json_response(status, leader_json(&view, now, state.backend))
+    view
 }
 
 fn wait_param(query: &str) -> Result<Option<Duration>, String> {
@@ -267,8 +282,16 @@ impl Body for WatchBody {
 
 /// Mutating endpoints: the Host must be loopback (or the configured name),
 /// no Origin header (a browser page must not depose the leader through DNS
-/// rebinding), and the bearer token if one is configured.
-async fn admin(req: &Request<Incoming>, state: &ApiState, request: AdminRequest) -> Response<HttpBody> {
+/// rebinding), and the bearer token if one is configured. With `?wait=D`,
+/// an accepted hand-over is answered once another node leads with a new
+/// token (200, the leader JSON), or with 504 after D: a preStop hook can
+/// block on one `curl -X POST` until the hand-over is done.
+async fn admin(
+    req: &Request<Incoming>,
+    state: &ApiState,
+    request: AdminRequest,
+    wait: Option<Duration>,
+) -> Response<HttpBody> {
     if req.headers().contains_key(ORIGIN) {
         return error(StatusCode::FORBIDDEN, "requests with an Origin header are refused (browsers may not call this)");
     }
@@ -282,12 +305,34 @@ async fn admin(req: &Request<Incoming>, state: &ApiState, request: AdminRequest)
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
     }
+    let (me, old_token) = {
+        let v = state.view.borrow();
+        (v.node_id.clone(), v.fencing_token)
+    };
     let (reply_tx, reply_rx) = oneshot::channel();
     if state.admin.send((request, reply_tx)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
     }
     match tokio::time::timeout(Duration::from_secs(5), reply_rx).await {
-        Ok(Ok(Ok(()))) => json_response(StatusCode::OK, json!({"ok": true})),
+        Ok(Ok(Ok(()))) => match wait {
+            None => json_response(StatusCode::OK, json!({"ok": true})),
+            Some(wait) => {
+                let handed_over = |v: &LeaderView| {
+                    v.fencing_token.is_some_and(|t| Some(t) != old_token)
+                        && v.leader_id.as_ref() != Some(&me)
+                        && v.leader_id.is_some()
+                };
+                let view = wait_until(state, wait, handed_over).await;
+                let now = boottime_now();
+                if handed_over(&view) {
+                    json_response(StatusCode::OK, leader_json(&view, now, state.backend))
+                } else {
+                    let mut body = leader_json(&view, now, state.backend);
+                    body["error"] = json!(format!("no other node leads after {}", humantime::format_duration(wait)));
+                    json_response(StatusCode::GATEWAY_TIMEOUT, body)
+                }
+            }
+        },
         Ok(Ok(Err(e))) => {
             let status = match e {
                 AdminError::UnknownPeer(_) | AdminError::SelfTarget(_) => StatusCode::BAD_REQUEST,

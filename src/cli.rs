@@ -29,8 +29,10 @@ pub enum Command {
     Status(ClientArgs),
     /// Show who leads, with which token, for how much longer.
     Leader(ClientArgs),
+    /// Print one line per leadership change, until killed.
+    Watch(ClientArgs),
     /// Ask the leader to hand over to its best peer.
-    StepDown(ClientArgs),
+    StepDown(StepDownArgs),
     /// Ask the leader to hand over to a given peer.
     Transfer(TransferArgs),
 }
@@ -164,6 +166,32 @@ pub struct ClientArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// A file holding the bearer token the sidecar was started with
+    /// (its --api-token-file); sent with step-down and transfer.
+    #[arg(long, env = "LEASEHOLD_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// How a hand-over request waits for its outcome.
+#[derive(Args, Debug, Clone)]
+pub struct HandOverArgs {
+    /// Wait up to this long until another node leads with a new token;
+    /// exit 1 if none does in time. Without it, return once the leader has
+    /// accepted the request.
+    #[arg(long, value_parser = duration)]
+    pub wait: Option<Duration>,
+    /// Succeed when this node does not lead (nothing to hand over), as a
+    /// preStop hook on every replica wants.
+    #[arg(long)]
+    pub if_leader: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StepDownArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub hand_over: HandOverArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -173,4 +201,6 @@ pub struct TransferArgs {
     pub to: String,
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub hand_over: HandOverArgs,
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, Command};
+use crate::cli::{ClientArgs, Command, HandOverArgs};
 
 /// A request's outcome: HTTP status and body.
 pub struct Answer {
@@ -37,12 +37,23 @@ pub fn request(api: &str, method: &str, path: &str) -> Result<Answer, String> {
     request_within(api, method, path, Duration::from_secs(10))
 }
 
+/// One request that gives up after `limit`; see [`request_with`].
+pub fn request_within(api: &str, method: &str, path: &str, limit: Duration) -> Result<Answer, String> {
+    request_with(api, method, path, limit, None)
+}
+
 /// The most of an answer that is read.
 const MAX_ANSWER_BYTES: u64 = 1 << 20;
 
 /// One request that gives up after `limit` in all, however slowly the
-/// other side trickles bytes.
-pub fn request_within(api: &str, method: &str, path: &str, limit: Duration) -> Result<Answer, String> {
+/// other side trickles bytes, with a bearer token when one is given.
+pub fn request_with(
+    api: &str,
+    method: &str,
+    path: &str,
+    limit: Duration,
+    bearer: Option<&str>,
+) -> Result<Answer, String> {
     let deadline = std::time::Instant::now() + limit;
     let auth = authority(api)?;
     let with_port = if auth.contains(':') { auth.to_string() } else { format!("{auth}:80") };
@@ -55,7 +66,8 @@ pub fn request_within(api: &str, method: &str, path: &str, limit: Duration) -> R
     let mut s = TcpStream::connect_timeout(&addr, limit.min(Duration::from_secs(2)))
         .map_err(|e| format!("cannot reach {api}: {e}"))?;
     let host = if addr.ip().is_loopback() { "127.0.0.1".to_string() } else { auth.to_string() };
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    let auth_line = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth_line}Connection: close\r\nContent-Length: 0\r\n\r\n")
         .map_err(|e| format!("{api}: {e}"))?;
     let mut bytes = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -79,36 +91,110 @@ pub fn request_within(api: &str, method: &str, path: &str, limit: Duration) -> R
 
 /// Runs a client subcommand.
 pub fn run(command: &Command) -> ExitCode {
-    let (args, method, path): (&ClientArgs, &str, String) = match command {
-        Command::Status(a) => (a, "GET", "/v1/status".into()),
-        Command::Leader(a) => (a, "GET", "/v1/leader".into()),
-        Command::StepDown(a) => (a, "POST", "/v1/step-down".into()),
-        Command::Transfer(t) => (&t.client, "POST", format!("/v1/transfer?to={}", t.to)),
-        Command::Run(_) | Command::Local(_) => return ExitCode::from(2),
-    };
-    let answer = match request(&args.api, method, &path) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("leasehold: {e}");
-            return ExitCode::from(1);
+    match command {
+        Command::Status(a) => read(a, "/v1/status", describe_status),
+        Command::Leader(a) => read(a, "/v1/leader", describe_leader),
+        Command::StepDown(s) => hand_over(&s.client, &s.hand_over, "/v1/step-down".into()),
+        Command::Transfer(t) => hand_over(&t.client, &t.hand_over, format!("/v1/transfer?to={}", t.to)),
+        Command::Watch(a) => watch(a),
+        Command::Run(_) | Command::Local(_) => ExitCode::from(2),
+    }
+}
+
+/// `watch`: one line per leadership change, until killed. Each wait is a
+/// long poll; an unreachable sidecar (restarting, say) is retried each
+/// second and said once.
+fn watch(args: &ClientArgs) -> ExitCode {
+    let mut last = String::new();
+    loop {
+        let line = match request_within(&args.api, "GET", "/v1/leader?wait=60s", Duration::from_secs(70)) {
+            Ok(a) if args.json => a.body.trim().to_string(),
+            Ok(a) => describe_leader(&serde_json::from_str(&a.body).unwrap_or(Value::Null)),
+            Err(e) => {
+                std::thread::sleep(Duration::from_secs(1));
+                format!("leasehold: {e}")
+            }
+        };
+        // Only the lease countdown differs between two answers of one
+        // leadership: print who leads, not every renewal.
+        let key = line.split(", lease for").next().unwrap_or(&line).to_string();
+        if key != last || args.json {
+            println!("{line}");
+            last = key;
         }
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("leasehold: {message}");
+    ExitCode::from(1)
+}
+
+/// `status` and `leader`: a 503 from /v1/leader is an answer, not a failure.
+fn read(args: &ClientArgs, path: &str, describe: fn(&Value) -> String) -> ExitCode {
+    let answer = match request(&args.api, "GET", path) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
     };
     if args.json {
         print!("{}", answer.body);
-        return if answer.status < 300 || (answer.status == 503 && method == "GET") {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        };
+    } else {
+        println!("{}", describe(&serde_json::from_str(&answer.body).unwrap_or(Value::Null)));
     }
+    if answer.status < 300 || answer.status == 503 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `step-down` and `transfer`: ask; with --wait, return only once another
+/// node leads with a new token, as a preStop hook needs.
+fn hand_over(args: &ClientArgs, how: &HandOverArgs, path: String) -> ExitCode {
+    let token = match &args.token_file {
+        None => None,
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+            Ok(_) => return fail(&format!("--token-file {}: the file is empty", f.display())),
+            Err(e) => return fail(&format!("--token-file {}: {e}", f.display())),
+        },
+    };
+    let before = match request(&args.api, "GET", "/v1/leader") {
+        Ok(a) => serde_json::from_str::<Value>(&a.body).unwrap_or(Value::Null),
+        Err(e) => return fail(&e),
+    };
+    let leads = before["is_leader"].as_bool() == Some(true);
+    if how.if_leader && !leads {
+        println!("ok: {}; nothing to hand over", describe_leader(&before));
+        return ExitCode::SUCCESS;
+    }
+    // With --wait the sidecar answers once another node leads with a new
+    // token (200) or after the wait (504).
+    let (path, limit) = match how.wait {
+        None => (path, Duration::from_secs(10)),
+        Some(w) => {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            (format!("{path}{sep}wait={}ms", w.as_millis()), w + Duration::from_secs(10))
+        }
+    };
+    let answer = match request_with(&args.api, "POST", &path, limit, token.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
     let v: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-    match command {
-        Command::Status(_) => println!("{}", describe_status(&v)),
-        Command::Leader(_) => println!("{}", describe_leader(&v)),
-        _ if answer.status == 200 => println!("ok: leadership is being handed over"),
-        _ => {
-            eprintln!("leasehold: refused ({}): {}", answer.status, v["error"].as_str().unwrap_or(&answer.body));
-            return ExitCode::from(1);
+    if args.json {
+        print!("{}", answer.body);
+    }
+    let reason = v["error"].as_str().unwrap_or(&answer.body);
+    match answer.status {
+        200 => {}
+        504 => return fail(reason),
+        s => return fail(&format!("refused ({s}): {reason}")),
+    }
+    if !args.json {
+        match how.wait {
+            None => println!("ok: leadership is being handed over"),
+            Some(_) => println!("ok: {}", describe_leader(&v)),
         }
     }
     ExitCode::SUCCESS
