@@ -101,15 +101,31 @@ pub fn run(command: &Command) -> ExitCode {
     }
 }
 
-/// `watch`: one line per leadership change, until killed. Each wait is a
-/// long poll; an unreachable sidecar (restarting, say) is retried each
-/// second and said once.
+/// `watch`: who leads now, then one line per leadership change, until
+/// killed. Each wait is a long poll for a token other than the last one
+/// seen, so a change between two polls is not missed; an unreachable
+/// sidecar (restarting, say) is retried each second.
 fn watch(args: &ClientArgs) -> ExitCode {
     let mut last = String::new();
+    let mut token: Option<u64> = None;
+    let mut first = true;
     loop {
-        let line = match request_within(&args.api, "GET", "/v1/leader?wait=60s", Duration::from_secs(70)) {
-            Ok(a) if args.json => a.body.trim().to_string(),
-            Ok(a) => describe_leader(&serde_json::from_str(&a.body).unwrap_or(Value::Null)),
+        let path = match (first, token) {
+            (true, _) => "/v1/leader".to_string(),
+            (false, Some(t)) => format!("/v1/leader?wait=60s&after_token={t}"),
+            (false, None) => "/v1/leader?wait=60s".to_string(),
+        };
+        let line = match request_within(&args.api, "GET", &path, Duration::from_secs(70)) {
+            Ok(a) => {
+                first = false;
+                let v: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
+                token = v["fencing_token"].as_u64().or(token);
+                if args.json {
+                    a.body.trim().to_string()
+                } else {
+                    describe_leader(&v)
+                }
+            }
             Err(e) => {
                 std::thread::sleep(Duration::from_secs(1));
                 format!("leasehold: {e}")

@@ -1,0 +1,524 @@
+//! The rendered configuration runs. Renders the Helm chart's example
+//! StatefulSet (and the kustomize manifests) with the real helm and kubectl,
+//! takes the leasehold container's command, args and env exactly as
+//! rendered, maps the pods' stable DNS names to free loopback ports, and
+//! starts one real process per replica. Then: the probes answer on the
+//! metrics port, one leader emerges (under the observer check), the
+//! database container's preStop, run as rendered, hands over, the stand-in
+//! database's command follows the leader, and the chart's `helm test`
+//! script passes. A renamed flag or a wrong probe path fails here, not in a
+//! production rollout.
+//!
+//! The tools come from scripts/k8s-tools.sh (the test command runs it and
+//! sets LEASEHOLD_K8S_TOOLS).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::{free_port, get, wait_for_one_leader, Observer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
+/// The path of the binary in the image (Dockerfile).
+const IMAGE_BIN: &str = "/usr/local/bin/leasehold";
+
+fn tools() -> PathBuf {
+    let dir = std::env::var_os("LEASEHOLD_K8S_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+        cache.join("leasehold-tools/bin")
+    });
+    assert!(
+        dir.join("helm").exists() && dir.join("python3-yaml").exists(),
+        "helm and python3-yaml not found in {}: run `bash scripts/k8s-tools.sh` (the test command does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs a tool and returns its stdout; panics with its stderr on failure.
+fn output(program: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HELM_CACHE_HOME", std::env::temp_dir().join("leasehold-k8s-test-helm"))
+        .env("HELM_CONFIG_HOME", std::env::temp_dir().join("leasehold-k8s-test-helm"))
+        .env("HELM_DATA_HOME", std::env::temp_dir().join("leasehold-k8s-test-helm"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let mut pipe = child.stdin.take().expect("stdin");
+    let input = stdin.unwrap_or("").to_string();
+    let writer = thread::spawn(move || pipe.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("writer").expect("write stdin");
+    assert!(out.status.success(), "{} {args:?}: {}", program.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// YAML documents as JSON values, through PyYAML.
+fn documents(yaml: &str) -> Vec<Value> {
+    let script = "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d], sys.stdout)";
+    let json = output(&tools().join("python3-yaml"), &["-c", script], Some(yaml));
+    serde_json::from_str(&json).expect("json")
+}
+
+fn helm_template(sets: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", "lh", "charts/leasehold", "--namespace", "databases"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    documents(&output(&tools().join("helm"), &args, None))
+}
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    documents(&output(&tools().join("kubectl"), &["kustomize", dir], None))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map_or(Vec::new(), |a| a.iter().map(|s| s.as_str().expect("a string").to_string()).collect())
+}
+
+/// A StatefulSet as rendered, and what the test needs of it.
+struct Rendered {
+    name: String,
+    replicas: usize,
+    sidecar: Value,
+    database: Value,
+    helm_test_script: Option<String>,
+}
+
+impl Rendered {
+    fn from(docs: &[Value], statefulset: &str) -> Rendered {
+        let sts = docs
+            .iter()
+            .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == statefulset)
+            .unwrap_or_else(|| panic!("no StatefulSet {statefulset} rendered"));
+        let spec = &sts["spec"]["template"]["spec"];
+        let all: Vec<&Value> = spec["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(spec["containers"].as_array().into_iter().flatten())
+            .collect();
+        let sidecar = all.iter().find(|c| c["name"] == "leasehold").expect("a leasehold container");
+        let database = all.iter().find(|c| c["name"] != "leasehold").expect("a database container");
+        let helm_test_script = docs
+            .iter()
+            .find(|d| d["kind"] == "Pod" && d["metadata"]["annotations"]["helm.sh/hook"] == "test")
+            .map(|p| strings(&p["spec"]["containers"][0]["command"])[2].clone());
+        Rendered {
+            name: statefulset.to_string(),
+            replicas: sts["spec"]["replicas"].as_u64().expect("replicas") as usize,
+            sidecar: (*sidecar).clone(),
+            database: (*database).clone(),
+            helm_test_script,
+        }
+    }
+
+    fn pod(&self, i: usize) -> String {
+        format!("{}-{i}", self.name)
+    }
+}
+
+/// Where each pod's ports are on loopback: (pod, port in the pod) → a free
+/// loopback port, given out on first sight.
+#[derive(Default)]
+struct PortMap(HashMap<(usize, u16), u16>);
+
+impl PortMap {
+    fn get(&mut self, pod: usize, port: u16) -> u16 {
+        *self.0.entry((pod, port)).or_insert_with(free_port)
+    }
+
+    /// Rewrites every HOST:PORT in `s` to a loopback address: the pod's own
+    /// wildcard and loopback addresses (as seen from pod `me`), and every
+    /// name of pod j (NAME-j.SERVICE..., the stable DNS names).
+    fn map(&mut self, s: &str, me: usize, r: &Rendered) -> String {
+        let host_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '-';
+        let mut out = String::new();
+        let mut rest = s;
+        while let Some(colon) = rest.find(':') {
+            let host_start = rest[..colon].rfind(|c: char| !host_char(c)).map_or(0, |p| p + 1);
+            let host = &rest[host_start..colon];
+            let digits: String = rest[colon + 1..].chars().take_while(|c| c.is_ascii_digit()).collect();
+            let pod = if host == "0.0.0.0" || host == "127.0.0.1" {
+                Some(me)
+            } else {
+                (0..r.replicas).find(|&j| host.starts_with(&format!("{}.", r.pod(j))))
+            };
+            match (pod, digits.parse::<u16>()) {
+                (Some(j), Ok(port)) if !host.is_empty() => {
+                    out.push_str(&rest[..host_start]);
+                    out.push_str(&format!("127.0.0.1:{}", self.get(j, port)));
+                    rest = &rest[colon + 1 + digits.len()..];
+                }
+                _ => {
+                    out.push_str(&rest[..=colon]);
+                    rest = &rest[colon + 1..];
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Kubernetes' $(VAR) expansion in env values, command and args.
+fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut s = s.to_string();
+    for (k, v) in env {
+        s = s.replace(&format!("$({k})"), v);
+    }
+    s
+}
+
+/// One replica run as its pod would run it.
+struct Pod {
+    child: Child,
+    api: String,
+}
+
+struct Group {
+    rendered: Rendered,
+    ports: PortMap,
+    dir: PathBuf,
+    pods: Vec<Pod>,
+}
+
+impl Group {
+    fn start(rendered: Rendered, name: &str) -> Group {
+        let dir = std::env::temp_dir().join(format!("leasehold-k8s-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut g = Group { rendered, ports: PortMap::default(), dir, pods: Vec::new() };
+        for i in 0..g.rendered.replicas {
+            let pod = g.spawn(i);
+            g.pods.push(pod);
+        }
+        g
+    }
+
+    /// The pod's environment as the kubelet would give it.
+    fn env(&mut self, i: usize) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let rendered_env = self.rendered.sidecar["env"].clone();
+        for e in rendered_env.as_array().into_iter().flatten() {
+            let name = e["name"].as_str().expect("env name").to_string();
+            let value = match (&e["value"], e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
+                (Value::String(v), _) => expand(v, &env),
+                (_, Some("metadata.name")) => self.rendered.pod(i),
+                (_, Some("metadata.namespace")) => "databases".to_string(),
+                _ => panic!("env {name}: {e} is not supported by this test"),
+            };
+            let value = self.local(&value, i);
+            env.push((name, value));
+        }
+        env
+    }
+
+    /// A rendered string as seen on this machine: addresses on loopback,
+    /// volume mount paths under the test's folder, the binary built here.
+    fn local(&mut self, s: &str, i: usize) -> String {
+        let mut s = self.ports.map(s, i, &self.rendered);
+        for m in self.rendered.sidecar["volumeMounts"].as_array().into_iter().flatten() {
+            let (path, volume) = (m["mountPath"].as_str().expect("path"), m["name"].as_str().expect("name"));
+            let here = self.dir.join(self.rendered.pod(i)).join(volume);
+            std::fs::create_dir_all(&here).expect("mkdir");
+            s = s.replace(path, here.to_str().expect("utf-8 path"));
+        }
+        if s == IMAGE_BIN {
+            s = BIN.to_string();
+        }
+        s
+    }
+
+    /// A container's command and args, with $(VAR)s expanded, made local.
+    fn argv(&mut self, container: &Value, i: usize, env: &[(String, String)]) -> Vec<String> {
+        let mut argv = strings(&container["command"]);
+        argv.extend(strings(&container["args"]));
+        assert_eq!(argv.first().map(String::as_str), Some(IMAGE_BIN), "the image's binary runs");
+        argv.iter().map(|a| self.local(&expand(a, env), i)).collect()
+    }
+
+    fn spawn(&mut self, i: usize) -> Pod {
+        let env = self.env(i);
+        let sidecar = self.rendered.sidecar.clone();
+        let argv = self.argv(&sidecar, i, &env);
+        let log = std::fs::File::create(self.dir.join(format!("{}.log", self.rendered.pod(i)))).expect("log");
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leasehold as rendered");
+        // The API's port: the one --listen-api (or its env) names.
+        let api_port = argv
+            .iter()
+            .chain(env.iter().map(|(_, v)| v))
+            .find_map(|a| a.split_once("--listen-api=").map(|(_, v)| v.to_string()))
+            .or_else(|| env.iter().find(|(k, _)| k == "LEASEHOLD_LISTEN_API").map(|(_, v)| v.clone()))
+            .expect("the API address is rendered");
+        Pod { child, api: api_port }
+    }
+
+    fn container_port(&self, c: &Value, name: &str) -> u16 {
+        c["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no container port {name}")) as u16
+    }
+
+    fn apis(&self) -> Vec<Option<&str>> {
+        self.pods.iter().map(|p| Some(p.api.as_str())).collect()
+    }
+
+    /// Runs the database container's preStop exec hook in pod `i`.
+    fn pre_stop(&mut self, i: usize, limit: Duration) -> (Option<i32>, String) {
+        let env = self.env(i);
+        let hook = strings(&self.rendered.database["lifecycle"]["preStop"]["exec"]["command"]);
+        assert!(!hook.is_empty(), "the database container has a preStop exec hook");
+        let argv: Vec<String> = hook.iter().map(|a| self.local(a, i)).collect();
+        run(&argv, &env, limit)
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.rendered.pod(i)))).unwrap_or_default()
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for p in &mut self.pods {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("logs kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Runs a program until it exits (killed after `limit`); exit code and
+/// stdout followed by stderr.
+fn run(argv: &[String], env: &[(String, String)], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(out).lines().chain(BufReader::new(err).lines()).map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        let _ = tx.send(text);
+    });
+    let text = rx.recv_timeout(limit).ok();
+    if text.is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    (if text.is_some() { status.code() } else { None }, text.unwrap_or_default())
+}
+
+/// Waits (at most `within`) for a GET on the metrics port to answer `code`.
+fn wait_for_status(addr: &str, path: &str, code: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if get(addr, path).is_some_and(|(c, _)| c == code) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The whole life of a rendered group: probes, election, preStop hand-over
+/// (leader and follower), the stand-in database, the helm test script.
+fn exercise(mut g: Group) {
+    let n = g.pods.len();
+    // Startup and liveness probes answer as soon as the process is up,
+    // before any quorum; readiness once a leader is known.
+    for i in 0..n {
+        let sidecar = g.rendered.sidecar.clone();
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            let get_ = &sidecar[probe]["httpGet"];
+            let port = match &get_["port"] {
+                Value::String(name) => g.container_port(&sidecar, name),
+                p => p.as_u64().expect("port") as u16,
+            };
+            let addr = format!("127.0.0.1:{}", g.ports.get(i, port));
+            let path = get_["path"].as_str().expect("probe path");
+            assert!(
+                wait_for_status(&addr, path, 200, Duration::from_secs(15)),
+                "{probe} {path} on pod {i} never answered 200; log:\n{}",
+                g.log(i)
+            );
+        }
+    }
+
+    let mut observer = Observer::start(g.pods.iter().map(|p| p.api.clone()).collect());
+    let (leader, token, _) = wait_for_one_leader(&g.apis(), Duration::from_secs(15), None)
+        .unwrap_or_else(|| panic!("no leader among the rendered pods; log of pod 0:\n{}", g.log(0)));
+
+    // The stand-in database (when it is the leasehold image) follows its
+    // sidecar.
+    let db = g.rendered.database.clone();
+    let stand_in = strings(&db["command"]).first().map(String::as_str) == Some(IMAGE_BIN);
+    let mut watch = stand_in.then(|| {
+        let db_env = g.env(leader);
+        let db_argv = g.argv(&db, leader, &db_env);
+        let mut child = Command::new(&db_argv[0])
+            .args(&db_argv[1..])
+            .env_clear()
+            .envs(db_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the stand-in database");
+        let (lines_tx, lines) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(5)).expect("the stand-in database prints who leads");
+        assert!(first.contains("leads with fencing token"), "{first}");
+        (child, lines)
+    });
+    let cli_hook =
+        strings(&db["lifecycle"]["preStop"]["exec"]["command"]).first().map(String::as_str) == Some(IMAGE_BIN);
+
+    // A follower's preStop returns at once and changes nothing.
+    let follower = (leader + 1) % n;
+    let (code, out) = g.pre_stop(follower, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "a follower's preStop failed: {out}");
+    if cli_hook {
+        assert!(out.contains("nothing to hand over"), "{out}");
+    }
+    assert_eq!(wait_for_one_leader(&g.apis(), Duration::from_secs(2), None).map(|l| l.0), Some(leader));
+
+    // The leader's preStop hands over and returns once another pod leads.
+    let asked = Instant::now();
+    let (code, out) = g.pre_stop(leader, Duration::from_secs(30));
+    observer.handovers.push((leader, asked, Instant::now()));
+    assert_eq!(code, Some(0), "the leader's preStop failed: {out}");
+    // At once, no waiting: the hook returned only when another pod led.
+    let now: Vec<(usize, u64)> = (0..n)
+        .filter_map(|i| match get(&g.pods[i].api, "/v1/leader") {
+            Some((200, body)) => Some((i, common::field(&body, "fencing_token").expect("token"))),
+            _ => None,
+        })
+        .collect();
+    let &[(next, next_token)] = now.as_slice() else {
+        panic!("right after the preStop returned, the pods leading were {now:?}: {out}");
+    };
+    assert_ne!(next, leader, "the preStop returned before another pod led: {out}");
+    assert!(next_token > token, "token {next_token} after {token}");
+    if let Some((child, lines)) = &mut watch {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l: &String| l.starts_with(&g.rendered.pod(next))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            seen.push(lines.recv_timeout(left).unwrap_or_else(|_| panic!("the stand-in database saw {seen:?}")));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // The chart's helm test script, run against the pods' metrics ports.
+    if let Some(script) = g.rendered.helm_test_script.clone() {
+        let script = g.ports.map(&script, 0, &g.rendered);
+        let argv = vec!["sh".to_string(), "-c".to_string(), script];
+        let (code, out) = run(&argv, &[], Duration::from_secs(90));
+        assert_eq!(code, Some(0), "helm test script failed:\n{out}");
+        assert!(out.contains("ok: one leader, one fencing token"), "{out}");
+    }
+    let proofs = observer.finish();
+    assert!(proofs > 0, "the observer saw no leader");
+}
+
+#[test]
+fn the_charts_rendered_statefulset_elects_and_hands_over() {
+    let docs = helm_template(&[]);
+    let rendered = Rendered::from(&docs, "lh-leasehold");
+    assert_eq!(rendered.replicas, 3);
+    assert_eq!(rendered.sidecar["restartPolicy"], "Always", "a native sidecar by default");
+    exercise(Group::start(rendered, "chart"));
+}
+
+#[test]
+fn the_classic_sidecar_with_five_replicas_runs_as_rendered() {
+    let docs = helm_template(&["sidecar.native=false", "example.replicas=5", "sidecar.leaseTtl=1s"]);
+    let rendered = Rendered::from(&docs, "lh-leasehold");
+    assert_eq!(rendered.replicas, 5);
+    assert!(rendered.sidecar.get("restartPolicy").is_none());
+    exercise(Group::start(rendered, "classic"));
+}
+
+#[test]
+fn the_kustomize_overlay_runs_as_rendered() {
+    let docs = kustomize("manifests/overlays/example");
+    let rendered = Rendered::from(&docs, "db");
+    assert_eq!(rendered.replicas, 5, "the overlay's five replicas");
+    exercise(Group::start(rendered, "kustomize"));
+}
+
+#[test]
+fn the_component_injected_into_a_database_statefulset_runs_as_rendered() {
+    // The database's own preStop: one curl POST /v1/step-down?wait=20s.
+    let docs = kustomize("manifests/examples/inject");
+    let rendered = Rendered::from(&docs, "orders");
+    assert_eq!(rendered.sidecar["restartPolicy"], "Always");
+    exercise(Group::start(rendered, "inject"));
+}
+
+#[test]
+fn a_chart_value_the_binary_refuses_fails_here() {
+    // The check bites: a rendered flag the binary does not accept stops the
+    // pod at start, and the test sees it.
+    let docs = helm_template(&["sidecar.extraArgs[0]=--no-such-flag"]);
+    let mut g = Group::start(Rendered::from(&docs, "lh-leasehold"), "refused");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = g.pods[0].child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "a wrong flag exits 2");
+    assert!(g.log(0).contains("--no-such-flag"), "{}", g.log(0));
+}
