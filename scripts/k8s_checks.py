@@ -56,6 +56,8 @@ def check_objects(path):
             continue
         if obj["kind"] == "StatefulSet" and obj["spec"].get("podManagementPolicy") != "Parallel":
             say(obj, "StatefulSet is not podManagementPolicy: Parallel")
+        if obj["kind"] == "StatefulSet" and obj["spec"].get("minReadySeconds", 0) < 1:
+            say(obj, "StatefulSet without minReadySeconds: a rolling update would not wait out a lease")
         containers = [("init", c) for c in spec.get("initContainers") or []]
         containers += [("main", c) for c in spec.get("containers") or []]
         for where, c in containers:
