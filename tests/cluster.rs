@@ -465,3 +465,30 @@ fn killing_every_node_and_restarting_keeps_tokens_growing() {
     }
     c.check();
 }
+
+#[test]
+fn a_hand_over_nobody_takes_answers_504_after_the_wait() {
+    let mut c = Cluster::start(3, "handover-504");
+    let (leader, _, _) = c.wait_for_leader(Duration::from_secs(10), None);
+    let target = (leader + 1) % 3;
+    let host = "Host: 127.0.0.1\r\n";
+    let api = c.nodes[leader].api.clone();
+    let (code, body) = request(&api, "POST", "/v1/step-down?wait=soon", host).expect("answer");
+    assert_eq!(code, 400, "a bad wait is refused before anything changes: {body}");
+    // The target is paused: the leader accepts (it heard from it a moment
+    // ago) and ends its lease, but nobody can take over within 300ms.
+    c.signal(target, libc::SIGSTOP);
+    let asked = Instant::now();
+    let path = format!("/v1/transfer?to=n{}&wait=300ms", target + 1);
+    let (code, body) = request(&api, "POST", &path, host).expect("answer");
+    let answered = Instant::now();
+    c.observer.as_mut().expect("observer").handovers.push((leader, asked, answered));
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("no other node leads after 300ms"), "{body}");
+    assert!(body.contains("\"is_leader\":false"), "the old leader's lease ended at once: {body}");
+    assert!(answered - asked >= Duration::from_millis(300), "answered after {:?}", answered - asked);
+    c.signal(target, libc::SIGCONT);
+    // The group recovers by itself with a higher token.
+    c.wait_for_leader(Duration::from_secs(10), None);
+    c.check();
+}

@@ -159,9 +159,31 @@ fn a_configured_bearer_token_guards_the_mutating_endpoints() {
     let without = post("");
     let wrong = post("Authorization: Bearer nope\r\n");
     let right = post("Authorization: Bearer s3cret\r\n");
+    // The CLI sends the token from --token-file; without it, the 401 says why.
+    let cli = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(["step-down", "--api", &format!("http://{api}")])
+            .args(extra)
+            .env_remove("LEASEHOLD_API_TOKEN_FILE")
+            .output()
+            .expect("run the CLI")
+    };
+    let refused = cli(&[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let accepted = loop {
+        // Right after a step-down the single node leads again within a lease.
+        let out = cli(&["--token-file", &token_file.to_string_lossy()]);
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     // SAFETY: kill(2) on the pid of the child this test spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let _ = child.wait();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{refused:?}");
+    assert!(accepted.status.success(), "{accepted:?}");
     assert!(without.starts_with("HTTP/1.1 401"), "{without}");
     assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
     assert!(right.starts_with("HTTP/1.1 200"), "{right}");
