@@ -228,16 +228,28 @@ async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx) -> Result<TcpStream, Closed>
 }
 
 /// Writes queued messages until the connection fails (false) or the driver
-/// drops the queue (true).
+/// drops the queue (true). The peer never writes on this connection after
+/// the handshake, so anything readable means it closed (or broke the
+/// protocol): notice that at once. Otherwise a peer that died between two
+/// messages is noticed only when a write fails, and the first message after
+/// its death (a vote request, say) is lost in the dead socket while the
+/// kernel still accepts it, which cost a failover a whole campaign round.
 async fn pump(stream: &mut TcpStream, queue: &mut mpsc::Receiver<Envelope>) -> bool {
-    while let Some(msg) = queue.recv().await {
-        let Ok(bytes) = frame::encode(&msg) else { continue };
-        match timeout(WRITE_TIMEOUT, stream.write_all(&bytes)).await {
-            Ok(Ok(())) => {}
-            _ => return false,
+    let mut probe = [0u8; 1];
+    loop {
+        tokio::select! {
+            msg = queue.recv() => {
+                let Some(msg) = msg else { return true };
+                let Ok(bytes) = frame::encode(&msg) else { continue };
+                match timeout(WRITE_TIMEOUT, stream.write_all(&bytes)).await {
+                    Ok(Ok(())) => {}
+                    _ => return false,
+                }
+            }
+            // `read` is cancel-safe: losing this select loses no byte.
+            _ = stream.read(&mut probe) => return false,
         }
     }
-    true
 }
 
 fn fnv(s: &str) -> u64 {
@@ -327,6 +339,46 @@ mod tests {
         let mut got = Vec::new();
         let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("closed in time");
         got
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_dies_is_noticed_without_a_write_and_the_next_message_arrives() {
+        // b is a hand-made peer: it accepts a's dial, answers the hello, and
+        // then its process "dies" (the socket closes). a must notice at once,
+        // redial, and deliver the next message on the new connection instead
+        // of writing it into the dead one.
+        let la = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let lb = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let peers: BTreeMap<NodeId, String> = [
+            (NodeId::new("a"), la.local_addr().expect("addr").to_string()),
+            (NodeId::new("b"), lb.local_addr().expect("addr").to_string()),
+        ]
+        .into();
+        let events = Arc::new(Recorded::default());
+        let cfg = TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers };
+        let (ta, _ra) = mpsc::channel(16);
+        let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
+        let accept_hello = || async {
+            let (mut s, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("dialled").expect("accept");
+            let mut reader = FrameReader::default();
+            let mut buf = vec![0u8; 1024];
+            assert!(read_frame(&mut s, &mut reader, &mut buf).await.is_ok(), "a hello");
+            s.write_all(&frame::encode(&Hello::new("pg", &NodeId::new("b"))).expect("encode")).await.expect("hi");
+            (s, reader, buf)
+        };
+        let (first, _, _) = accept_hello().await;
+        eventually("a up", || events.up.lock().expect("lock").contains(&(NodeId::new("b"), true))).await;
+        drop(first);
+        eventually("the death noticed without a write", || {
+            events.up.lock().expect("lock").contains(&(NodeId::new("b"), false))
+        })
+        .await;
+        let (mut second, mut reader, mut buf) = accept_hello().await;
+        a.send(envelope("a", "b", 7));
+        let payload =
+            timeout(Duration::from_secs(5), read_frame(&mut second, &mut reader, &mut buf)).await.expect("in time");
+        let Ok(payload) = payload else { panic!("no frame on the new connection") };
+        assert_eq!(frame::decode_envelope(&payload).expect("envelope"), envelope("a", "b", 7));
     }
 
     #[tokio::test]
