@@ -605,10 +605,26 @@ impl Node {
 
     fn promise_to(&mut self, now: Nanos, to: NodeId) {
         let until = now.plus(self.cfg.lease_ttl).max(self.promise.until);
+        let delay = self.succession_delay(&to);
         self.promise = Promise { until, to: Some(to) };
         if matches!(self.role, RoleState::Follower) {
-            self.election_due = until.plus(self.jitter());
+            self.election_due = until.plus(delay);
         }
+    }
+
+    /// How long after the end of its promise to `to` a follower campaigns.
+    /// The survivors of a leader all promised it until about the same
+    /// instant; drawing from one jitter window they would often campaign
+    /// within a round trip of each other and split the vote, so the window
+    /// had to be wide, and a failover paid for it. Instead they take turns
+    /// in node-id order (leaving out `to`): the first campaigns within a
+    /// quarter of the jitter window after the expiry, each next one half a
+    /// heartbeat later, when the first has long won or failed.
+    fn succession_delay(&mut self, to: &NodeId) -> Duration {
+        let me = &self.cfg.node_id;
+        let rank = self.cfg.voters.iter().filter(|v| *v != to).position(|v| v == me).unwrap_or(0);
+        let rank = u32::try_from(rank).unwrap_or(u32::MAX);
+        (self.cfg.heartbeat_interval / 2).saturating_mul(rank) + self.jitter() / 4
     }
 
     fn request_persist(&mut self) {
