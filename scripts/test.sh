@@ -27,6 +27,7 @@ command -v etcd >/dev/null 2>&1 || apt_packages+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)  # certificates for the etcd TLS test
 command -v wget >/dev/null 2>&1 || apt_packages+=(wget)  # the chart's helm test script runs against real sidecars
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)  # a database preStop hook in the manifests uses curl
+command -v wrk >/dev/null 2>&1 || apt_packages+=(wrk)  # the benchmark program's load generator (smoke-tested)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   step "installing ${apt_packages[*]} (Debian packages)"
   sudo=""
