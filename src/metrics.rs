@@ -130,6 +130,7 @@ impl Metrics {
             "wrong_addressee",
             "stale_term",
             "conflicting_leader",
+            "term_too_far",
             "too_many_connections",
         ] {
             m.rejected.with_label_values(&[reason]);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use leasehold::core::lease::{drift_ppm, leader_lease};
 use leasehold::core::{
     AdminError, AdminRequest, Body, Config, ConfigError, Envelope, Event, HardState, Input, Nanos, Node, NodeId,
-    Outputs, Role, Term, PROTOCOL_VERSION,
+    Outputs, RejectReason, Role, Term, MAX_TERM_AHEAD, PROTOCOL_VERSION,
 };
 
 const TTL: Duration = Duration::from_secs(2);
@@ -136,7 +136,10 @@ fn persist_failure_stops_campaigning_until_a_write_succeeds() {
 
 #[test]
 fn a_node_at_the_last_term_never_campaigns_and_keeps_its_vote() {
-    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    // A term near the end is reached one step at a time (a jump of more
+    // than MAX_TERM_AHEAD is refused: see the next test).
+    let near_end = HardState { term: Term(u64::MAX - 1), voted_for: None };
+    let mut n = Node::new(config("a", &["a", "b", "c"]), Some(near_end), at(0), 7).expect("valid config");
     let hb = msg("b", "a", u64::MAX, Body::Heartbeat { round: 1, leader_address: "b".into() });
     let out = n.step(at(1), Input::Message(hb));
     assert_eq!(out.persist, Some(HardState { term: Term(u64::MAX), voted_for: None }));
@@ -146,6 +149,23 @@ fn a_node_at_the_last_term_never_campaigns_and_keeps_its_vote() {
     assert!(out.send_now.is_empty() && out.persist.is_none(), "no campaign at term u64::MAX");
     assert_eq!(out.wake_at, Nanos::NEVER.min(out.wake_at));
     assert_eq!(n.hard_state().term, Term(u64::MAX));
+}
+
+#[test]
+fn a_term_too_far_ahead_is_refused_and_adopts_nothing() {
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    for term in [u64::MAX, MAX_TERM_AHEAD + 1] {
+        let hb = msg("b", "a", term, Body::Heartbeat { round: 1, leader_address: "b".into() });
+        let out = n.step(at(1), Input::Message(hb));
+        assert_eq!(out.rejected.len(), 1, "term {term}");
+        assert_eq!(out.rejected[0].reason, RejectReason::TermTooFar);
+        assert!(out.persist.is_none() && out.send_now.is_empty() && out.send_after_persist.is_empty());
+    }
+    // The largest jump allowed is adopted.
+    let hb = msg("b", "a", MAX_TERM_AHEAD, Body::Heartbeat { round: 1, leader_address: "b".into() });
+    let out = n.step(at(2), Input::Message(hb));
+    assert!(out.rejected.is_empty());
+    assert_eq!(out.persist.map(|h| h.term), Some(Term(MAX_TERM_AHEAD)));
 }
 
 #[test]

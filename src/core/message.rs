@@ -81,6 +81,9 @@ impl Body {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RejectReason {
     Version,
+    /// A term (in the envelope or a PreVote body) more than
+    /// [`MAX_TERM_AHEAD`] above the receiver's.
+    TermTooFar,
     ClusterId,
     WrongAddressee,
     UnknownPeer,
@@ -88,10 +91,18 @@ pub enum RejectReason {
     ConflictingLeader,
 }
 
+/// How far above its own term a node accepts a peer's term. Terms grow by
+/// one per election, so a real peer is never this far ahead; a forged or
+/// corrupt term near `u64::MAX`, once adopted, would leave the group no term
+/// to campaign in (a node at `u64::MAX` votes and follows only). Dropping
+/// the message is always safe: it is a lost message.
+pub const MAX_TERM_AHEAD: u64 = 1 << 32;
+
 impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::Version => "version",
+            RejectReason::TermTooFar => "term_too_far",
             RejectReason::ClusterId => "cluster_id",
             RejectReason::WrongAddressee => "wrong_addressee",
             RejectReason::UnknownPeer => "unknown_peer",

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use message::{Body, Envelope, RejectReason, PROTOCOL_VERSION};
+pub use message::{Body, Envelope, RejectReason, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 pub use node::Node;
 
 /// A monotonic instant in nanoseconds on the node's own clock.

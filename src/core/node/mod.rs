@@ -11,7 +11,7 @@ mod leader;
 use leader::LeaderState;
 
 use super::lease::{self, quorum};
-use super::message::{Body, Envelope, RejectReason, PROTOCOL_VERSION};
+use super::message::{Body, Envelope, RejectReason, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 use super::rng::SplitMix64;
 use super::{
     Config, ConfigError, Event, HardState, Input, LeaderView, Nanos, NodeId, Outputs, Rejection, Role, StepDownReason,
@@ -241,9 +241,17 @@ impl Node {
             Some(RejectReason::WrongAddressee)
         } else if m.from == self.cfg.node_id || !self.cfg.voters.contains(&m.from) {
             Some(RejectReason::UnknownPeer)
+        } else if self.too_far_ahead(m.term)
+            || matches!(m.body, Body::PreVoteRequest { next_term } | Body::PreVoteResponse { next_term, .. } if self.too_far_ahead(next_term))
+        {
+            Some(RejectReason::TermTooFar)
         } else {
             None
         }
+    }
+
+    fn too_far_ahead(&self, term: Term) -> bool {
+        term.0 > self.hard.term.0.saturating_add(MAX_TERM_AHEAD)
     }
 
     fn reject(&mut self, m: &Envelope, reason: RejectReason) {
