@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs leasehold-bench and draws its failover plot:
-#   bash scripts/bench.sh            the full round (20 trials a figure, ~10 minutes)
+#   bash scripts/bench.sh            the full round (20 trials a figure, about 8 minutes)
 #   bash scripts/bench.sh --quick    a reduced round (under 3 minutes)
 # Installs what it needs when missing (Debian's etcd-server and wrk,
 # protobuf-compiler to build the etcd client; matplotlib from PyPI in a venv

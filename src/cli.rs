@@ -51,6 +51,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// The sidecar waits at most 60s for a hand-over (the API's longest wait).
+fn hand_over_wait(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d > Duration::from_secs(60) {
+        return Err(format!("{s} is longer than the 60s a sidecar waits"));
+    }
+    Ok(d)
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 2s, 500ms, 1m)"))
 }
@@ -175,10 +184,10 @@ pub struct ClientArgs {
 /// How a hand-over request waits for its outcome.
 #[derive(Args, Debug, Clone)]
 pub struct HandOverArgs {
-    /// Wait up to this long until another node leads with a new token;
-    /// exit 1 if none does in time. Without it, return once the leader has
-    /// accepted the request.
-    #[arg(long, value_parser = duration)]
+    /// Wait up to this long (at most 60s) until another node leads with a
+    /// new token; exit 1 if none does in time. Without it, return once the
+    /// leader has accepted the request.
+    #[arg(long, value_parser = hand_over_wait)]
     pub wait: Option<Duration>,
     /// Succeed when this node does not lead (nothing to hand over), as a
     /// preStop hook on every replica wants.

@@ -116,6 +116,11 @@ fn watch(args: &ClientArgs) -> ExitCode {
             (false, None) => "/v1/leader?wait=60s".to_string(),
         };
         let line = match request_within(&args.api, "GET", &path, Duration::from_secs(70)) {
+            Ok(a) if serde_json::from_str::<Value>(&a.body).is_err() => {
+                // Not a leasehold API (a wrong --api?): do not spin on it.
+                std::thread::sleep(Duration::from_secs(1));
+                format!("leasehold: {}: answered {} without JSON", args.api, a.status)
+            }
             Ok(a) => {
                 first = false;
                 let v: Value = serde_json::from_str(&a.body).unwrap_or(Value::Null);
@@ -180,9 +185,16 @@ fn hand_over(args: &ClientArgs, how: &HandOverArgs, path: String) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let leads = before["is_leader"].as_bool() == Some(true);
+    let nothing_to_do = |v: &Value| {
+        if args.json {
+            println!("{v}");
+        } else {
+            println!("ok: {}; nothing to hand over", describe_leader(v));
+        }
+        ExitCode::SUCCESS
+    };
     if how.if_leader && !leads {
-        println!("ok: {}; nothing to hand over", describe_leader(&before));
-        return ExitCode::SUCCESS;
+        return nothing_to_do(&before);
     }
     // With --wait the sidecar answers once another node leads with a new
     // token (200) or after the wait (504).
@@ -198,13 +210,24 @@ fn hand_over(args: &ClientArgs, how: &HandOverArgs, path: String) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let v: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-    if args.json {
+    if args.json && !(how.if_leader && answer.status == 409) {
         print!("{}", answer.body);
     }
     let reason = v["error"].as_str().unwrap_or(&answer.body);
     match answer.status {
         200 => {}
         504 => return fail(reason),
+        // The lease lapsed between the look and the request: still nothing
+        // to hand over.
+        409 if how.if_leader => {
+            if let Ok(now) = request(&args.api, "GET", "/v1/leader") {
+                let now: Value = serde_json::from_str(&now.body).unwrap_or(Value::Null);
+                if now["is_leader"].as_bool() != Some(true) {
+                    return nothing_to_do(&now);
+                }
+            }
+            return fail(&format!("refused (409): {reason}"));
+        }
         s => return fail(&format!("refused ({s}): {reason}")),
     }
     if !args.json {

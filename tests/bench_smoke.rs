@@ -5,15 +5,56 @@
 #![cfg(feature = "etcd")]
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::process::Command;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 #[test]
 fn the_benchmark_runs_end_to_end_and_reports_every_figure() {
-    let out = Command::new(env!("CARGO_BIN_EXE_leasehold-bench"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold-bench"))
         .args(["--quick", "--trials", "1", "--load-seconds", "1", "--json"])
         .args(["--leasehold", env!("CARGO_BIN_EXE_leasehold")])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so that the watchdog can end it together
+        // with every process it started.
+        .process_group(0)
+        .spawn()
         .expect("run leasehold-bench");
+    // Bounded: one trial a figure takes well under a minute; after five,
+    // kill the group this test created (the program and its children).
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(300)).is_err() {
+            // SAFETY: kill(2) on the process group of the child this test
+            // spawned as its leader, not yet reaped (the main thread waits).
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    });
+    let out = {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let mut o = child.stdout.take().expect("stdout");
+        let mut e = child.stderr.take().expect("stderr");
+        let err_reader = std::thread::spawn(move || {
+            let _ = e.read_to_string(&mut stderr);
+            stderr
+        });
+        let _ = o.read_to_string(&mut stdout);
+        let status = child.wait().expect("wait");
+        let _ = done_tx.send(());
+        (status, stdout, err_reader.join().expect("stderr reader"))
+    };
+    let _ = watchdog.join();
+    let (status, stdout, stderr) = out;
+    struct Out {
+        status: std::process::ExitStatus,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    }
+    let out = Out { status, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "leasehold-bench failed:\n{stderr}");
     assert!(stderr.contains("leasehold-bench: "), "progress lines on stderr");

@@ -32,11 +32,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
 const IMAGE_BIN: &str = "/usr/local/bin/leasehold";
 
 fn tools() -> PathBuf {
+    // Where scripts/k8s-tools.sh puts them (it prints this folder).
     let dir = std::env::var_os("LEASEHOLD_K8S_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
-        cache.join("leasehold-tools/bin")
+        let cache = std::env::var_os("LEASEHOLD_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"))
+                .join("leasehold-tools")
+        });
+        cache.join("bin")
     });
     assert!(
         dir.join("helm").exists() && dir.join("python3-yaml").exists(),
@@ -185,6 +189,17 @@ fn expand(s: &str, env: &[(String, String)]) -> String {
     s
 }
 
+/// A child process killed (by its pid) and reaped when dropped, also when a
+/// test assertion fails first.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One replica run as its pod would run it.
 struct Pod {
     child: Child,
@@ -210,10 +225,16 @@ impl Group {
         g
     }
 
-    /// The pod's environment as the kubelet would give it.
+    /// The sidecar's environment in pod `i`, as the kubelet would give it.
     fn env(&mut self, i: usize) -> Vec<(String, String)> {
+        let sidecar = self.rendered.sidecar.clone();
+        self.env_of(&sidecar, i)
+    }
+
+    /// A container's environment in pod `i`, as the kubelet would give it.
+    fn env_of(&mut self, container: &Value, i: usize) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = Vec::new();
-        let rendered_env = self.rendered.sidecar["env"].clone();
+        let rendered_env = container["env"].clone();
         for e in rendered_env.as_array().into_iter().flatten() {
             let name = e["name"].as_str().expect("env name").to_string();
             let value = match (&e["value"], e["valueFrom"]["fieldRef"]["fieldPath"].as_str()) {
@@ -289,9 +310,11 @@ impl Group {
         self.pods.iter().map(|p| Some(p.api.as_str())).collect()
     }
 
-    /// Runs the database container's preStop exec hook in pod `i`.
+    /// Runs the database container's preStop exec hook in pod `i`, with
+    /// that container's environment.
     fn pre_stop(&mut self, i: usize, limit: Duration) -> (Option<i32>, String) {
-        let env = self.env(i);
+        let database = self.rendered.database.clone();
+        let env = self.env_of(&database, i);
         let hook = strings(&self.rendered.database["lifecycle"]["preStop"]["exec"]["command"]);
         assert!(!hook.is_empty(), "the database container has a preStop exec hook");
         let argv: Vec<String> = hook.iter().map(|a| self.local(a, i)).collect();
@@ -393,7 +416,7 @@ fn exercise(mut g: Group) {
     let db = g.rendered.database.clone();
     let stand_in = strings(&db["command"]).first().map(String::as_str) == Some(IMAGE_BIN);
     let mut watch = stand_in.then(|| {
-        let db_env = g.env(leader);
+        let db_env = g.env_of(&db, leader);
         let db_argv = g.argv(&db, leader, &db_env);
         let mut child = Command::new(&db_argv[0])
             .args(&db_argv[1..])
@@ -412,6 +435,7 @@ fn exercise(mut g: Group) {
                 }
             }
         });
+        let child = KillOnDrop(child);
         let first = lines.recv_timeout(Duration::from_secs(5)).expect("the stand-in database prints who leads");
         assert!(first.contains("leads with fencing token"), "{first}");
         (child, lines)
@@ -445,16 +469,15 @@ fn exercise(mut g: Group) {
     };
     assert_ne!(next, leader, "the preStop returned before another pod led: {out}");
     assert!(next_token > token, "token {next_token} after {token}");
-    if let Some((child, lines)) = &mut watch {
+    if let Some((_child, lines)) = &mut watch {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut seen = Vec::new();
         while !seen.iter().any(|l: &String| l.starts_with(&g.rendered.pod(next))) {
             let left = deadline.saturating_duration_since(Instant::now());
             seen.push(lines.recv_timeout(left).unwrap_or_else(|_| panic!("the stand-in database saw {seen:?}")));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+    drop(watch);
 
     // The chart's helm test script, run against the pods' metrics ports.
     if let Some(script) = g.rendered.helm_test_script.clone() {

@@ -72,9 +72,6 @@ Keys of the dict:
     {{- with $s.healthCheck.exec }}
     - --health-check-exec={{ . }}
     {{- end }}
-    {{- if $s.apiToken.secretName }}
-    - --api-token-file=/etc/leasehold/api-token/token
-    {{- end }}
     - --log-format={{ $s.logFormat }}
     {{- range $s.extraArgs }}
     - {{ . | quote }}
@@ -88,6 +85,11 @@ Keys of the dict:
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
+    {{- if $s.apiToken.secretName }}
+    # Read by the sidecar and by `leasehold step-down` run in this container.
+    - name: LEASEHOLD_API_TOKEN_FILE
+      value: /etc/leasehold/api-token/token
+    {{- end }}
     {{- with $s.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}

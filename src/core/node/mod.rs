@@ -613,11 +613,10 @@ impl Node {
 
     fn promise_to(&mut self, now: Nanos, to: NodeId) {
         let until = now.plus(self.cfg.lease_ttl).max(self.promise.until);
-        let delay = self.succession_delay(&to);
-        self.promise = Promise { until, to: Some(to) };
         if matches!(self.role, RoleState::Follower) {
-            self.election_due = until.plus(delay);
+            self.election_due = until.plus(self.succession_delay(&to));
         }
+        self.promise = Promise { until, to: Some(to) };
     }
 
     /// How long after the end of its promise to `to` a follower campaigns.
@@ -627,12 +626,15 @@ impl Node {
     /// had to be wide, and a failover paid for it. Instead they take turns
     /// in node-id order (leaving out `to`): the first campaigns within a
     /// quarter of the jitter window after the expiry, each next one half a
-    /// heartbeat later, when the first has long won or failed.
+    /// heartbeat later, when the first has long won or failed. A higher
+    /// priority shortens a node's turn in proportion, so with unequal
+    /// priorities the preferred node usually still campaigns first.
     fn succession_delay(&mut self, to: &NodeId) -> Duration {
         let me = &self.cfg.node_id;
         let rank = self.cfg.voters.iter().filter(|v| *v != to).position(|v| v == me).unwrap_or(0);
         let rank = u32::try_from(rank).unwrap_or(u32::MAX);
-        (self.cfg.heartbeat_interval / 2).saturating_mul(rank) + self.jitter() / 4
+        let turn = (self.cfg.heartbeat_interval / 2).saturating_mul(rank) / self.cfg.priority.max(1);
+        turn + self.jitter() / 4
     }
 
     fn request_persist(&mut self) {
