@@ -47,15 +47,45 @@ pub struct ApiState {
     pub peers: Option<Arc<crate::transport::tcp::PeerTable>>,
 }
 
+/// The most API connections served at once. Long polls and watch streams
+/// stay open, so this is generous; it bounds the file descriptors a flood
+/// of clients can take, which the peer transport needs too.
+pub const MAX_API_CONNECTIONS: usize = 512;
+
+/// A cap on connections served at once: a connection over the cap is
+/// closed as soon as it is accepted.
+#[derive(Clone)]
+pub struct ConnectionLimit(Arc<tokio::sync::Semaphore>);
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> ConnectionLimit {
+        ConnectionLimit(Arc::new(tokio::sync::Semaphore::new(max)))
+    }
+
+    /// A permit held for as long as the connection is served, or None.
+    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_owned().ok()
+    }
+}
+
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
+    let limit = ConnectionLimit::new(MAX_API_CONNECTIONS);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Some(permit) = limit.admit() else {
+            if let Some(m) = &state.metrics {
+                m.connection_refused("api");
+            }
+            drop(stream);
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move {

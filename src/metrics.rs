@@ -42,6 +42,7 @@ pub struct Metrics {
     peer_rtt: HistogramVec,
     fsync: Histogram,
     api_requests: IntCounterVec,
+    connections_refused: IntCounterVec,
     rejected: IntCounterVec,
     hooks: IntCounterVec,
 }
@@ -85,6 +86,13 @@ impl Metrics {
                 Opts::new("leasehold_api_requests_total", "Requests to the local API, by path and status code"),
                 &["path", "code"],
             )?,
+            connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "leasehold_http_connections_refused_total",
+                    "HTTP connections closed at once because the listener served its maximum",
+                ),
+                &["listener"],
+            )?,
             rejected: IntCounterVec::new(
                 Opts::new("leasehold_rejected_messages_total", "Peer messages and connections refused, by reason"),
                 &["reason"],
@@ -109,6 +117,7 @@ impl Metrics {
         r.register(Box::new(m.peer_rtt.clone()))?;
         r.register(Box::new(m.fsync.clone()))?;
         r.register(Box::new(m.api_requests.clone()))?;
+        r.register(Box::new(m.connections_refused.clone()))?;
         r.register(Box::new(m.rejected.clone()))?;
         r.register(Box::new(m.hooks.clone()))?;
         r.register(Box::new(build_info))?;
@@ -135,6 +144,9 @@ impl Metrics {
         ] {
             m.rejected.with_label_values(&[reason]);
         }
+        for listener in ["api", "metrics"] {
+            m.connections_refused.with_label_values(&[listener]);
+        }
         Ok(Arc::new(m))
     }
 
@@ -156,6 +168,10 @@ impl Metrics {
     }
 
     /// Counts a request to the local API.
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused.with_label_values(&[listener]).inc();
+    }
+
     pub fn api_request(&self, path: &str, code: u16) {
         self.api_requests.with_label_values(&[path, &code.to_string()]).inc();
     }
@@ -204,15 +220,25 @@ impl tcp::Events for Metrics {
     }
 }
 
+/// The most metrics connections served at once: scrapers and probes only.
+pub const MAX_METRICS_CONNECTIONS: usize = 64;
+
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: watch::Receiver<LeaderView>) {
+    let limit = crate::api::ConnectionLimit::new(MAX_METRICS_CONNECTIONS);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Some(permit) = limit.admit() else {
+            metrics.connection_refused("metrics");
+            drop(stream);
+            continue;
+        };
         let (metrics, view) = (metrics.clone(), view.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let (metrics, view) = (metrics.clone(), view.borrow().clone());
                 async move {

@@ -225,3 +225,71 @@ fn json_logs_are_one_object_per_line_with_fields() {
     assert_eq!(elected["fields"]["token"], 1, "{elected}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_flood_of_api_connections_is_capped_and_the_node_keeps_serving() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("api-cap");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (api, metrics) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{metrics_port}"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api, "--listen-metrics", &metrics])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let get = |addr: &str, path: &str| -> Option<String> {
+        let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        std::io::Write::write_all(
+            &mut s,
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .ok()?;
+        let mut t = String::new();
+        s.read_to_string(&mut t).ok()?;
+        t.starts_with("HTTP/1.1 200").then_some(t)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&api, "/v1/leader").is_none() {
+        assert!(Instant::now() < deadline, "the single node never led");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 600 idle connections, 88 over the cap of 512. The checks run well
+    // within the 5s header timeout that ends idle connections on its own.
+    let held: Vec<TcpStream> = (0..600).filter_map(|_| TcpStream::connect(&api).ok()).collect();
+    assert_eq!(held.len(), 600, "the kernel accepts every connection");
+    let served_while_full = get(&api, "/v1/leader").is_some();
+    std::thread::sleep(Duration::from_millis(200));
+    let closed = held
+        .iter()
+        .filter(|s| {
+            let _ = s.set_nonblocking(true);
+            matches!((&mut &**s).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    let refused_metric = get(&metrics, "/metrics").unwrap_or_default();
+    drop(held);
+    // Once the flood is gone the API answers again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut back = false;
+    while !back && Instant::now() < deadline {
+        back = get(&api, "/v1/leader").is_some();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(closed >= 80, "connections over the cap are closed at once; {closed} of 600 were");
+    assert!(!served_while_full, "a new connection is refused while 512 are held");
+    assert!(
+        refused_metric
+            .lines()
+            .any(|l| l.starts_with("leasehold_http_connections_refused_total{listener=\"api\"}") && !l.ends_with(" 0")),
+        "the refusals are counted"
+    );
+    assert!(back, "the API serves again once the flood is gone");
+}
