@@ -33,6 +33,7 @@ use crate::transport::tcp;
 pub struct Metrics {
     registry: Registry,
     is_leader: IntGauge,
+    storage_ok: IntGauge,
     term: IntGauge,
     fencing_token: IntGauge,
     lease_remaining: Gauge,
@@ -53,6 +54,10 @@ impl Metrics {
         let fast = vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
         let m = Metrics {
             is_leader: IntGauge::new("leasehold_is_leader", "1 if this node holds a valid lease, else 0")?,
+            storage_ok: IntGauge::new(
+                "leasehold_storage_ok",
+                "1 while the state file can be written; 0 after a failed write (no voting or campaigning)",
+            )?,
             term: IntGauge::new("leasehold_term", "This node's current durable term")?,
             fencing_token: IntGauge::new(
                 "leasehold_fencing_token",
@@ -108,6 +113,7 @@ impl Metrics {
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let r = &m.registry;
         r.register(Box::new(m.is_leader.clone()))?;
+        r.register(Box::new(m.storage_ok.clone()))?;
         r.register(Box::new(m.term.clone()))?;
         r.register(Box::new(m.fencing_token.clone()))?;
         r.register(Box::new(m.lease_remaining.clone()))?;
@@ -154,6 +160,7 @@ impl Metrics {
     pub fn render(&self, view: &LeaderView) -> String {
         let now = boottime_now();
         self.is_leader.set(i64::from(view.is_leader(now)));
+        self.storage_ok.set(i64::from(view.storage_ok));
         self.term.set(i64::try_from(view.term.0).unwrap_or(i64::MAX));
         self.fencing_token.set(view.fencing_token.map_or(0, |t| i64::try_from(t.0).unwrap_or(i64::MAX)));
         self.lease_remaining.set(view.lease_remaining(now).as_secs_f64());
