@@ -293,3 +293,77 @@ fn a_flood_of_api_connections_is_capped_and_the_node_keeps_serving() {
     );
     assert!(back, "the API serves again once the flood is gone");
 }
+
+#[test]
+fn a_slowloris_on_the_api_is_cut_off_and_the_lease_never_lapses() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("slowloris");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let api = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api, "--listen-metrics", "127.0.0.1:0"])
+        .args(["--lease-ttl", "300ms"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let leader = |api: &str| -> Option<u64> {
+        let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"GET /v1/leader HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+        let mut t = String::new();
+        s.read_to_string(&mut t).ok()?;
+        if !t.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        let at = t.find("\"fencing_token\":")? + 16;
+        t[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let token = loop {
+        if let Some(t) = leader(&api) {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the single node never led");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // 300 connections that start a request and then send one byte a second,
+    // never finishing their headers.
+    let mut slow: Vec<TcpStream> = (0..300).filter_map(|_| TcpStream::connect(&api).ok()).collect();
+    for s in &mut slow {
+        let _ = s.write_all(b"GET /v1/leader HTTP/1.1\r\nX-Slow: ");
+    }
+    // For 7 seconds (past the 5s header timeout): the lease is renewed all
+    // along (every answer is 200 with the same token), and the slow
+    // connections are cut.
+    let start = Instant::now();
+    let mut lapses = 0;
+    let mut answers = 0;
+    while start.elapsed() < Duration::from_secs(7) {
+        for s in &mut slow {
+            let _ = s.write_all(b"a");
+        }
+        match leader(&api) {
+            Some(t) if t == token => answers += 1,
+            _ => lapses += 1,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Cut: anything but "nothing to read yet" (end of file, an answer, a reset).
+    let cut = slow
+        .iter()
+        .filter(|s| {
+            let _ = s.set_nonblocking(true);
+            let mut buf = [0u8; 512];
+            !matches!((&mut &**s).read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(lapses, 0, "the lease lapsed or a request failed during the slowloris ({answers} answered)");
+    assert!(answers > 30, "{answers} answers");
+    assert!(cut >= 290, "the 5s header timeout cut {cut} of 300 slow connections");
+}
