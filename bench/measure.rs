@@ -395,23 +395,21 @@ fn plain_etcd(bench: &Path, endpoints: &str, ttl_secs: u64, trials: usize) -> Re
     let limit = Duration::from_secs(ttl_secs * 5 + 5);
     let mut e = Electors::start(bench, endpoints, "bench-plain", ttl_secs, 3);
     e.next_elected(limit).ok_or("no plain etcd client was elected")?;
-    let (mut failover, mut resign) = (Vec::new(), Vec::new());
-    for _ in 0..trials {
-        let holder = e.holder.ok_or("no holder")?;
-        let t0 = Instant::now();
-        e.kill9(holder);
-        let (_, t1) = e.next_elected(limit).ok_or("no plain etcd client took over after a kill -9")?;
-        failover.push(ms(t1 - t0));
-        e.reap_and_restart(holder);
-    }
-    for _ in 0..trials {
-        let holder = e.holder.ok_or("no holder")?;
-        let t0 = Instant::now();
-        e.sigterm(holder);
-        let (_, t1) = e.next_elected(limit).ok_or("no plain etcd client took over after a resign")?;
-        resign.push(ms(t1 - t0));
-        e.reap_and_restart(holder);
-    }
+    // One trial: act on the holder, time until the next client leads.
+    let mut measure = |act: fn(&mut Electors, usize), what: &str| -> Result<Vec<f64>, String> {
+        let mut v = Vec::new();
+        for _ in 0..trials {
+            let holder = e.holder.ok_or("no holder")?;
+            let t0 = Instant::now();
+            act(&mut e, holder);
+            let (_, t1) = e.next_elected(limit).ok_or(format!("no plain etcd client took over after {what}"))?;
+            v.push(ms(t1 - t0));
+            e.reap_and_restart(holder);
+        }
+        Ok(v)
+    };
+    let failover = measure(Electors::kill9, "a kill -9")?;
+    let resign = measure(Electors::sigterm, "a resign")?;
     Ok((Stats { trials: failover }, Stats { trials: resign }))
 }
 

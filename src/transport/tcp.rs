@@ -298,7 +298,8 @@ mod tests {
         panic!("timed out waiting for {what}");
     }
 
-    async fn pair() -> (Transport, mpsc::Receiver<Envelope>, Transport, mpsc::Receiver<Envelope>, Arc<Recorded>) {
+    /// Listeners for peers a and b, and the peer table naming them.
+    async fn two_listeners() -> (TcpListener, TcpListener, BTreeMap<NodeId, String>) {
         let la = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let lb = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let peers: BTreeMap<NodeId, String> = [
@@ -306,6 +307,11 @@ mod tests {
             (NodeId::new("b"), lb.local_addr().expect("addr").to_string()),
         ]
         .into();
+        (la, lb, peers)
+    }
+
+    async fn pair() -> (Transport, mpsc::Receiver<Envelope>, Transport, mpsc::Receiver<Envelope>, Arc<Recorded>) {
+        let (la, lb, peers) = two_listeners().await;
         let events = Arc::new(Recorded::default());
         let cfg =
             |me: &str| TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new(me), peers: peers.clone() };
@@ -347,13 +353,7 @@ mod tests {
         // then its process "dies" (the socket closes). a must notice at once,
         // redial, and deliver the next message on the new connection instead
         // of writing it into the dead one.
-        let la = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let lb = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let peers: BTreeMap<NodeId, String> = [
-            (NodeId::new("a"), la.local_addr().expect("addr").to_string()),
-            (NodeId::new("b"), lb.local_addr().expect("addr").to_string()),
-        ]
-        .into();
+        let (la, lb, peers) = two_listeners().await;
         let events = Arc::new(Recorded::default());
         let cfg = TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers };
         let (ta, _ra) = mpsc::channel(16);
