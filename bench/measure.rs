@@ -108,8 +108,8 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
 
         progress(&format!("leasehold on etcd: {trials} failovers, {trials} SIGTERM hand-overs"));
         let mut on_etcd = Sidecars::etcd(&leasehold, &dir.join("on-etcd"), 3, ttl, &endpoints, "bench-sidecars");
-        on_etcd_failover = failovers(&mut on_etcd, trials)?;
-        on_etcd_sigterm = hand_overs(&mut on_etcd, trials, HandOver::Sigterm)?;
+        on_etcd_failover = trials_of(&mut on_etcd, trials, Event::Kill9)?;
+        on_etcd_sigterm = trials_of(&mut on_etcd, trials, Event::Sigterm)?;
         progress(&format!("idle: etcd members and leasehold on etcd, {}s", args.idle().as_secs()));
         let mut pids = etcd.pids();
         pids.extend(on_etcd.pids());
@@ -150,10 +150,10 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
     // --- leasehold's built-in group -------------------------------------------
     progress(&format!("leasehold (3 sidecars), lease {}ms: {trials} failovers", ttl.as_millis()));
     let mut group = Sidecars::raft(&leasehold, &dir.join("raft"), 3, ttl);
-    let failover = failovers(&mut group, trials)?;
+    let failover = trials_of(&mut group, trials, Event::Kill9)?;
     progress(&format!("leasehold: {trials} SIGTERM hand-overs, {trials} step-downs"));
-    let sigterm = hand_overs(&mut group, trials, HandOver::Sigterm)?;
-    let step_down = hand_overs(&mut group, trials, HandOver::StepDown)?;
+    let sigterm = trials_of(&mut group, trials, Event::Sigterm)?;
+    let step_down = trials_of(&mut group, trials, Event::StepDown)?;
     progress(&format!("idle: leasehold sidecars at default settings, {}s", args.idle().as_secs()));
     drop(group);
     let idle_group = Sidecars::raft(&leasehold, &dir.join("idle"), 3, Duration::from_secs(2));
@@ -173,11 +173,11 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
 
     progress(&format!("leasehold, lease 1000ms: {trials} failovers"));
     let mut g1 = Sidecars::raft(&leasehold, &dir.join("raft-1s"), 3, Duration::from_secs(1));
-    let failover_1s = failovers(&mut g1, trials)?;
+    let failover_1s = trials_of(&mut g1, trials, Event::Kill9)?;
     drop(g1);
     progress(&format!("leasehold, lease {}ms: {trials} failovers", MIN_TTL.as_millis()));
     let mut g2 = Sidecars::raft(&leasehold, &dir.join("raft-min"), 3, MIN_TTL);
-    let failover_min = failovers(&mut g2, trials)?;
+    let failover_min = trials_of(&mut g2, trials, Event::Kill9)?;
     drop(g2);
 
     // --- the figures ---------------------------------------------------------
@@ -327,63 +327,54 @@ fn base64(s: &str) -> String {
     out
 }
 
-/// Kill -9 of the leader, `trials` times: time until another sidecar's API
-/// answers 200 (it holds the lease).
-fn failovers(g: &mut Sidecars, trials: usize) -> Result<Stats, String> {
+/// What is done to the leader in a trial.
+#[derive(Clone, Copy)]
+enum Event {
+    /// kill -9 (an unplanned failover); the node is restarted after.
+    Kill9,
+    /// SIGTERM (a planned hand-over); the node is restarted after.
+    Sigterm,
+    /// POST /v1/step-down (a planned hand-over).
+    StepDown,
+}
+
+/// `trials` times: does `event` to the leader and times until another
+/// sidecar's API answers 200 (it holds the lease).
+fn trials_of(g: &mut Sidecars, trials: usize, event: Event) -> Result<Stats, String> {
     let limit = g.ttl * 5 + Duration::from_secs(5);
     let mut v = Vec::new();
     for _ in 0..trials {
         let (leader, token) = g.leader(limit).ok_or("no leader")?;
         let succ = g.watch_for_successor(leader, token, limit);
         let t0 = Instant::now();
-        g.kill9(leader);
+        match event {
+            Event::Kill9 => g.kill9(leader),
+            Event::Sigterm => {
+                crate::procs::signal(g.nodes[leader].child.as_ref().ok_or("leader not running")?, libc::SIGTERM)
+            }
+            Event::StepDown => {
+                let api = g.nodes[leader].api.clone();
+                thread::spawn(move || http(&api, "POST", "/v1/step-down", "", Duration::from_secs(5)));
+            }
+        }
         let Some((_, t1, _)) = succ.wait() else {
             let views: Vec<String> = g
                 .nodes
                 .iter()
                 .map(|n| format!("{:?}", http(&n.api, "GET", "/v1/leader", "", Duration::from_secs(1))))
                 .collect();
-            return Err(format!("no successor after a kill -9 of node {leader} (token {token}): {views:?}"));
+            return Err(format!("no successor of node {leader} (token {token}): {views:?}"));
         };
         v.push(ms(t1 - t0));
-        g.restart_and_settle(leader)?;
-    }
-    Ok(Stats { trials: v })
-}
-
-enum HandOver {
-    Sigterm,
-    StepDown,
-}
-
-/// Planned hand-overs: SIGTERM to the leader (then restart it) or POST
-/// /v1/step-down; time until another sidecar holds the lease.
-fn hand_overs(g: &mut Sidecars, trials: usize, how: HandOver) -> Result<Stats, String> {
-    let limit = g.ttl * 5 + Duration::from_secs(5);
-    let mut v = Vec::new();
-    for _ in 0..trials {
-        let (leader, token) = g.leader(limit).ok_or("no leader")?;
-        let succ = g.watch_for_successor(leader, token, limit);
-        let t0 = Instant::now();
-        match how {
-            HandOver::Sigterm => {
-                crate::procs::signal(g.nodes[leader].child.as_ref().ok_or("leader not running")?, libc::SIGTERM)
-            }
-            HandOver::StepDown => {
-                let api = g.nodes[leader].api.clone();
-                thread::spawn(move || http(&api, "POST", "/v1/step-down", "", Duration::from_secs(5)));
-            }
-        }
-        let (_, t1, _) = succ.wait().ok_or("no successor after a hand-over")?;
-        v.push(ms(t1 - t0));
-        match how {
-            HandOver::Sigterm => {
+        match event {
+            Event::Kill9 => g.restart_and_settle(leader)?,
+            Event::Sigterm => {
                 g.sigterm(leader);
                 g.restart_and_settle(leader)?;
             }
             // The old leader may not lead again in that term; let the
             // group settle before the next one.
-            HandOver::StepDown => thread::sleep(g.ttl + g.ttl / 5),
+            Event::StepDown => thread::sleep(g.ttl + g.ttl / 5),
         }
     }
     Ok(Stats { trials: v })

@@ -262,14 +262,18 @@ fn a_flood_of_api_connections_is_capped_and_the_node_keeps_serving() {
     let held: Vec<TcpStream> = (0..600).filter_map(|_| TcpStream::connect(&api).ok()).collect();
     assert_eq!(held.len(), 600, "the kernel accepts every connection");
     let served_while_full = get(&api, "/v1/leader").is_some();
-    std::thread::sleep(Duration::from_millis(200));
-    let closed = held
-        .iter()
-        .filter(|s| {
-            let _ = s.set_nonblocking(true);
-            matches!((&mut &**s).read(&mut [0u8; 1]), Ok(0))
-        })
-        .count();
+    for s in &held {
+        let _ = s.set_nonblocking(true);
+    }
+    // Those over the cap are closed on accept: count them until all 88 are
+    // seen, for at most 2s (a read of an open idle connection would block).
+    let count_closed = || held.iter().filter(|s| matches!((&mut &**s).read(&mut [0u8; 1]), Ok(0))).count();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut closed = count_closed();
+    while closed < 88 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        closed = count_closed();
+    }
     let refused_metric = get(&metrics, "/metrics").unwrap_or_default();
     drop(held);
     // Once the flood is gone the API answers again.
