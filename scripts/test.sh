@@ -28,6 +28,7 @@ command -v openssl >/dev/null 2>&1 || apt_packages+=(openssl)  # certificates fo
 command -v wget >/dev/null 2>&1 || apt_packages+=(wget)  # the chart's helm test script runs against real sidecars
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)  # a database preStop hook in the manifests uses curl
 command -v wrk >/dev/null 2>&1 || apt_packages+=(wrk)  # the benchmark program's load generator (smoke-tested)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_packages+=(faketime)  # clock-rate faults in the fault harness
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   step "installing ${apt_packages[*]} (Debian packages)"
   sudo=""

@@ -180,11 +180,14 @@ impl Driver {
         let written = tokio::task::spawn_blocking(move || state.store(&identity, &to_write)).await;
         match written {
             Ok(Ok(fsync)) => {
+                // Read before the held messages leave (the core's contract:
+                // a vote round's lease may count from this instant).
+                let persisted_at = boottime_now();
                 self.observer.fsync(fsync.as_secs_f64());
                 for m in after {
                     self.send(m);
                 }
-                let out = self.node.step(boottime_now(), Input::Persisted(hs));
+                let out = self.node.step(persisted_at, Input::Persisted(hs));
                 Box::pin(self.carry_out(out)).await;
             }
             _ => {

@@ -45,6 +45,7 @@ pub mod driver;
 pub mod hooks;
 pub mod local;
 pub mod metrics;
+pub mod observe;
 pub mod sim;
 pub mod storage;
 pub mod transport;

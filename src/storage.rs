@@ -156,6 +156,7 @@ impl StateFile {
             .open(&self.tmp)
             .map_err(|e| io(&self.tmp, "create", e))?;
         f.write_all(&bytes).map_err(|e| io(&self.tmp, "write", e))?;
+        failpoint_state_write();
         let started = Instant::now();
         f.sync_all().map_err(|e| io(&self.tmp, "fsync", e))?;
         let mut synced = started.elapsed();
@@ -168,6 +169,30 @@ impl StateFile {
         Ok(synced)
     }
 }
+
+/// Fault injection for the fault harness (`leasehold-chaos`), compiled into
+/// debug builds only. While the file named by
+/// `LEASEHOLD_FAILPOINT_STATE_WRITE` holds a duration ("200ms"), each state
+/// write takes that much longer before its fsync, as on a stalled disk
+/// (this kernel has no device mapper for a real slow device); while it
+/// holds `panic`, a write panics between writing the temporary file and
+/// its fsync, as a crash in the middle of a write.
+#[cfg(debug_assertions)]
+fn failpoint_state_write() {
+    let Some(path) = std::env::var_os("LEASEHOLD_FAILPOINT_STATE_WRITE") else {
+        return;
+    };
+    let what = fs::read_to_string(path).unwrap_or_default();
+    if what.trim() == "panic" {
+        panic!("failpoint: crash in the middle of a state write");
+    }
+    if let Ok(d) = humantime::parse_duration(what.trim()) {
+        std::thread::sleep(d.min(Duration::from_secs(10)));
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn failpoint_state_write() {}
 
 fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
     let meta = fs::metadata(path)?;

@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -106,7 +105,7 @@ impl Cluster {
         let obs = self.observer.as_ref().expect("observer running");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let seen = obs.proofs.lock().expect("lock").iter().filter(|p| token.is_none_or(|t| p.token == t)).count();
+            let seen = obs.proofs().iter().filter(|p| token.is_none_or(|t| p.token == t)).count();
             if seen >= n {
                 return;
             }
@@ -134,9 +133,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(o) = self.observer.take() {
-            o.stop.store(true, Ordering::Relaxed);
-        }
+        drop(self.observer.take());
         for i in 0..self.nodes.len() {
             self.signal(i, libc::SIGKILL);
             if let Some(mut c) = self.nodes[i].child.take() {
@@ -145,30 +142,6 @@ impl Drop for Cluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-#[test]
-fn the_observer_check_bites_on_overlapping_proofs_and_tokens_going_back() {
-    let t = Instant::now();
-    let ms = Duration::from_millis;
-    let p = |node, token, at: u64, rem: u64| Proof {
-        node,
-        token,
-        sent: t + ms(at),
-        recv: t + ms(at + 1),
-        remaining: ms(rem),
-    };
-    assert!(violations(&[p(0, 1, 0, 500), p(1, 2, 600, 500)], &[]).is_empty());
-    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[]).len(), 1, "overlap");
-    assert_eq!(violations(&[p(0, 2, 0, 10), p(1, 1, 600, 10)], &[]).len(), 1, "token went back");
-    // A hand-over of node 0 requested at 200ms excuses exactly that overlap...
-    let asked_at_200 = (0, t + ms(200), t + ms(210));
-    assert!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[asked_at_200]).is_empty());
-    // ...but not one with a proof given after it was done, or a successor's
-    // proof given before it was asked, nor another node's.
-    assert_eq!(violations(&[p(0, 1, 250, 500), p(1, 2, 300, 500)], &[asked_at_200]).len(), 1);
-    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 150, 500)], &[asked_at_200]).len(), 1);
-    assert_eq!(violations(&[p(0, 1, 0, 500), p(1, 2, 300, 500)], &[(2, t + ms(200), t + ms(210))]).len(), 1);
 }
 
 #[test]

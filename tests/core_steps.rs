@@ -191,3 +191,34 @@ fn config_errors_name_the_flag() {
     c.max_clock_drift = f64::NAN;
     assert!(c.validate().is_err());
 }
+
+#[test]
+fn on_a_slow_disk_the_vote_round_waits_for_the_writes_and_the_lease_counts_from_the_write() {
+    let lease = leader_lease(TTL, drift_ppm(0.01));
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    // A vote for b, written in 1.2s (five times the usual vote round).
+    let req = msg("b", "a", 1, Body::VoteRequest { transfer_from: None });
+    let out = n.step(at(10), Input::Message(req));
+    let voted = out.persist.expect("the vote is written");
+    let _ = n.step(at(1_210), Input::Persisted(voted));
+    // b is gone; long after the promise, a campaigns.
+    let out = n.step(at(5_000), Input::Tick);
+    assert!(matches!(out.send_now[0].body, Body::PreVoteRequest { next_term: Term(2) }), "{out:?}");
+    let grant = msg("c", "a", 1, Body::PreVoteResponse { next_term: Term(2), granted: true });
+    let out = n.step(at(5_001), Input::Message(grant));
+    let own = out.persist.expect("the new term is written");
+    assert_eq!(own.term, Term(2));
+    // Its own write is as slow: 1.2s, past the usual 1s round. The round is
+    // still open, and the requests leave only now.
+    let out = n.step(at(6_201), Input::Persisted(own));
+    assert_eq!(out.view.as_ref().map_or(Role::Candidate, |v| v.role), Role::Candidate);
+    // c's vote, itself slowly written, comes 2.4s after the round began.
+    let vote = msg("c", "a", 2, Body::VoteResponse { granted: true });
+    let out = n.step(at(7_400), Input::Message(vote));
+    let view = out.view.expect("view changed");
+    assert_eq!(view.role, Role::Leader);
+    // The lease counts from when the requests could leave, after the
+    // write: not from when the round began (it would have lapsed).
+    assert_eq!(view.lease_until, Some(at(6_201).plus(lease)));
+    assert!(view.is_leader(at(7_400)));
+}

@@ -9,7 +9,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -304,9 +303,7 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        if let Some(o) = self.observer.take() {
-            o.stop.store(true, Ordering::Relaxed);
-        }
+        drop(self.observer.take());
         for n in &mut self.nodes {
             kill9(&mut n.child);
         }

@@ -313,7 +313,9 @@ pub struct Rejection {
 ///    completed: these messages carry or depend on state that is not durable
 ///    yet. If a write fails, drop these messages, report
 ///    [`Input::PersistFailed`], and retry writing the latest state.
-/// 4. Report each completed write with [`Input::Persisted`].
+/// 4. Report each completed write with [`Input::Persisted`], at a `now` read
+///    before any of the `send_after_persist` messages it released leave: a
+///    vote round's lease may count from that instant.
 /// 5. Publish `view` if set (it changed).
 /// 6. Call `step(now, Input::Tick)` no later than `wake_at`.
 #[must_use]

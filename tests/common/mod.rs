@@ -5,10 +5,10 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub use leasehold::observe::{self, Proof};
 
 /// The drift bound the sidecars under test run with (the default).
 pub const RHO: f64 = 0.01;
@@ -61,60 +61,33 @@ pub fn wait_for_one_leader(
     None
 }
 
-/// A leader answer: sent and received on the observer's clock.
-#[derive(Clone, Debug)]
-pub struct Proof {
-    pub node: usize,
-    pub token: u64,
-    pub sent: Instant,
-    pub recv: Instant,
-    pub remaining: Duration,
-}
-
+/// The observer check of DESIGN §7 (`leasehold::observe`), polling every
+/// 3 ms, with the planned hand-overs the test asked for.
 pub struct Observer {
-    pub stop: Arc<AtomicBool>,
-    pub proofs: Arc<Mutex<Vec<Proof>>>,
+    inner: Option<observe::Observer>,
     /// Planned hand-overs the test asked for: which node, when it was
     /// asked, and when it was done (the request answered, or the successor
     /// seen).
-    pub handovers: Vec<(usize, Instant, Instant)>,
-    thread: Option<thread::JoinHandle<()>>,
+    pub handovers: Vec<observe::Handover>,
 }
 
 impl Observer {
     pub fn start(apis: Vec<String>) -> Observer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let proofs = Arc::new(Mutex::new(Vec::new()));
-        let (s, p) = (stop.clone(), proofs.clone());
-        let thread = thread::spawn(move || {
-            // Bounded: at most 10 minutes of polling even if never stopped.
-            let end = Instant::now() + Duration::from_secs(600);
-            while !s.load(Ordering::Relaxed) && Instant::now() < end {
-                for (node, api) in apis.iter().enumerate() {
-                    let sent = Instant::now();
-                    if let Some((200, body)) = get(api, "/v1/leader") {
-                        let recv = Instant::now();
-                        let token = field(&body, "fencing_token").expect("token");
-                        let remaining = Duration::from_millis(field(&body, "lease_remaining_ms").expect("remaining"));
-                        p.lock().expect("lock").push(Proof { node, token, sent, recv, remaining });
-                    }
-                }
-                thread::sleep(Duration::from_millis(3));
-            }
-        });
-        Observer { stop, proofs, handovers: Vec::new(), thread: Some(thread) }
+        // Bounded: at most 10 minutes of polling even if never stopped.
+        let inner = observe::Observer::start(apis, Duration::from_millis(3), Duration::from_secs(600));
+        Observer { inner: Some(inner), handovers: Vec::new() }
+    }
+
+    pub fn proofs(&self) -> Vec<Proof> {
+        self.inner.as_ref().map(|o| o.proofs()).unwrap_or_default()
     }
 
     /// Stops polling and checks: no two proofs of different tokens overlap,
     /// and no token goes backwards. Returns how many proofs were seen.
     pub fn finish(mut self) -> usize {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("observer thread");
-        }
-        let proofs = self.proofs.lock().expect("lock").clone();
-        let found = violations(&proofs, &self.handovers);
-        if !found.is_empty() {
+        let proofs = self.inner.take().map(|o| o.stop()).unwrap_or_default();
+        let found = observe::check(&proofs, &self.handovers, RHO);
+        if found.count > 0 {
             let t0 = proofs.first().map(|p| p.sent);
             for p in &proofs {
                 eprintln!(
@@ -128,39 +101,13 @@ impl Observer {
             }
         }
         assert!(
-            found.is_empty(),
+            found.count == 0,
             "observer check failed ({} violations): {:?}",
-            found.len(),
-            &found[..found.len().min(5)]
+            found.count,
+            &found.described[..found.described.len().min(5)]
         );
         proofs.len()
     }
-}
-
-/// The observer check: an answer "leader, token T, remaining r" received in
-/// [sent, recv] proves a lease over [recv, sent + r*(1-rho)). Two proofs of
-/// different tokens that overlap are a violation, except across a planned
-/// hand-over the test asked for (rule 8 ends the old lease early): the older
-/// proof was given before the hand-over was done, the newer one after it
-/// was asked for.
-pub fn violations(proofs: &[Proof], handovers: &[(usize, Instant, Instant)]) -> Vec<String> {
-    let mut found = Vec::new();
-    let end = |p: &Proof| p.sent + p.remaining.mul_f64(1.0 - RHO);
-    let planned = |old: &Proof, new: &Proof| {
-        handovers.iter().any(|&(node, asked, done)| node == old.node && old.sent <= done && asked <= new.sent)
-    };
-    for (i, a) in proofs.iter().enumerate() {
-        for b in &proofs[i + 1..] {
-            let (old, new) = if a.token < b.token { (a, b) } else { (b, a) };
-            if a.token != b.token && a.recv < end(b) && b.recv < end(a) && !planned(old, new) {
-                found.push(format!("overlap: node {} token {} and node {} token {}", a.node, a.token, b.node, b.token));
-            }
-            if b.sent > a.recv && b.token < a.token {
-                found.push(format!("token went back from {} to {}", a.token, b.token));
-            }
-        }
-    }
-    found
 }
 
 /// Runs `leasehold` with `args` until it exits (killed after `limit`);

@@ -67,6 +67,12 @@ pub struct Node {
     /// until when it endorses no one else for that term.
     pre_vote_hold: Option<(Term, NodeId, Nanos)>,
     last_now: Nanos,
+    /// When the state write in flight was asked for, and how long recent
+    /// writes took (a decaying maximum): a vote round waits for this
+    /// node's write and a voter's, so a slow disk lengthens the round
+    /// instead of abandoning every election it starts.
+    persist_asked: Option<Nanos>,
+    persist_latency: Duration,
     published: Option<LeaderView>,
     out: Outputs,
 }
@@ -98,6 +104,8 @@ impl Node {
             lost_elections: 0,
             pre_vote_hold: None,
             last_now: now,
+            persist_asked: None,
+            persist_latency: Duration::ZERO,
             published: None,
             out: Outputs::default(),
         };
@@ -169,6 +177,9 @@ impl Node {
             }
         }
         self.on_timers(now);
+        if self.out.persist.is_some() && self.persist_asked.is_none() {
+            self.persist_asked = Some(now);
+        }
         self.finish(now)
     }
 
@@ -401,6 +412,18 @@ impl Node {
     }
 
     fn on_persisted(&mut self, now: Nanos, hs: HardState) {
+        if let Some(asked) = self.persist_asked.take() {
+            self.persist_latency = now.since(asked).max(self.persist_latency / 2);
+        }
+        // The vote requests of this term waited for this write: they leave
+        // no earlier than `now` (the driver's contract), so the votes they
+        // bring acknowledge `now`. On a slow disk that keeps the write's
+        // time out of the lease the election wins.
+        if let RoleState::Candidate { sent_at, .. } = &mut self.role {
+            if self.durable.term != self.hard.term && hs.term == self.hard.term {
+                *sent_at = (*sent_at).max(now);
+            }
+        }
         self.durable = hs;
         if !self.storage_ok {
             self.storage_ok = true;
@@ -681,9 +704,15 @@ impl Node {
     }
 
     /// How long a PreVote or vote round may take before it is abandoned:
-    /// long enough for an fsync and a few round trips even on a slow disk,
-    /// short enough that a won election still leaves most of a lease.
+    /// long enough for an fsync and a few round trips, short enough that a
+    /// won election still leaves most of a lease. On a disk slower than
+    /// that, the round waits for three of this node's recent writes (its
+    /// own and a voter's, and the round trips), at most two leases: a round
+    /// abandoned before any vote could be durable would burn terms and
+    /// never elect. Safety does not depend on it: a lease always counts
+    /// from when the vote requests were made.
     fn campaign_timeout(&self) -> Duration {
-        self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2).min(self.leader_lease)
+        let usual = self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2).min(self.leader_lease);
+        usual.max(self.persist_latency.saturating_mul(3).min(self.cfg.lease_ttl * 2))
     }
 }
