@@ -47,6 +47,9 @@ pub struct Cluster {
     pub unexpected_exits: Vec<String>,
     /// tmpfs mounts made for disk faults, unmounted on drop.
     pub mounts: Vec<PathBuf>,
+    /// What the harness did and saw, when (harness.log in the run's dir).
+    journal: Option<File>,
+    began: Instant,
 }
 
 /// A free loopback address for a node's listener, below the kernel's
@@ -126,7 +129,26 @@ impl Cluster {
                 ended_by_us: false,
             });
         }
-        Ok(Cluster { bin: bin.to_path_buf(), nodes, links, ttl, unexpected_exits: Vec::new(), mounts: Vec::new() })
+        Ok(Cluster {
+            bin: bin.to_path_buf(),
+            nodes,
+            links,
+            ttl,
+            unexpected_exits: Vec::new(),
+            mounts: Vec::new(),
+            journal: File::create(dir.join("harness.log")).ok(),
+            began: Instant::now(),
+        })
+    }
+
+    /// Notes an action or an observation in harness.log, with the time
+    /// since the run began.
+    pub fn note(&mut self, what: &str) {
+        use std::io::Write;
+        let at = self.began.elapsed();
+        if let Some(j) = self.journal.as_mut() {
+            let _ = writeln!(j, "{:>9.3}s {what}", at.as_secs_f64());
+        }
     }
 
     pub fn start_all(&mut self) -> Result<(), String> {
@@ -146,13 +168,17 @@ impl Cluster {
             cmd.env("LD_PRELOAD", LIBFAKETIME).env("FAKETIME", format!("+0 x{rate}")).env("FAKETIME_NO_CACHE", "1");
         }
         let child = cmd.spawn().map_err(|e| format!("{}: {e}", self.bin.display()))?;
+        let what = format!("start {} pid {} rate {:?}", node.id, child.id(), node.rate);
         node.child = Some(child);
         node.ended_by_us = false;
+        self.note(&what);
         Ok(())
     }
 
     /// Sends `sig` to node `i` if it runs.
-    pub fn signal(&self, i: usize, sig: i32) {
+    pub fn signal(&mut self, i: usize, sig: i32) {
+        let what = format!("signal {} to {}", sig, self.nodes[i].id);
+        self.note(&what);
         if let Some(c) = &self.nodes[i].child {
             // SAFETY: kill(2) on the pid of a child this harness spawned
             // and has not yet reaped.
@@ -192,14 +218,19 @@ impl Cluster {
 
     /// Notes every process that ended without the harness ending it.
     pub fn reap(&mut self) {
+        let mut ended = Vec::new();
         for n in &mut self.nodes {
             let Some(c) = n.child.as_mut() else { continue };
             if let Ok(Some(status)) = c.try_wait() {
                 if !n.ended_by_us {
                     self.unexpected_exits.push(format!("{} exited by itself: {status}", n.id));
                 }
+                ended.push(format!("{} exited: {status}", n.id));
                 n.child = None;
             }
+        }
+        for e in ended {
+            self.note(&e);
         }
     }
 
@@ -219,9 +250,11 @@ impl Cluster {
         loop {
             self.reap();
             if let Some((i, t)) = self.leader().filter(|&(_, t)| t > after) {
+                self.note(&format!("leader n{} token {t}", i + 1));
                 return Some((i, t, Instant::now()));
             }
             if Instant::now() >= deadline {
+                self.note(&format!("no leader above token {after} within {limit:?}"));
                 return None;
             }
             thread::sleep(Duration::from_millis(5));
@@ -244,18 +277,26 @@ impl Cluster {
 
     /// Sets the faults of every link `pick(from, to)` selects; the others
     /// pass.
-    pub fn faults(&self, pick: impl Fn(usize, usize) -> Option<Faults>) {
+    pub fn faults(&mut self, pick: impl Fn(usize, usize) -> Option<Faults>) {
+        let mut faulted = Vec::new();
         for (&(from, to), link) in &self.links {
-            link.set(pick(from, to).unwrap_or_default());
+            let f = pick(from, to);
+            if let Some(f) = &f {
+                faulted.push(format!("n{}->n{} {f:?}", from + 1, to + 1));
+            }
+            link.set(f.unwrap_or_default());
         }
+        let what =
+            if faulted.is_empty() { "links: all pass".to_string() } else { format!("links: {}", faulted.join("; ")) };
+        self.note(&what);
     }
 
     /// Cuts every link between nodes of different `side`s, both ways.
-    pub fn partition(&self, side: impl Fn(usize) -> usize) {
+    pub fn partition(&mut self, side: impl Fn(usize) -> usize) {
         self.faults(|a, b| (side(a) != side(b)).then(|| Faults { blackhole: true, ..Faults::default() }));
     }
 
-    pub fn heal(&self) {
+    pub fn heal(&mut self) {
         self.faults(|_, _| None);
     }
 

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
         let run_seed = seed ^ fnv(kind.name());
         let root = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
         let dir = root.join(format!("leasehold-chaos-{}-{}-{}", std::process::id(), kind.name(), opts.nodes));
-        let report = match run(&opts, kind, &bin, &dir, run_seed) {
+        let report = match run(&opts, kind, &bin, &dir, seed, run_seed) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("leasehold-chaos: {}: {e}", kind.name());
@@ -162,13 +162,15 @@ fn fnv(s: &str) -> u64 {
 }
 
 /// One scenario, start to end; a JSON report.
-fn run(opts: &Opts, kind: Kind, bin: &Path, dir: &Path, seed: u64) -> Result<serde_json::Value, String> {
+/// `seed` is the one given (it reproduces the run with `--scenario`);
+/// `run_seed`, derived from it and the scenario's name, drives the run.
+fn run(opts: &Opts, kind: Kind, bin: &Path, dir: &Path, seed: u64, run_seed: u64) -> Result<serde_json::Value, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let ttl = opts.lease_ttl;
     // Election after a promise, a restart's quarantine, process start.
     let bound = ttl * 3 + Duration::from_secs(1) + if kind == Kind::SlowFsync { ttl * 3 } else { Duration::ZERO };
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = SplitMix64::new(run_seed);
     let mut c = Cluster::new(bin, dir, opts.nodes, ttl, rng.next_u64())?;
     let target = rng.below(opts.nodes as u64) as usize;
     scenario::prepare(kind, &mut c, target, opts.rho)?;
@@ -255,6 +257,8 @@ fn run(opts: &Opts, kind: Kind, bin: &Path, dir: &Path, seed: u64) -> Result<ser
         "lease_ttl_ms": ttl.as_millis() as u64,
         "bound_ms": bound.as_millis() as u64,
         "control": format!("{:?}", opts.control),
+        "target": c.nodes[target].id,
+        "target_clock_rate": c.nodes[target].rate,
         "findings": findings,
         "observer_violations": obs.count,
         "fencing_out_of_order": fencing.out_of_order.len(),

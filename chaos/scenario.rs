@@ -189,6 +189,7 @@ impl Ctx<'_> {
     }
 
     pub fn round(&mut self, kind: Kind, round: usize) {
+        self.c.note(&format!("round {round}"));
         let ttl = self.ttl();
         match kind {
             Kind::Kill => self.kill_leader(round),
@@ -259,7 +260,9 @@ impl Ctx<'_> {
                 if l != s {
                     let asked = Instant::now();
                     let path = format!("/v1/transfer?to={}&wait=2s", self.c.nodes[s].id);
-                    let _ = client::request_within(&self.c.nodes[l].api, "POST", &path, Duration::from_secs(3));
+                    let answer = client::request_within(&self.c.nodes[l].api, "POST", &path, Duration::from_secs(3));
+                    let what = answer.map_or_else(|e| e, |a| format!("{} {}", a.status, a.body.trim()));
+                    self.c.note(&format!("transfer from n{} to {}: {what}", l + 1, self.c.nodes[s].id));
                     self.handovers.push((l, asked, Instant::now()));
                     match self.c.wait_leader(t, self.bound) {
                         Some((_, t2, _)) => token = t2,

@@ -29,6 +29,9 @@
 //! - [`transport`]: the peer wire format (frames, size cap, handshake) and
 //!   the TCP connections between peers. Interprets nothing beyond the
 //!   envelope.
+//! - [`observe`]: the observer check of DESIGN §7 over real processes: polls
+//!   every node's `/v1/leader` and finds provably overlapping leases. Used by
+//!   the integration tests and the fault harness (`chaos/`).
 //! - [`sim`]: the deterministic simulator that drives many `core::Node`s over a
 //!   simulated network, disk and clocks, and checks the safety invariants
 //!   against true simulated time. Test tooling; uses no real IO either.
