@@ -282,7 +282,7 @@ impl Cluster {
         for (&(from, to), link) in &self.links {
             let f = pick(from, to);
             if let Some(f) = &f {
-                faulted.push(format!("n{}->n{} {f:?}", from + 1, to + 1));
+                faulted.push(format!("n{}->n{} {}", from + 1, to + 1, f.describe()));
             }
             link.set(f.unwrap_or_default());
         }

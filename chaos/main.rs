@@ -185,6 +185,11 @@ fn run(opts: &Opts, kind: Kind, bin: &Path, dir: &Path, seed: u64, run_seed: u64
     if ctx.c.wait_leader(0, bound).is_none() {
         ctx.liveness.push(format!("no first leader within {bound:?}"));
     }
+    for i in 0..opts.nodes {
+        if !ctx.c.wait_joined(i, bound) {
+            ctx.liveness.push(format!("n{} did not join within {bound:?}", i + 1));
+        }
+    }
     let mut rounds = 0;
     while rounds < opts.rounds && started.elapsed() < opts.time_limit {
         let panicking = (rounds == 1 && opts.control == Control::PanicAtWrite).then(|| {

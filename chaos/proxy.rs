@@ -39,6 +39,19 @@ pub struct Faults {
     pub cut: f64,
 }
 
+impl Faults {
+    /// A short description for the harness's journal.
+    pub fn describe(&self) -> String {
+        if self.blackhole {
+            return "blackhole".into();
+        }
+        format!(
+            "delay {:?}+{:?} drop {} dup {} reorder {} cut {}",
+            self.delay, self.jitter, self.drop, self.duplicate, self.reorder, self.cut
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct Counters {
     pub frames: AtomicU64,

@@ -261,12 +261,17 @@ impl Ctx<'_> {
                     let asked = Instant::now();
                     let path = format!("/v1/transfer?to={}&wait=2s", self.c.nodes[s].id);
                     let answer = client::request_within(&self.c.nodes[l].api, "POST", &path, Duration::from_secs(3));
+                    let done = answer.as_ref().is_ok_and(|a| a.status == 200);
                     let what = answer.map_or_else(|e| e, |a| format!("{} {}", a.status, a.body.trim()));
                     self.c.note(&format!("transfer from n{} to {}: {what}", l + 1, self.c.nodes[s].id));
                     self.handovers.push((l, asked, Instant::now()));
-                    match self.c.wait_leader(t, self.bound) {
-                        Some((_, t2, _)) => token = t2,
-                        None => self.liveness.push(format!("round {round}: no leader after a transfer")),
+                    // A refused transfer (the target not heard from
+                    // recently enough) leaves the leader in place.
+                    if done {
+                        match self.c.wait_leader(t, self.bound) {
+                            Some((_, t2, _)) => token = t2,
+                            None => self.liveness.push(format!("round {round}: no leader after a transfer")),
+                        }
                     }
                 }
                 let cut = self.c.leader().map_or(s, |(i, _)| i);
