@@ -137,10 +137,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender
             match serve_inbound(stream, &ctx, inbound).await {
                 Err(Closed::Rejected(e)) => ctx.events.rejected(e.label()),
                 Err(Closed::Tls(e)) => {
-                    warn!(peer = %addr, error = %e, "refused a peer connection: TLS failed");
+                    warn!(address = %addr, error = %e, "refused a peer connection: TLS failed");
                     ctx.events.rejected(TLS_REJECTED);
                 }
-                Err(Closed::TlsAlert(e)) => warn!(peer = %addr, error = %e, "a peer refused this node's certificate"),
+                Err(Closed::TlsAlert(e)) => {
+                    warn!(address = %addr, error = %e, "a peer refused this node's certificate")
+                }
                 Ok(()) | Err(Closed::Io) => {}
             }
             drop(slot);
@@ -586,14 +588,14 @@ mod tests {
             let tls_count = || events.rejected.lock().expect("lock").iter().filter(|r| **r == TLS_REJECTED).count();
             let intruder = other.issue("intruder", "IP:127.0.0.1", 3, 2);
             let clients = [
-                ("no certificate", client_config(&ca.cert, None)),
+                ("no", client_config(&ca.cert, None)),
                 ("another CA's", client_config(&ca.cert, Some(&intruder))),
-                ("self-signed", client_config(&ca.cert, Some(&self_signed(&dir, "selfie", "IP:127.0.0.1")))),
-                ("expired", client_config(&ca.cert, Some(&ca.issue("late", "IP:127.0.0.1", 4, -1)))),
+                ("a self-signed", client_config(&ca.cert, Some(&self_signed(&dir, "selfie", "IP:127.0.0.1")))),
+                ("an expired", client_config(&ca.cert, Some(&ca.issue("late", "IP:127.0.0.1", 4, -1)))),
             ];
             for (n, (what, config)) in clients.into_iter().enumerate() {
                 assert_eq!(tls_client(addr, config).await, None, "a client with {what} certificate got a hello");
-                eventually(what, || tls_count() == n + 1).await;
+                eventually(&format!("{what} certificate counted"), || tls_count() == n + 1).await;
             }
             // A plain-TCP peer, even with a valid hello, is not let in.
             raw_client(addr, &frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode")).await;
@@ -603,6 +605,7 @@ mod tests {
             // The CA file now also holds the other CA: after the reload, new
             // connections accept the intruder's certificate.
             replace(&b_ca, &bundle(&[&ca.cert, &other.cert]));
+            assert_eq!(tls_b.reload_if_changed(), Reload::Settling);
             assert_eq!(tls_b.reload_if_changed(), Reload::Reloaded);
             let hello =
                 tls_client(addr, client_config(&ca.cert, Some(&intruder))).await.expect("accepted after reload");

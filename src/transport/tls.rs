@@ -30,7 +30,10 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// How often the files are read to see whether they changed. Reading three
-/// small files is cheap; a rotated certificate is in use within this long.
+/// small files is cheap. A change is used once two looks in a row found
+/// the same contents, so a rotated certificate is in use within two to
+/// three polls, and files rewritten one after the other (the certificate,
+/// then its key) are not tried half-written.
 pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 
 /// The three files of `--peer-tls-*`.
@@ -74,8 +77,11 @@ struct Configs {
 /// The outcome of one look at the files.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
-    /// Same contents as last time (or as the last failed attempt).
+    /// Same contents as last tried (whether they worked or not).
     Unchanged,
+    /// New contents, seen for the first time: tried at the next look if
+    /// they are still the same.
+    Settling,
     /// New contents, checked and in use for new connections.
     Reloaded,
     /// New contents that cannot be used: the previous configurations stay.
@@ -90,9 +96,16 @@ pub struct PeerTls {
     /// checked before a certificate is used; None for a single-node group.
     own_name: Option<ServerName<'static>>,
     current: RwLock<Arc<Configs>>,
-    /// A digest of the file contents last tried, good or bad: a bad version
-    /// is reported once, not at every poll.
-    tried: Mutex<u64>,
+    /// Digests of the file contents last tried, good or bad (a bad version
+    /// is reported once, not at every poll), and of new contents waiting to
+    /// be seen again before they are tried.
+    digests: Mutex<Digests>,
+}
+
+#[derive(Clone, Copy)]
+struct Digests {
+    tried: u64,
+    settling: Option<u64>,
 }
 
 impl std::fmt::Debug for PeerTls {
@@ -106,7 +119,8 @@ impl PeerTls {
     pub fn load(files: TlsFiles, own_name: Option<ServerName<'static>>) -> Result<PeerTls, TlsError> {
         let (digest, contents) = read_files(&files);
         let configs = build(&files, own_name.as_ref(), contents?)?;
-        Ok(PeerTls { files, own_name, current: RwLock::new(Arc::new(configs)), tried: Mutex::new(digest) })
+        let digests = Mutex::new(Digests { tried: digest, settling: None });
+        Ok(PeerTls { files, own_name, current: RwLock::new(Arc::new(configs)), digests })
     }
 
     /// For a connection accepted now.
@@ -119,17 +133,23 @@ impl PeerTls {
         self.current.read().unwrap_or_else(PoisonError::into_inner).client.clone()
     }
 
-    /// Reads the files; if they changed since the last attempt and can be
-    /// used, new connections use them from now on. Blocking file IO: call it
-    /// off the runtime's thread ([`watch`] does).
+    /// Reads the files; if they changed since the last attempt, stayed the
+    /// same since the previous look, and can be used, new connections use
+    /// them from now on. Blocking file IO: call it off the runtime's thread
+    /// ([`watch`] does).
     pub fn reload_if_changed(&self) -> Reload {
         let (digest, contents) = read_files(&self.files);
         {
-            let mut tried = self.tried.lock().unwrap_or_else(PoisonError::into_inner);
-            if *tried == digest {
+            let mut d = self.digests.lock().unwrap_or_else(PoisonError::into_inner);
+            if d.tried == digest {
+                d.settling = None;
                 return Reload::Unchanged;
             }
-            *tried = digest;
+            if d.settling != Some(digest) {
+                d.settling = Some(digest);
+                return Reload::Settling;
+            }
+            *d = Digests { tried: digest, settling: None };
         }
         match contents.and_then(|c| build(&self.files, self.own_name.as_ref(), c)) {
             Ok(configs) => {
@@ -150,7 +170,7 @@ pub async fn watch(tls: Arc<PeerTls>, on_reload: impl Fn(bool) + Send + 'static)
         let t = tls.clone();
         let Ok(outcome) = tokio::task::spawn_blocking(move || t.reload_if_changed()).await else { continue };
         match outcome {
-            Reload::Unchanged => {}
+            Reload::Unchanged | Reload::Settling => {}
             Reload::Reloaded => {
                 tracing::info!("peer TLS files changed: new connections use the new certificates");
                 on_reload(true);
@@ -238,7 +258,7 @@ fn build(files: &TlsFiles, own_name: Option<&ServerName<'static>>, pems: Pems) -
     }
     let tls13 = [&rustls::version::TLS13];
     let key_error =
-        |e: rustls::Error| file_error("--peer-tls-key", &files.key, format!("unusable with the certificate: {e}"));
+        |e: rustls::Error| file_error("--peer-tls-key", &files.key, format!("does not go with --peer-tls-cert: {e}"));
     let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&tls13)
         .map_err(|e| cert_error(e.to_string()))?
@@ -320,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn changed_files_are_reloaded_once_and_bad_ones_keep_the_previous_configuration() {
+    fn changed_files_are_tried_once_settled_and_bad_ones_keep_the_previous_configuration() {
         let dir = temp_dir("reload");
         let ca = Ca::new(&dir, "ca");
         let first = ca.issue("first", "IP:127.0.0.1", 1, 2);
@@ -333,13 +353,18 @@ mod tests {
         let before = tls.server_config();
 
         replace(&live.cert, b"-----BEGIN CERTIFICATE-----\nbroken\n");
+        assert_eq!(tls.reload_if_changed(), Reload::Settling);
         assert!(matches!(tls.reload_if_changed(), Reload::Failed(TlsError::File { flag: "--peer-tls-cert", .. })));
         assert_eq!(tls.reload_if_changed(), Reload::Unchanged, "a bad version is reported once");
         assert!(Arc::ptr_eq(&before, &tls.server_config()), "the previous configuration stays");
 
+        // The certificate, then its key, rewritten between two looks: the
+        // new certificate with the old key is never tried.
         let second = ca.issue("second", "IP:127.0.0.1", 2, 2);
         replace(&live.cert, &bundle(&[&second.cert]));
+        assert_eq!(tls.reload_if_changed(), Reload::Settling);
         replace(&live.key, &bundle(&[&second.key]));
+        assert_eq!(tls.reload_if_changed(), Reload::Settling);
         assert_eq!(tls.reload_if_changed(), Reload::Reloaded);
         assert!(!Arc::ptr_eq(&before, &tls.server_config()), "new connections use the new files");
         assert_eq!(tls.reload_if_changed(), Reload::Unchanged);
