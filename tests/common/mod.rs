@@ -2,6 +2,8 @@
 //! observer check of DESIGN §7.
 #![allow(dead_code, clippy::disallowed_types, clippy::disallowed_methods)]
 
+pub mod certs;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
