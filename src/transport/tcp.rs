@@ -259,9 +259,13 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
 async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::Receiver<Envelope>) {
     let mut rng = SplitMix64::new(boottime_now().0 ^ fnv(peer.as_str()));
     let mut backoff = BACKOFF_BASE;
+    // The last TLS failure logged: a peer that keeps failing the same way is
+    // logged once per streak, not at every redial (each is still counted).
+    let mut logged: Option<String> = None;
     loop {
-        match dial(&peer, &addr, &ctx).await {
+        let failure = match dial(&peer, &addr, &ctx).await {
             Ok(mut stream) => {
+                logged = None;
                 let up_at = tokio::time::Instant::now();
                 ctx.events.peer_up(&peer, true);
                 let done = pump(&mut stream, &mut queue).await;
@@ -274,16 +278,24 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
                 if done {
                     return; // the driver stopped
                 }
+                None
             }
-            Err(Closed::Rejected(e)) => ctx.events.rejected(e.label()),
+            Err(Closed::Rejected(e)) => {
+                ctx.events.rejected(e.label());
+                None
+            }
             Err(Closed::Tls(e)) => {
-                warn!(peer = %peer, address = %addr, error = %e, "refused to connect to a peer: TLS failed");
                 ctx.events.rejected(TLS_REJECTED);
+                Some(("refused to connect to a peer: TLS failed", e))
             }
-            Err(Closed::TlsAlert(e)) => {
-                warn!(peer = %peer, address = %addr, error = %e, "a peer refused this node's certificate")
+            Err(Closed::TlsAlert(e)) => Some(("a peer refused this node's certificate", e)),
+            Err(Closed::Io) => None,
+        };
+        if let Some((what, e)) = failure {
+            if logged.as_deref() != Some(e.as_str()) {
+                warn!(peer = %peer, address = %addr, error = %e, "{what}");
+                logged = Some(e);
             }
-            Err(Closed::Io) => {}
         }
         let wait = backoff / 2 + Duration::from_nanos(rng.below(backoff.as_nanos() as u64 / 2 + 1));
         tokio::time::sleep(wait).await;
