@@ -26,9 +26,9 @@
 //!   replacement with fsync, checksums, refusal of foreign or damaged files.
 //!   Must not decide protocol matters, and never rewrites a file it could not
 //!   read.
-//! - [`transport`]: the peer wire format (frames, size cap, handshake) and
-//!   the TCP connections between peers. Interprets nothing beyond the
-//!   envelope.
+//! - [`transport`]: the peer wire format (frames, size cap, handshake), the
+//!   TCP connections between peers, and mutual TLS on them with certificate
+//!   reloads. Interprets nothing beyond the envelope.
 //! - [`sim`]: the deterministic simulator that drives many `core::Node`s over a
 //!   simulated network, disk and clocks, and checks the safety invariants
 //!   against true simulated time. Test tooling; uses no real IO either.
