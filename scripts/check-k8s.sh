@@ -60,12 +60,13 @@ for helm in helm helm4; do
     echo "FAIL: $helm rendered the chart for Kubernetes 1.28" >&2; exit 1
   fi
   for bad in "example.replicas=0" "backend.type=consul" "sidecar.leaseTtl=2" "sidecar.bogus=1" \
-             "backend.type=etcd" "image.pullPolicy=Sometimes" "sidecar.ports.peer=70000"; do
+             "backend.type=etcd" "image.pullPolicy=Sometimes" "sidecar.ports.peer=70000" \
+             "sidecar.peerTLS.enabled=true"; do
     if $helm template lh "$chart" --set "$bad" >/dev/null 2>&1; then
       echo "FAIL: $helm accepted --set $bad" >&2; exit 1
     fi
   done
-  echo "   refused: Kubernetes 1.28 and 7 kinds of bad values"
+  echo "   refused: Kubernetes 1.28 and 8 kinds of bad values"
 
   # A database chart that includes the sidecar through the named template.
   rm -rf examples/host-chart/charts

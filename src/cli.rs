@@ -77,6 +77,17 @@ pub struct RunArgs {
     /// port in --peers).
     #[arg(long, env = "LEASEHOLD_LISTEN_PEER")]
     pub listen_peer: Option<String>,
+    /// Mutual TLS between peers: this node's certificate chain (PEM), used
+    /// as server and as client. Its SAN must name this node's host in
+    /// --peers. With --peer-tls-key and --peer-tls-ca; reloaded on change.
+    #[arg(long, env = "LEASEHOLD_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "LEASEHOLD_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// The CA certificates (PEM) a peer's certificate must chain to.
+    #[arg(long, env = "LEASEHOLD_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
     /// The local HTTP API.
     #[arg(long, env = "LEASEHOLD_LISTEN_API", default_value = "127.0.0.1:4040")]
     pub listen_api: String,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use crate::cli::{Backend, LogFormat, RunArgs};
 use crate::core::{self, NodeId};
+use crate::transport::tls::{self, TlsFiles};
 
 /// The node id of a single-node group started without --node-id.
 pub const DEFAULT_SINGLE_NODE_ID: &str = "leasehold";
@@ -42,6 +43,9 @@ pub struct Config {
     /// Every voter's peer address (HOST:PORT), this node included.
     pub peers: BTreeMap<NodeId, String>,
     pub listen_peer: Option<String>,
+    /// Mutual TLS between peers (`--peer-tls-*`); the files are read at
+    /// start-up, not here.
+    pub peer_tls: Option<TlsFiles>,
     pub listen_api: SocketAddr,
     pub listen_metrics: SocketAddr,
     pub data_dir: PathBuf,
@@ -143,11 +147,13 @@ impl Config {
             (None, Some(c)) => HealthCheck::Exec(c.clone()),
             (None, None) => HealthCheck::None,
         };
+        let peer_tls = peer_tls(a, &peers)?;
         let etcd = if a.backend == Backend::Etcd { Some(etcd_config(a)?) } else { None };
         Ok(Config {
             node,
             peers,
             listen_peer,
+            peer_tls,
             listen_api: socket_addr("--listen-api", &a.listen_api)?,
             listen_metrics: socket_addr("--listen-metrics", &a.listen_metrics)?,
             data_dir: a.data_dir.clone(),
@@ -229,6 +235,40 @@ fn etcd_config(a: &RunArgs) -> Result<EtcdConfig, ConfigError> {
         user: a.etcd_user.clone(),
         password,
     })
+}
+
+/// The three `--peer-tls-*` files, all or none. Every peer's host must be a
+/// name a certificate can carry, since the dialer checks it.
+fn peer_tls(a: &RunArgs, peers: &BTreeMap<NodeId, String>) -> Result<Option<TlsFiles>, ConfigError> {
+    let files = match (&a.peer_tls_cert, &a.peer_tls_key, &a.peer_tls_ca) {
+        (None, None, None) => return Ok(None),
+        (Some(cert), Some(key), Some(ca)) => TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() },
+        (cert, key, _) => {
+            let missing = if cert.is_none() {
+                "--peer-tls-cert"
+            } else if key.is_none() {
+                "--peer-tls-key"
+            } else {
+                "--peer-tls-ca"
+            };
+            return Err(invalid(
+                missing,
+                "is missing: peer TLS needs --peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+            ));
+        }
+    };
+    if a.backend == Backend::Etcd {
+        return Err(invalid(
+            "--peer-tls-cert",
+            "is for the built-in group's peers; etcd's TLS is --etcd-ca, --etcd-cert and --etcd-key",
+        ));
+    }
+    for (id, addr) in peers {
+        if let Err(e) = tls::server_name(addr) {
+            return Err(invalid("--peers", format!("peer {id}: {e}, so no certificate can name it for --peer-tls-*")));
+        }
+    }
+    Ok(Some(files))
 }
 
 /// `ID=HOST:PORT` entries; ids unique, addresses well-formed.
@@ -382,6 +422,28 @@ mod tests {
             ),
             (&["--health-check-url", "https://127.0.0.1/health"], "--health-check-url"),
             (&["--cluster-id", ""], "--cluster-id"),
+            (&["--peer-tls-cert", "c.pem", "--peer-tls-key", "k.pem"], "--peer-tls-ca: is missing"),
+            (&["--peer-tls-cert", "c.pem", "--peer-tls-ca", "ca.pem"], "--peer-tls-key: is missing"),
+            (&["--peer-tls-key", "k.pem"], "--peer-tls-cert: is missing"),
+            (
+                &[
+                    "--peers",
+                    "a=bad!host:1",
+                    "--node-id",
+                    "a",
+                    "--peer-tls-cert",
+                    "c",
+                    "--peer-tls-key",
+                    "k",
+                    "--peer-tls-ca",
+                    "ca",
+                ],
+                "--peers: peer a: \"bad!host\" is neither",
+            ),
+            (
+                &["--backend", "etcd", "--peer-tls-cert", "c", "--peer-tls-key", "k", "--peer-tls-ca", "ca"],
+                "--peer-tls-cert: is for the built-in group",
+            ),
         ];
         for (args, expected) in cases {
             let m = message(parse(args));
@@ -390,6 +452,17 @@ mod tests {
         }
         let usage = message(parse(&["--lease-ttl", "soon"]));
         assert!(usage.contains("--lease-ttl"), "{usage}");
+    }
+
+    #[test]
+    fn peer_tls_takes_all_three_files() {
+        let tls = ["--peer-tls-cert", "n.pem", "--peer-tls-key", "n.key", "--peer-tls-ca", "ca.pem"];
+        let c = parse(&[&["--node-id", "b", "--peers", PEERS][..], &tls].concat()).expect("valid");
+        let files = c.peer_tls.expect("peer tls");
+        assert_eq!(files.cert, PathBuf::from("n.pem"));
+        assert_eq!(files.key, PathBuf::from("n.key"));
+        assert_eq!(files.ca, PathBuf::from("ca.pem"));
+        assert_eq!(parse(&["--node-id", "b", "--peers", PEERS]).expect("valid").peer_tls, None);
     }
 
     #[test]

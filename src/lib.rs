@@ -26,9 +26,9 @@
 //!   replacement with fsync, checksums, refusal of foreign or damaged files.
 //!   Must not decide protocol matters, and never rewrites a file it could not
 //!   read.
-//! - [`transport`]: the peer wire format (frames, size cap, handshake) and
-//!   the TCP connections between peers. Interprets nothing beyond the
-//!   envelope.
+//! - [`transport`]: the peer wire format (frames, size cap, handshake), the
+//!   TCP connections between peers, and mutual TLS on them with certificate
+//!   reloads. Interprets nothing beyond the envelope.
 //! - [`observe`]: the observer check of DESIGN §7 over real processes: polls
 //!   every node's `/v1/leader` and finds provably overlapping leases. Used by
 //!   the integration tests and the fault harness (`chaos/`).

@@ -19,6 +19,7 @@ use leasehold::hooks;
 use leasehold::metrics::Metrics;
 use leasehold::storage::{Identity, StateFile};
 use leasehold::transport::tcp::{self, Transport, TransportConfig};
+use leasehold::transport::tls::{self, PeerTls};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -44,6 +45,10 @@ fn run(args: &RunArgs) -> ExitCode {
     if config.etcd.is_some() {
         return etcd::run(config);
     }
+    let peer_tls = match load_peer_tls(&config) {
+        Ok(t) => t,
+        Err(e) => return refuse(&e),
+    };
     let state = match StateFile::open(&config.data_dir) {
         Ok(s) => s,
         Err(e) => return refuse(&e),
@@ -62,7 +67,18 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return refuse(&format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(serve(config, state, initial))
+    runtime.block_on(serve(config, state, initial, peer_tls))
+}
+
+/// Reads and checks the `--peer-tls-*` files; this node's certificate must
+/// name its own host in --peers, as the peers dialling it will check.
+fn load_peer_tls(config: &Config) -> Result<Option<Arc<PeerTls>>, String> {
+    let Some(files) = config.peer_tls.clone() else { return Ok(None) };
+    let own_name = match config.peers.get(&config.node.node_id) {
+        Some(addr) => Some(tls::server_name(addr).map_err(|e| format!("--peers: {e}"))?),
+        None => None,
+    };
+    PeerTls::load(files, own_name).map(|t| Some(Arc::new(t))).map_err(|e| e.to_string())
 }
 
 /// Logs on stderr, as text or JSON lines; `LEASEHOLD_LOG` filters
@@ -135,7 +151,12 @@ fn start_readers(
     tokio::spawn(l.metrics.clone().count_leader_changes(view.clone()));
 }
 
-async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> ExitCode {
+async fn serve(
+    config: Config,
+    state: StateFile,
+    initial: Option<HardState>,
+    peer_tls: Option<Arc<PeerTls>>,
+) -> ExitCode {
     let peers: Vec<NodeId> = config.node.voters.iter().filter(|v| **v != config.node.node_id).cloned().collect();
     let listeners = match listen(&config, &peers).await {
         Ok(l) => l,
@@ -155,6 +176,7 @@ async fn serve(config: Config, state: StateFile, initial: Option<HardState>) -> 
                 cluster_id: config.node.cluster_id.clone(),
                 node_id: config.node.node_id.clone(),
                 peers: config.peers.clone(),
+                tls: peer_tls,
             };
             match Transport::start(cfg, listener, inbound_tx.clone(), log.clone()) {
                 Ok(t) => Some(t),
@@ -280,6 +302,9 @@ impl tcp::Events for Observers {
     }
     fn received(&self, peer: &NodeId) {
         self.peers.received(peer);
+    }
+    fn tls_reloaded(&self, ok: bool) {
+        tcp::Events::tls_reloaded(&*self.metrics, ok);
     }
     fn peer_up(&self, peer: &NodeId, up: bool) {
         self.peers.set_up(peer, up);

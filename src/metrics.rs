@@ -45,6 +45,7 @@ pub struct Metrics {
     api_requests: IntCounterVec,
     connections_refused: IntCounterVec,
     rejected: IntCounterVec,
+    tls_reloads: IntCounterVec,
     hooks: IntCounterVec,
 }
 
@@ -102,6 +103,14 @@ impl Metrics {
                 Opts::new("leasehold_rejected_messages_total", "Peer messages and connections refused, by reason"),
                 &["reason"],
             )?,
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "leasehold_peer_tls_reloads_total",
+                    "Changes of the --peer-tls-* files seen, by result: ok (in use for new connections) or error \
+                     (refused; the previous certificates stay)",
+                ),
+                &["result"],
+            )?,
             hooks: IntCounterVec::new(
                 Opts::new("leasehold_hook_runs_total", "Runs of --on-elected and --on-demoted, by outcome"),
                 &["hook", "result"],
@@ -125,6 +134,7 @@ impl Metrics {
         r.register(Box::new(m.api_requests.clone()))?;
         r.register(Box::new(m.connections_refused.clone()))?;
         r.register(Box::new(m.rejected.clone()))?;
+        r.register(Box::new(m.tls_reloads.clone()))?;
         r.register(Box::new(m.hooks.clone()))?;
         r.register(Box::new(build_info))?;
         // Every peer and result appears from the start, at 0.
@@ -147,8 +157,12 @@ impl Metrics {
             "conflicting_leader",
             "term_too_far",
             "too_many_connections",
+            tcp::TLS_REJECTED,
         ] {
             m.rejected.with_label_values(&[reason]);
+        }
+        for result in ["ok", "error"] {
+            m.tls_reloads.with_label_values(&[result]);
         }
         for listener in ["api", "metrics"] {
             m.connections_refused.with_label_values(&[listener]);
@@ -224,6 +238,9 @@ impl tcp::Events for Metrics {
     }
     fn peer_up(&self, peer: &NodeId, up: bool) {
         self.peer_up.with_label_values(&[peer.as_str()]).set(i64::from(up));
+    }
+    fn tls_reloaded(&self, ok: bool) {
+        self.tls_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 }
 

@@ -363,6 +363,8 @@ fn metrics_are_served_and_pass_promtool() {
         "leasehold_fsync_seconds_bucket",
         "leasehold_api_requests_total{code=\"200\",path=\"/v1/leader\"}",
         "leasehold_rejected_messages_total",
+        "leasehold_rejected_messages_total{reason=\"tls\"} 0",
+        "leasehold_peer_tls_reloads_total{result=\"error\"} 0",
         "leasehold_build_info{version=",
     ] {
         assert!(body.contains(name), "missing {name} in:\n{body}");

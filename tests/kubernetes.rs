@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::certs::Ca;
 use common::{free_port, get, wait_for_one_leader, Observer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
@@ -215,10 +216,17 @@ struct Group {
 
 impl Group {
     fn start(rendered: Rendered, name: &str) -> Group {
+        Group::start_with(rendered, name, |_| {})
+    }
+
+    /// Starts the pods after `prepare` has filled each pod's folder (where
+    /// a volume named V is mounted from `folder/V`), as Secrets would be.
+    fn start_with(rendered: Rendered, name: &str, prepare: impl Fn(&Path)) -> Group {
         let dir = std::env::temp_dir().join(format!("leasehold-k8s-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut g = Group { rendered, ports: PortMap::default(), dir, pods: Vec::new() };
         for i in 0..g.rendered.replicas {
+            prepare(&g.dir.join(g.rendered.pod(i)));
             let pod = g.spawn(i);
             g.pods.push(pod);
         }
@@ -498,6 +506,48 @@ fn the_charts_rendered_statefulset_elects_and_hands_over() {
     assert_eq!(rendered.replicas, 3);
     assert_eq!(rendered.sidecar["restartPolicy"], "Always", "a native sidecar by default");
     exercise(Group::start(rendered, "chart"));
+}
+
+#[test]
+fn the_chart_with_peer_tls_elects_over_mutual_tls_as_rendered() {
+    let docs = helm_template(&["sidecar.peerTLS.enabled=true", "sidecar.peerTLS.secretName=lh-peer-tls"]);
+    let rendered = Rendered::from(&docs, "lh-leasehold");
+    // One Secret for every replica, as cert-manager writes it. Its SAN names
+    // every pod's peer address by the headless Service's wildcard, and the
+    // loopback address this test maps those names to.
+    let dir = std::env::temp_dir().join(format!("leasehold-k8s-{}-peer-tls-certs", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ca = Ca::new(&dir, "ca");
+    let san = "DNS:*.lh-leasehold-peers.databases.svc.cluster.local,IP:127.0.0.1";
+    let peers = ca.issue("peers", san, 1, 2);
+    let secret = [("tls.crt", &peers.cert), ("tls.key", &peers.key), ("ca.crt", &ca.cert)];
+    let mut g = Group::start_with(rendered, "peer-tls", |pod| {
+        let volume = pod.join("leasehold-peer-tls");
+        std::fs::create_dir_all(&volume).expect("mkdir");
+        for (name, from) in secret {
+            std::fs::copy(from, volume.join(name)).expect("copy");
+        }
+    });
+    // TLS is on: a plain-TCP client at a peer port is refused and counted.
+    let sidecar = g.rendered.sidecar.clone();
+    let (peer_port, metrics_port) = (g.container_port(&sidecar, "lh-peer"), g.container_port(&sidecar, "lh-metrics"));
+    let (peer, metrics) = (g.ports.get(0, peer_port), g.ports.get(0, metrics_port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", peer)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(b"not TLS");
+            let _ = std::io::Read::read_to_end(&mut s, &mut Vec::new());
+        }
+        let body = get(&format!("127.0.0.1:{metrics}"), "/metrics").map(|(_, b)| b).unwrap_or_default();
+        if body.contains("leasehold_rejected_messages_total{reason=\"tls\"} 1") || Instant::now() > deadline {
+            break body;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refused.contains("{reason=\"tls\"} 1"), "no TLS refusal counted; log of pod 0:\n{}", g.log(0));
+    exercise(g);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -2,9 +2,16 @@
 //! or the file, exit code 2, and a damaged state file left untouched.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::certs::Ca;
+
+/// Runs `leasehold` until it exits. One still running after 30s started
+/// when it should have refused: it is killed by its pid and the test fails.
 fn leasehold(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
     cmd.args(args);
@@ -17,7 +24,17 @@ fn leasehold(args: &[&str], env: &[(&str, &str)]) -> Output {
             cmd.env_remove(k);
         }
     }
-    cmd.output().expect("run leasehold")
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run leasehold");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("leasehold {args:?} still runs after 30s instead of stopping");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
 }
 
 fn stderr(o: &Output) -> String {
@@ -47,6 +64,56 @@ fn a_wrong_flag_stops_start_up_with_one_line_and_exit_code_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err:?}");
         assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn peer_tls_needs_all_three_files_and_stops_start_up_on_one_it_cannot_use() {
+    let dir = temp_dir("peer-tls");
+    let ca = Ca::new(&dir, "ca");
+    let node = ca.issue("node", "IP:127.0.0.1", 1, 2);
+    let elsewhere = ca.issue("elsewhere", "DNS:db.example", 2, 2);
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").expect("write");
+    let missing = dir.join("missing-ca.pem");
+    let s = |p: &PathBuf| p.to_string_lossy().into_owned();
+    let (cert, key, ca_file, garbage_s, missing_s) =
+        (s(&node.cert), s(&node.key), s(&ca.cert), s(&garbage), s(&missing));
+    let (elsewhere_cert, elsewhere_key) = (s(&elsewhere.cert), s(&elsewhere.key));
+    let data = s(&dir.join("data"));
+    let peers = "a=127.0.0.1:7101,b=127.0.0.1:7102";
+    // Flags, LEASEHOLD_* variables, and what the one line must contain.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (&["--peer-tls-cert", &cert, "--peer-tls-key", &key], &[], &["--peer-tls-ca: is missing"]),
+        (&["--peer-tls-key", &key], &[("LEASEHOLD_PEER_TLS_CA", &ca_file)], &["--peer-tls-cert: is missing"]),
+        (
+            &["--peer-tls-cert", &garbage_s, "--peer-tls-key", &key, "--peer-tls-ca", &ca_file],
+            &[],
+            &["--peer-tls-cert", &garbage_s, "not a valid PEM certificate"],
+        ),
+        (
+            &["--peer-tls-cert", &cert, "--peer-tls-key", &key, "--peer-tls-ca", &missing_s],
+            &[],
+            &["--peer-tls-ca", &missing_s, "No such file"],
+        ),
+        (
+            &["--node-id", "a", "--peers", peers, "--peer-tls-cert", &elsewhere_cert, "--peer-tls-key", &elsewhere_key],
+            &[("LEASEHOLD_PEER_TLS_CA", &ca_file)],
+            &["--peer-tls-cert", "peers dialling 127.0.0.1 would refuse it"],
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", &data]);
+        let o = leasehold(&all, env);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: one line, got {err:?}");
+        for e in *expected {
+            assert!(err.contains(e), "{args:?}: {err:?} does not contain {e:?}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,10 @@
 //! Both sides open with a [`Hello`]; anything that is not a valid hello and
 //! then valid frames from that very peer closes the connection and is counted.
 //!
+//! With peer TLS ([`super::tls`]) every connection, in both directions, is a
+//! mutually authenticated TLS 1.3 session before the hello; a failed
+//! handshake is counted as `tls` by the side that refused, and logged.
+//!
 //! Sending never blocks the caller: each peer has a bounded queue, and a full
 //! queue drops the message, as the network may (the protocol tolerates loss).
 //! A write that stalls (a stopped peer's full socket) times out and the
@@ -14,12 +18,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::warn;
 
 use super::frame::{self, check_hello, FrameError, FrameReader, Hello};
+use super::tls::{self, PeerTls};
 use crate::clock::boottime_now;
 use crate::core::rng::SplitMix64;
 use crate::core::{Envelope, NodeId};
@@ -40,7 +47,12 @@ pub trait Events: Send + Sync + 'static {
     fn peer_up(&self, peer: &NodeId, up: bool);
     /// A valid message from `peer` arrived.
     fn received(&self, _peer: &NodeId) {}
+    /// The peer TLS files changed: now in use (true), or refused (false).
+    fn tls_reloaded(&self, _ok: bool) {}
 }
+
+/// The `reason` under which refused TLS handshakes are counted.
+pub const TLS_REJECTED: &str = "tls";
 
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -48,6 +60,8 @@ pub struct TransportConfig {
     pub node_id: NodeId,
     /// Every voter's address, this node included.
     pub peers: BTreeMap<NodeId, String>,
+    /// Mutual TLS on every connection; None: plain TCP.
+    pub tls: Option<Arc<PeerTls>>,
 }
 
 struct Ctx {
@@ -78,6 +92,10 @@ impl Transport {
     ) -> io::Result<Transport> {
         let local_addr = listener.local_addr()?;
         let ctx = Arc::new(Ctx { cfg, events });
+        if let Some(tls) = &ctx.cfg.tls {
+            let events = ctx.events.clone();
+            tokio::spawn(tls::watch(tls.clone(), move |ok| events.tls_reloaded(ok)));
+        }
         tokio::spawn(accept_loop(listener, ctx.clone(), inbound));
         let mut queues = BTreeMap::new();
         for (peer, addr) in ctx.cfg.peers.iter().filter(|(p, _)| **p != ctx.cfg.node_id) {
@@ -104,7 +122,7 @@ impl Transport {
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender<Envelope>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, addr)) = listener.accept().await else {
             // Out of file descriptors and the like: back off briefly.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -116,8 +134,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender
         };
         let (ctx, inbound) = (ctx.clone(), inbound.clone());
         tokio::spawn(async move {
-            if let Err(Closed::Rejected(e)) = serve_inbound(stream, &ctx, inbound).await {
-                ctx.events.rejected(e.label());
+            match serve_inbound(stream, &ctx, inbound).await {
+                Err(Closed::Rejected(e)) => ctx.events.rejected(e.label()),
+                Err(Closed::Tls(e)) => {
+                    warn!(address = %addr, error = %e, "refused a peer connection: TLS failed");
+                    ctx.events.rejected(TLS_REJECTED);
+                }
+                Err(Closed::TlsAlert(e)) => {
+                    warn!(address = %addr, error = %e, "a peer refused this node's certificate")
+                }
+                Ok(()) | Err(Closed::Io) => {}
             }
             drop(slot);
         });
@@ -126,6 +152,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender
 
 enum Closed {
     Rejected(FrameError),
+    /// This node refused the other side's TLS: its certificate, or bytes
+    /// that are not TLS at all (a plain-TCP client).
+    Tls(String),
+    /// The other side ended the TLS session with an alert: it refused this
+    /// node (counted there, not here).
+    TlsAlert(String),
     Io,
 }
 
@@ -136,12 +168,48 @@ impl From<FrameError> for Closed {
 }
 
 impl From<io::Error> for Closed {
-    fn from(_: io::Error) -> Self {
-        Closed::Io
+    fn from(e: io::Error) -> Self {
+        // tokio-rustls reports TLS failures as io errors that wrap a rustls one.
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(alert)) => Closed::TlsAlert(format!("received fatal alert: {alert:?}")),
+            Some(tls) => Closed::Tls(tls.to_string()),
+            None => Closed::Io,
+        }
     }
 }
 
-async fn read_frame(stream: &mut TcpStream, reader: &mut FrameReader, buf: &mut [u8]) -> Result<Vec<u8>, Closed> {
+/// A peer connection: plain TCP, or TLS over it.
+trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
+/// Accepts the TLS session of a connection this node accepted.
+async fn accept_tls(tls: &PeerTls, stream: TcpStream) -> Result<Box<dyn Conn>, Closed> {
+    let handshake = TlsAcceptor::from(tls.server_config()).accept(stream);
+    match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(e.into()),
+        // A client that connects and says nothing (or plain TCP waiting
+        // for a hello) is refused as any other failed handshake.
+        Err(_) => Err(Closed::Tls("no TLS handshake within 5s".into())),
+    }
+}
+
+/// Opens the TLS session of a connection this node dialled to `addr`.
+async fn connect_tls(tls: &PeerTls, addr: &str, stream: TcpStream) -> Result<Box<dyn Conn>, Closed> {
+    let name = tls::server_name(addr).map_err(Closed::Tls)?;
+    let handshake = TlsConnector::from(tls.client_config()).connect(name, stream);
+    match timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(Closed::Io),
+    }
+}
+
+async fn read_frame<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+    reader: &mut FrameReader,
+    buf: &mut [u8],
+) -> Result<Vec<u8>, Closed> {
     loop {
         if let Some(f) = reader.next_frame()? {
             return Ok(f);
@@ -154,16 +222,20 @@ async fn read_frame(stream: &mut TcpStream, reader: &mut FrameReader, buf: &mut 
     }
 }
 
-async fn serve_inbound(mut stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envelope>) -> Result<(), Closed> {
+async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envelope>) -> Result<(), Closed> {
     let _ = stream.set_nodelay(true);
+    let mut stream: Box<dyn Conn> = match &ctx.cfg.tls {
+        Some(tls) => accept_tls(tls, stream).await?,
+        None => Box::new(stream),
+    };
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 8192];
     // Before a valid hello, any framing error (an HTTP request's first bytes
     // read as a huge length) means the caller is not a leasehold peer.
     let payload = match timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &mut reader, &mut buf)).await {
         Ok(Ok(p)) => p,
-        Ok(Err(Closed::Io)) => return Err(Closed::Io),
         Ok(Err(Closed::Rejected(_))) | Err(_) => return Err(Closed::Rejected(FrameError::NotAPeer)),
+        Ok(Err(other)) => return Err(other),
     };
     let hello = check_hello(&payload, &ctx.cfg.cluster_id, |id| ctx.is_peer(id))?;
     let mine = frame::encode(&Hello::new(&ctx.cfg.cluster_id, &ctx.cfg.node_id))?;
@@ -187,9 +259,13 @@ async fn serve_inbound(mut stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<E
 async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::Receiver<Envelope>) {
     let mut rng = SplitMix64::new(boottime_now().0 ^ fnv(peer.as_str()));
     let mut backoff = BACKOFF_BASE;
+    // The last TLS failure logged: a peer that keeps failing the same way is
+    // logged once per streak, not at every redial (each is still counted).
+    let mut logged: Option<String> = None;
     loop {
-        match dial(&peer, &addr, &ctx).await {
+        let failure = match dial(&peer, &addr, &ctx).await {
             Ok(mut stream) => {
+                logged = None;
                 let up_at = tokio::time::Instant::now();
                 ctx.events.peer_up(&peer, true);
                 let done = pump(&mut stream, &mut queue).await;
@@ -202,9 +278,24 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
                 if done {
                     return; // the driver stopped
                 }
+                None
             }
-            Err(Closed::Rejected(e)) => ctx.events.rejected(e.label()),
-            Err(Closed::Io) => {}
+            Err(Closed::Rejected(e)) => {
+                ctx.events.rejected(e.label());
+                None
+            }
+            Err(Closed::Tls(e)) => {
+                ctx.events.rejected(TLS_REJECTED);
+                Some(("refused to connect to a peer: TLS failed", e))
+            }
+            Err(Closed::TlsAlert(e)) => Some(("a peer refused this node's certificate", e)),
+            Err(Closed::Io) => None,
+        };
+        if let Some((what, e)) = failure {
+            if logged.as_deref() != Some(e.as_str()) {
+                warn!(peer = %peer, address = %addr, error = %e, "{what}");
+                logged = Some(e);
+            }
         }
         let wait = backoff / 2 + Duration::from_nanos(rng.below(backoff.as_nanos() as u64 / 2 + 1));
         tokio::time::sleep(wait).await;
@@ -212,9 +303,13 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
     }
 }
 
-async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx) -> Result<TcpStream, Closed> {
-    let mut stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| Closed::Io)??;
+async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx) -> Result<Box<dyn Conn>, Closed> {
+    let stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| Closed::Io)??;
     let _ = stream.set_nodelay(true);
+    let mut stream: Box<dyn Conn> = match &ctx.cfg.tls {
+        Some(tls) => connect_tls(tls, addr, stream).await?,
+        None => Box::new(stream),
+    };
     let mine = frame::encode(&Hello::new(&ctx.cfg.cluster_id, &ctx.cfg.node_id))?;
     timeout(WRITE_TIMEOUT, stream.write_all(&mine)).await.map_err(|_| Closed::Io)??;
     let mut reader = FrameReader::default();
@@ -234,7 +329,7 @@ async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx) -> Result<TcpStream, Closed>
 /// messages is noticed only when a write fails, and the first message after
 /// its death (a vote request, say) is lost in the dead socket while the
 /// kernel still accepts it, which cost a failover a whole campaign round.
-async fn pump(stream: &mut TcpStream, queue: &mut mpsc::Receiver<Envelope>) -> bool {
+async fn pump(stream: &mut dyn Conn, queue: &mut mpsc::Receiver<Envelope>) -> bool {
     let mut probe = [0u8; 1];
     loop {
         tokio::select! {
@@ -310,15 +405,26 @@ mod tests {
         (la, lb, peers)
     }
 
-    async fn pair() -> (Transport, mpsc::Receiver<Envelope>, Transport, mpsc::Receiver<Envelope>, Arc<Recorded>) {
+    type Pair = (Transport, mpsc::Receiver<Envelope>, Transport, mpsc::Receiver<Envelope>, Arc<Recorded>);
+
+    async fn pair() -> Pair {
+        pair_with(None, None).await
+    }
+
+    /// Peers a and b, each with its own TLS (or none).
+    async fn pair_with(tls_a: Option<Arc<PeerTls>>, tls_b: Option<Arc<PeerTls>>) -> Pair {
         let (la, lb, peers) = two_listeners().await;
         let events = Arc::new(Recorded::default());
-        let cfg =
-            |me: &str| TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new(me), peers: peers.clone() };
+        let cfg = |me: &str, tls| TransportConfig {
+            cluster_id: "pg".into(),
+            node_id: NodeId::new(me),
+            peers: peers.clone(),
+            tls,
+        };
         let (ta, ra) = mpsc::channel(16);
         let (tb, rb) = mpsc::channel(16);
-        let a = Transport::start(cfg("a"), la, ta, events.clone()).expect("start a");
-        let b = Transport::start(cfg("b"), lb, tb, events.clone()).expect("start b");
+        let a = Transport::start(cfg("a", tls_a), la, ta, events.clone()).expect("start a");
+        let b = Transport::start(cfg("b", tls_b), lb, tb, events.clone()).expect("start b");
         (a, ra, b, rb, events)
     }
 
@@ -355,7 +461,7 @@ mod tests {
         // of writing it into the dead one.
         let (la, lb, peers) = two_listeners().await;
         let events = Arc::new(Recorded::default());
-        let cfg = TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers };
+        let cfg = TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers, tls: None };
         let (ta, _ra) = mpsc::channel(16);
         let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
         let accept_hello = || async {
@@ -409,6 +515,161 @@ mod tests {
         raw_client(addr, &forged).await;
         eventually("malformed counted", || count("malformed") == 1).await;
         assert!(rb.try_recv().is_err(), "nothing forged reached the driver");
+    }
+
+    mod over_tls {
+        use super::*;
+        use crate::transport::tls::certs::{bundle, replace, self_signed, Ca, Issued};
+        use crate::transport::tls::{Reload, TlsFiles};
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        use rustls::{ClientConfig, RootCertStore, ServerConfig};
+        use std::path::{Path, PathBuf};
+
+        fn temp_dir(name: &str) -> PathBuf {
+            let d = std::env::temp_dir().join(format!("leasehold-tcp-tls-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            d
+        }
+
+        fn load(node: &Issued, ca: &Path) -> Arc<PeerTls> {
+            let files = TlsFiles { cert: node.cert.clone(), key: node.key.clone(), ca: ca.to_path_buf() };
+            let own = Some(ServerName::try_from("127.0.0.1").expect("ip"));
+            Arc::new(PeerTls::load(files, own).expect("usable certificates"))
+        }
+
+        fn chain(pem: &Path) -> Vec<CertificateDer<'static>> {
+            CertificateDer::pem_file_iter(pem).expect("open").collect::<Result<_, _>>().expect("pem")
+        }
+
+        fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+            Arc::new(rustls::crypto::ring::default_provider())
+        }
+
+        /// A TLS client of this test's own making: trusts `ca`, presents
+        /// `identity` if any.
+        fn client_config(ca: &Path, identity: Option<&Issued>) -> Arc<ClientConfig> {
+            let mut roots = RootCertStore::empty();
+            roots.add_parsable_certificates(chain(ca));
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("tls 1.3")
+                .with_root_certificates(roots);
+            Arc::new(match identity {
+                None => builder.with_no_client_auth(),
+                Some(i) => builder
+                    .with_client_auth_cert(chain(&i.cert), PrivateKeyDer::from_pem_file(&i.key).expect("key"))
+                    .expect("client cert"),
+            })
+        }
+
+        /// Connects over TLS, sends a hello as `a`, and returns the hello
+        /// payload the node answers with, if it answers with one.
+        async fn tls_client(addr: SocketAddr, config: Arc<ClientConfig>) -> Option<Vec<u8>> {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = ServerName::try_from("127.0.0.1").expect("ip");
+            let mut s = timeout(Duration::from_secs(5), TlsConnector::from(config).connect(name, tcp))
+                .await
+                .expect("handshake in time")
+                .ok()?;
+            s.write_all(&frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode")).await.ok()?;
+            let (mut reader, mut buf) = (FrameReader::default(), vec![0u8; 1024]);
+            timeout(Duration::from_secs(5), read_frame(&mut s, &mut reader, &mut buf)).await.expect("in time").ok()
+        }
+
+        #[tokio::test]
+        async fn peers_exchange_messages_over_mutual_tls_and_clients_without_a_valid_certificate_are_refused() {
+            let dir = temp_dir("mutual");
+            let ca = Ca::new(&dir, "ca");
+            let other = Ca::new(&dir, "other-ca");
+            let (na, nb) = (ca.issue("a", "IP:127.0.0.1", 1, 2), ca.issue("b", "IP:127.0.0.1", 2, 2));
+            let b_ca = dir.join("b-ca.pem");
+            replace(&b_ca, &bundle(&[&ca.cert]));
+            let tls_b = load(&nb, &b_ca);
+            let (a, mut ra, b, mut rb, events) = pair_with(Some(load(&na, &ca.cert)), Some(tls_b.clone())).await;
+            eventually("both peers connected", || events.up.lock().expect("lock").len() >= 2).await;
+            a.send(envelope("a", "b", 1));
+            b.send(envelope("b", "a", 2));
+            let m = timeout(Duration::from_secs(5), rb.recv()).await.expect("in time").expect("open");
+            assert_eq!(m, envelope("a", "b", 1));
+            let m = timeout(Duration::from_secs(5), ra.recv()).await.expect("in time").expect("open");
+            assert_eq!(m, envelope("b", "a", 2));
+            assert!(events.rejected.lock().expect("lock").is_empty());
+
+            let addr = b.local_addr();
+            let tls_count = || events.rejected.lock().expect("lock").iter().filter(|r| **r == TLS_REJECTED).count();
+            let intruder = other.issue("intruder", "IP:127.0.0.1", 3, 2);
+            let clients = [
+                ("no", client_config(&ca.cert, None)),
+                ("another CA's", client_config(&ca.cert, Some(&intruder))),
+                ("a self-signed", client_config(&ca.cert, Some(&self_signed(&dir, "selfie", "IP:127.0.0.1")))),
+                ("an expired", client_config(&ca.cert, Some(&ca.issue("late", "IP:127.0.0.1", 4, -1)))),
+            ];
+            for (n, (what, config)) in clients.into_iter().enumerate() {
+                assert_eq!(tls_client(addr, config).await, None, "a client with {what} certificate got a hello");
+                eventually(&format!("{what} certificate counted"), || tls_count() == n + 1).await;
+            }
+            // A plain-TCP peer, even with a valid hello, is not let in.
+            raw_client(addr, &frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode")).await;
+            eventually("plain TCP counted", || tls_count() == 5).await;
+            assert!(rb.try_recv().is_err(), "nothing from a refused client reached the driver");
+
+            // The CA file now also holds the other CA: after the reload, new
+            // connections accept the intruder's certificate.
+            replace(&b_ca, &bundle(&[&ca.cert, &other.cert]));
+            assert_eq!(tls_b.reload_if_changed(), Reload::Settling);
+            assert_eq!(tls_b.reload_if_changed(), Reload::Reloaded);
+            let hello =
+                tls_client(addr, client_config(&ca.cert, Some(&intruder))).await.expect("accepted after reload");
+            assert_eq!(
+                check_hello(&hello, "pg", |id| id.as_str() == "b").expect("b's hello").node_id,
+                NodeId::new("b")
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+
+        #[tokio::test]
+        async fn a_dialer_refuses_a_peer_whose_certificate_is_from_another_ca_or_names_another_host() {
+            let dir = temp_dir("dialer");
+            let ca = Ca::new(&dir, "ca");
+            let other = Ca::new(&dir, "other-ca");
+            let na = ca.issue("a", "IP:127.0.0.1", 1, 2);
+            let cases = [
+                ("another CA", other.issue("b-other", "IP:127.0.0.1", 2, 2)),
+                ("another host", ca.issue("b-elsewhere", "DNS:b.example,IP:10.9.9.9", 3, 2)),
+            ];
+            for (what, identity) in cases {
+                // Peer b is an impostor: a TLS server that accepts anyone.
+                let lb = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let server = ServerConfig::builder_with_provider(provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .expect("tls 1.3")
+                    .with_no_client_auth()
+                    .with_single_cert(chain(&identity.cert), PrivateKeyDer::from_pem_file(&identity.key).expect("key"))
+                    .expect("server config");
+                let la = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let peers: BTreeMap<NodeId, String> = [
+                    (NodeId::new("a"), la.local_addr().expect("addr").to_string()),
+                    (NodeId::new("b"), lb.local_addr().expect("addr").to_string()),
+                ]
+                .into();
+                let events = Arc::new(Recorded::default());
+                let cfg = TransportConfig {
+                    cluster_id: "pg".into(),
+                    node_id: NodeId::new("a"),
+                    peers,
+                    tls: Some(load(&na, &ca.cert)),
+                };
+                let (ta, _ra) = mpsc::channel(16);
+                let _a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
+                let (tcp, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("dialled").expect("accept");
+                // The dialer aborts the handshake; what the impostor sees does not matter.
+                let _ = timeout(Duration::from_secs(5), TlsAcceptor::from(Arc::new(server)).accept(tcp)).await;
+                eventually(what, || events.rejected.lock().expect("lock").contains(&TLS_REJECTED)).await;
+                assert!(events.up.lock().expect("lock").is_empty(), "{what}: a connected to the impostor");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 

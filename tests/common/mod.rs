@@ -1,6 +1,8 @@
-//! What the real-process tests share: loopback HTTP, free ports, and the
-//! observer check of DESIGN §7.
+//! What the real-process tests share: loopback HTTP, free ports, test
+//! certificates (`certs`), and the observer check of DESIGN §7.
 #![allow(dead_code, clippy::disallowed_types, clippy::disallowed_methods)]
+
+pub mod certs;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

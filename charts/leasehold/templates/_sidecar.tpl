@@ -39,6 +39,11 @@ Keys of the dict:
     {{- end }}
     - --peers={{ join "," $peers }}
     - --listen-peer=0.0.0.0:{{ $s.ports.peer }}
+    {{- if $s.peerTLS.enabled }}
+    - --peer-tls-cert=/etc/leasehold/peer-tls/tls.crt
+    - --peer-tls-key=/etc/leasehold/peer-tls/tls.key
+    - --peer-tls-ca=/etc/leasehold/peer-tls/ca.crt
+    {{- end }}
     {{- else }}
     - --backend=etcd
     - --etcd-endpoints={{ join "," $v.backend.etcd.endpoints }}
@@ -151,6 +156,11 @@ Keys of the dict:
       mountPath: /etc/leasehold/api-token
       readOnly: true
     {{- end }}
+    {{- if and (eq $v.backend.type "raft") $s.peerTLS.enabled }}
+    - name: leasehold-peer-tls
+      mountPath: /etc/leasehold/peer-tls
+      readOnly: true
+    {{- end }}
     {{- if eq $v.backend.type "etcd" }}
     {{- if $v.backend.etcd.tls.secretName }}
     - name: leasehold-etcd-tls
@@ -182,6 +192,11 @@ default), for the pod's volumes list. Same dict as "leasehold.sidecar"
     items:
       - key: {{ $v.sidecar.apiToken.key }}
         path: token
+{{- end }}
+{{- if and (eq $v.backend.type "raft") $v.sidecar.peerTLS.enabled }}
+- name: leasehold-peer-tls
+  secret:
+    secretName: {{ $v.sidecar.peerTLS.secretName }}
 {{- end }}
 {{- if eq $v.backend.type "etcd" }}
 {{- with $v.backend.etcd.tls.secretName }}
