@@ -438,3 +438,61 @@ fn a_slowloris_on_the_api_is_cut_off_and_the_lease_never_lapses() {
     assert!(answers > 30, "{answers} answers");
     assert!(cut >= 290, "the 5s header timeout cut {cut} of 300 slow connections");
 }
+
+#[test]
+fn a_replayed_message_of_an_old_term_changes_nothing_and_is_counted() {
+    use leasehold::core::{Body, Envelope, NodeId, Term, PROTOCOL_VERSION};
+    use leasehold::transport::frame::{encode, Hello};
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = temp_dir("replay");
+    let (peer, api, metrics) = (common::free_port(), common::free_port(), common::free_port());
+    let peers = format!("n1=127.0.0.1:{peer},n2=127.0.0.1:{}", common::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--node-id", "n1", "--peers", &peers, "--data-dir", &dir.to_string_lossy()])
+        .args(["--listen-api", &format!("127.0.0.1:{api}"), "--listen-metrics", &format!("127.0.0.1:{metrics}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let api = format!("127.0.0.1:{api}");
+    let metrics = format!("127.0.0.1:{metrics}");
+    let term = || common::get(&api, "/v1/leader").and_then(|(_, b)| common::field(&b, "term"));
+    let stale = || {
+        let (_, text) = common::get(&metrics, "/metrics")?;
+        let line = text.lines().find(|l| l.starts_with("leasehold_rejected_messages_total{reason=\"stale_term\"}"))?;
+        line.rsplit(' ').next()?.parse::<u64>().ok()
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what} within 10s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("the node answers", &|| term().is_some());
+    // Pose as n2 (no peer TLS here: the peer port must be fenced off, see
+    // docs/security.md) and ask for a vote in term 5.
+    let mut s = TcpStream::connect(format!("127.0.0.1:{peer}")).expect("connect to the peer port");
+    let vote = |t: u64| Envelope {
+        version: PROTOCOL_VERSION,
+        cluster_id: "leasehold".into(),
+        from: NodeId::new("n2"),
+        to: NodeId::new("n1"),
+        term: Term(t),
+        body: Body::VoteRequest { transfer_from: None },
+    };
+    s.write_all(&encode(&Hello::new("leasehold", &NodeId::new("n2"))).expect("hello")).expect("send");
+    s.write_all(&encode(&vote(5)).expect("frame")).expect("send");
+    wait("term 5 adopted", &|| term() == Some(5));
+    assert_eq!(stale().unwrap_or(0), 0);
+    // The same request replayed, and one recorded in term 3: nothing moves,
+    // the old one is counted.
+    s.write_all(&encode(&vote(5)).expect("frame")).expect("send");
+    s.write_all(&encode(&vote(3)).expect("frame")).expect("send");
+    wait("the replay counted as stale_term", &|| stale() == Some(1));
+    assert_eq!(term(), Some(5), "a replayed message moved the term");
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
