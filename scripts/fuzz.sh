@@ -29,6 +29,14 @@ for t in "${targets[@]}"; do
 done
 
 # --- what fuzzing needs ----------------------------------------------------
+# libfuzzer-sys compiles libFuzzer's C++ sources.
+if ! command -v c++ >/dev/null 2>&1; then
+  step "installing g++ (Debian package)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends g++
+fi
 # cargo-fuzz builds with nightly-only flags (sanitizers, coverage counters).
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   step "installing the nightly toolchain"

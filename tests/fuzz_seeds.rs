@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
+use clap::Parser;
+use leasehold::cli::{Cli, Command};
+use leasehold::config::Config;
 use leasehold::core::{Body, Envelope, HardState, NodeId, Term, PROTOCOL_VERSION};
 use leasehold::storage::{self, Identity};
 use leasehold::transport::frame::{self, Hello, MAX_FRAME_BYTES};
@@ -187,6 +190,15 @@ fn config_seeds() -> Seeds {
         ]),
     );
     seeds.insert("seed-slow-heartbeat", args(&["run", "--lease-ttl", "1s", "--heartbeat-interval", "500ms"]));
+    // At the edges of what is accepted, so that a loosened check is one
+    // mutation away: the longest heartbeat for a 1s lease (3 x 326ms <=
+    // 980.2ms), the shortest lease, the widest drift bound.
+    seeds.insert("seed-edge-heartbeat", args(&["run", "--lease-ttl", "1s", "--heartbeat-interval", "326ms"]));
+    seeds.insert("seed-edge-lease", args(&["run", "--lease-ttl", "100ms"]));
+    seeds.insert(
+        "seed-edge-drift",
+        args(&["run", "--lease-ttl", "10s", "--heartbeat-interval", "1s", "--max-clock-drift", "0.49"]),
+    );
     seeds.insert("seed-transfer", args(&["transfer", "--to", "b", "--wait", "30s", "--json"]));
     seeds.insert(
         "seed-step-down",
@@ -238,6 +250,31 @@ fn the_seeds_exercise_what_they_are_named_for() {
     for (name, bytes) in state_file_seeds() {
         let valid = !name.ends_with("checksum") && !name.ends_with("truncated");
         assert_eq!(storage::parse(&bytes).is_ok(), valid, "{name}");
+    }
+}
+
+/// `leasehold` with these NUL-separated arguments passes the checks.
+fn accepted(seed: &[u8]) -> bool {
+    let argv = std::iter::once("leasehold").chain(std::str::from_utf8(seed).expect("UTF-8").split('\0'));
+    match Cli::try_parse_from(argv).expect("the arguments parse").command {
+        Some(Command::Run(run)) => Config::from_args(&run).is_ok(),
+        other => panic!("not a run command: {other:?}"),
+    }
+}
+
+#[test]
+fn the_edge_seeds_of_the_command_line_sit_on_the_edge() {
+    let seeds = config_seeds();
+    let past_the_edge = [
+        ("seed-edge-heartbeat", "326ms", "327ms"),
+        ("seed-edge-lease", "100ms", "99ms"),
+        ("seed-edge-drift", "0.49", "0.5"),
+    ];
+    for (name, edge, past) in past_the_edge {
+        let seed = &seeds[name];
+        assert!(accepted(seed), "{name} is accepted");
+        let beyond = String::from_utf8(seed.clone()).expect("UTF-8").replace(edge, past);
+        assert!(!accepted(beyond.as_bytes()), "{name} with {past} instead of {edge} is refused");
     }
 }
 

@@ -1,6 +1,6 @@
 //! `frame`: the peer wire format (src/transport/frame.rs) on arbitrary bytes.
 //!
-//! The input is used whole, three ways:
+//! The input is used whole, two ways:
 //! 1. As what a peer's socket delivered, pushed into a `FrameReader` in
 //!    chunks of varying size. The frames it yields must be exactly those a
 //!    one-pass split of the whole input finds; an announced length over
@@ -9,14 +9,17 @@
 //!    allocation may exceed the bytes actually received: an announced
 //!    length allocates nothing.
 //! 2. Every frame it yields, and the whole input as one payload, through
-//!    `decode_envelope` and `check_hello`: an envelope that decodes
+//!    `decode_envelope` and `check_hello`. An envelope that decodes
 //!    re-encodes (never longer: the encoding is canonical, the decoder also
-//!    takes over-long varints) and decodes to the same value, and through a
-//!    `FrameReader` again; a hello is accepted exactly when it decodes with
-//!    the magic, this version, this cluster and a voter's id, and each
-//!    refusal names the first check that failed. Decoding allocates no more
-//!    than the payload's size (and a short error message).
+//!    takes over-long varints) and decodes to the same value, also through
+//!    a `FrameReader`; with one byte more it is refused. A hello is
+//!    accepted exactly when it decodes with the magic, this version, this
+//!    cluster and a voter's id; each refusal names the first check that
+//!    failed. Decoding allocates no more than the payload's size (and a
+//!    short error message).
 #![no_main]
+// The clippy bans guard src/core; fuzz_target! reads files (its RUST_LIBFUZZER_DEBUG_PATH).
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,6 +110,7 @@ fn read_stream(data: &[u8]) -> Vec<Vec<u8>> {
     let mut pushed = 0;
     let mut sizes = CHUNKS.iter().cycle().skip(data.len() % CHUNKS.len());
     let mut rest = data;
+    let mut refused = None;
     'feed: while !rest.is_empty() {
         let take = (*sizes.next().expect("cycle")).min(rest.len());
         let (chunk, tail) = rest.split_at(take);
@@ -123,8 +127,8 @@ fn read_stream(data: &[u8]) -> Vec<Vec<u8>> {
                 Ok(Some(frame)) => frames.push(frame),
                 Ok(None) => break,
                 Err(FrameError::Oversize(len)) => {
-                    assert_eq!(End::Oversize(len), end);
                     assert_eq!(reader.next_frame(), Err(FrameError::Oversize(len)), "a refused stream stays refused");
+                    refused = Some(len);
                     break 'feed;
                 }
                 Err(other) => panic!("a frame reader can only refuse a length, got {other:?}"),
@@ -132,8 +136,10 @@ fn read_stream(data: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     assert_eq!(frames, expected, "frames differ from a one-pass split");
-    if let End::Short(left) = end {
-        assert_eq!(reader.buffered(), left, "bytes held that do not form a frame");
+    match (end, refused) {
+        (End::Short(left), None) => assert_eq!(reader.buffered(), left, "bytes held that do not form a frame"),
+        (End::Oversize(len), Some(refused)) => assert_eq!(refused, len, "the refusal names another length"),
+        (end, refused) => panic!("the stream ends with {end:?}, the reader refused a length of {refused:?}"),
     }
     frames
 }
@@ -154,6 +160,8 @@ fn check_envelope(payload: &[u8]) {
     assert_eq!(u32::from_be_bytes(*prefix) as usize, again.len());
     assert!(again.len() <= payload.len(), "re-encoding is longer: {} > {}", again.len(), payload.len());
     assert_eq!(decode_envelope(again).as_ref(), Ok(&envelope), "re-encoded envelope decodes differently");
+    let trailing = [payload, &[0]].concat();
+    assert!(matches!(decode_envelope(&trailing), Err(FrameError::Malformed(_))), "a trailing byte is accepted");
     // Through a reader, fed at once.
     let mut reader = FrameReader::default();
     reader.push(&frame);
@@ -179,6 +187,11 @@ fn check_handshake(payload: &[u8]) {
             let frame = encode(&hello).expect("a hello encodes");
             assert!(frame.len() - 4 <= payload.len());
             assert_eq!(check_hello(&frame[4..], CLUSTER, is_voter), Ok(hello));
+            let trailing = [payload, &[0]].concat();
+            assert!(
+                matches!(check_hello(&trailing, CLUSTER, is_voter), Err(FrameError::Malformed(_))),
+                "trailing byte"
+            );
         }
         Err(FrameError::NotAPeer) => {
             assert!(plain.as_ref().map_or(true, |h| h.magic != HELLO_MAGIC), "a stranger's hello has the magic")
