@@ -176,8 +176,9 @@ fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
     fs::read(path)
 }
 
+/// The ids comma-separated, escaped so that the refusal stays one line.
 fn join(ids: &BTreeSet<NodeId>) -> String {
-    ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(",")
+    ids.iter().map(|i| i.as_str().escape_debug().to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// The bytes of a state file that holds `hs` for `identity`.
@@ -356,6 +357,11 @@ mod tests {
         let err = f.load(&other, false).expect_err("membership changed");
         assert!(err.to_string().contains("--accept-new-membership"), "{err}");
         assert_eq!(f.load(&other, true).expect("accepted"), Some(hs(3, None)));
+        // An id with a line break is escaped: the refusal stays one line.
+        other.voters.insert(NodeId::new("x\ny"));
+        let err = f.load(&other, false).expect_err("membership changed");
+        assert!(err.to_string().contains("--peers names a,b,c,d,x\\ny;"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
     }
 
     #[test]
