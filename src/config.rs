@@ -394,6 +394,15 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_too_long_to_triple_is_refused_not_a_panic() {
+        // 3 x 6.2e18s overflows a Duration; the check used to multiply unchecked.
+        for hb in ["300000000000y", "6200000000000000000s", "18446744073709551615s"] {
+            let m = message(parse(&["--heartbeat-interval", hb]));
+            assert!(m.starts_with("--heartbeat-interval"), "{hb}: {m}");
+        }
+    }
+
+    #[test]
     fn a_refusal_quoting_an_id_with_a_line_break_is_still_one_line() {
         // Found by the `config` fuzz target (fuzz/corpus/config/regress-*).
         let m = message(parse(&["--node-id", "?\n.", "--peers", "\u{8}=q:7"]));
