@@ -70,7 +70,12 @@ for t in "${targets[@]}"; do
     failed+=("$t")
     # What went wrong: a panic and its message, or libFuzzer's own verdict
     # (timeout, out of memory); the whole log is kept next to the input.
-    grep -E -A4 'panicked at|ERROR: (libFuzzer|AddressSanitizer)' "$log" | head -n 30 || tail -n 30 "$log"
+    verdict='panicked at|ERROR: (libFuzzer|AddressSanitizer)'
+    if grep -q -E "$verdict" "$log"; then
+      grep -E -A4 "$verdict" "$log" | head -n 30 || true
+    else
+      tail -n 30 "$log"
+    fi
     mkdir -p "fuzz/artifacts/$t"
     cp "$log" "fuzz/artifacts/$t/last-failure.log"
     # libFuzzer names the failing input: "Test unit written to <path>".
