@@ -45,12 +45,16 @@ export LEASEHOLD_K8S_TOOLS
 echo "$LEASEHOLD_K8S_TOOLS"
 
 # --- checks ----------------------------------------------------------------
-step "cargo fmt --check"
+step "cargo fmt --check (the crate, then the fuzz targets' own package)"
 cargo fmt --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 
 step "cargo clippy --all-targets -- -D warnings (default build, then with the etcd backend)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features etcd -- -D warnings
+
+step "fuzz: each target ${FUZZ_SECONDS:-30}s from the committed seeds (scripts/fuzz.sh: nightly, cargo-fuzz, fuzz/target)"
+bash scripts/fuzz.sh
 
 step "Kubernetes: helm lint/template (helm 3 and 4), kustomize, kubernetes-validate, promtool rules"
 bash scripts/check-k8s.sh

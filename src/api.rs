@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -30,7 +30,7 @@ use crate::driver::AdminCall;
 type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The longest `?wait=` honoured.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How long request headers may take to arrive (slowloris).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,21 +107,30 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
 async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
-    let admin_wait = || wait_param(&query);
-    match (req.method().clone(), path.as_str()) {
-        (Method::POST, "/v1/step-down") => match admin_wait() {
-            Ok(wait) => admin(&req, state, AdminRequest::StepDown, wait).await,
-            Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
-        },
-        (Method::POST, "/v1/transfer") => match (query_param(&query, "to"), admin_wait()) {
-            (_, Err(msg)) => error(StatusCode::BAD_REQUEST, &msg),
-            (Some(to), Ok(wait)) if !to.is_empty() => {
-                admin(&req, state, AdminRequest::TransferTo(NodeId::new(to)), wait).await
-            }
-            _ => error(StatusCode::BAD_REQUEST, "POST /v1/transfer needs ?to=NODE_ID"),
-        },
-        (Method::GET | Method::HEAD, _) => read(&path, &query, state).await,
+    if req.method() == Method::POST {
+        match admin_request(&path, &query) {
+            Some(Ok((request, wait))) => return admin(&req, state, request, wait).await,
+            Some(Err(msg)) => return error(StatusCode::BAD_REQUEST, &msg),
+            None => {}
+        }
+    }
+    match *req.method() {
+        Method::GET | Method::HEAD => read(&path, &query, state).await,
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+    }
+}
+
+/// The hand-over a `POST` to `path` asks for, with its `?wait=`; `None` if
+/// `path` is not a mutating endpoint, `Some(Err)` with the message of a 400.
+pub fn admin_request(path: &str, query: &str) -> Option<Result<(AdminRequest, Option<Duration>), String>> {
+    match path {
+        "/v1/step-down" => Some(wait_param(query).map(|wait| (AdminRequest::StepDown, wait))),
+        "/v1/transfer" => Some(match (query_param(query, "to"), wait_param(query)) {
+            (_, Err(msg)) => Err(msg),
+            (Some(to), Ok(wait)) if !to.is_empty() => Ok((AdminRequest::TransferTo(NodeId::new(to)), wait)),
+            _ => Err("POST /v1/transfer needs ?to=NODE_ID".to_string()),
+        }),
+        _ => None,
     }
 }
 
@@ -131,9 +140,9 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
     let leading = view.is_leader(now);
     let ok_if = |cond: bool| if cond { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     match path {
-        "/v1/leader" => match wait_param(query) {
+        "/v1/leader" => match leader_query(query) {
             Ok(None) => json_response(ok_if(leading), leader_json(&view, now, state.backend)),
-            Ok(Some(wait)) => long_poll(state, wait, query_param(query, "after_token")).await,
+            Ok(Some((wait, after_token))) => long_poll(state, wait, after_token).await,
             Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
         },
         "/v1/watch" => sse(state),
@@ -164,7 +173,7 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
 
 /// The `path` label of `leasehold_api_requests_total`: known paths only, so
 /// that a scanner cannot create unbounded label values.
-fn path_label(path: &str) -> &'static str {
+pub fn path_label(path: &str) -> &'static str {
     const KNOWN: [&str; 11] = [
         "/v1/leader",
         "/v1/watch",
@@ -187,16 +196,23 @@ fn leadership(view: &LeaderView, now: Nanos) -> (Option<NodeId>, Option<u64>, bo
     (view.leader_id.clone(), view.fencing_token.map(|t| t.0), view.is_leader(now))
 }
 
+/// `GET /v1/leader`'s query: `None` answers at once; `Some((D, N))` is a
+/// long poll (`?wait=D[&after_token=N]`); `Err` is the message of a 400.
+/// `after_token` is looked at only with `wait`.
+pub fn leader_query(query: &str) -> Result<Option<(Duration, Option<u64>)>, String> {
+    let Some(wait) = wait_param(query)? else { return Ok(None) };
+    match query_param(query, "after_token").map(str::parse) {
+        None => Ok(Some((wait, None))),
+        Some(Ok(n)) => Ok(Some((wait, Some(n)))),
+        Some(Err(_)) => Err("after_token must be a number".to_string()),
+    }
+}
+
 /// `?wait=D[&after_token=N]`: with `after_token`, answers as soon as a
 /// leadership with another token than N is known (at once if it already
 /// is); without it, as soon as who leads or this node's lease changes;
 /// else after D.
-async fn long_poll(state: &ApiState, wait: Duration, after_token: Option<&str>) -> Response<HttpBody> {
-    let after: Option<u64> = match after_token.map(str::parse) {
-        None => None,
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after_token must be a number"),
-    };
+async fn long_poll(state: &ApiState, wait: Duration, after: Option<u64>) -> Response<HttpBody> {
     let start = leadership(&state.view.borrow(), boottime_now());
     let view = wait_until(state, wait, |now_view| {
         let now = leadership(now_view, boottime_now());
@@ -229,7 +245,8 @@ async fn wait_until(state: &ApiState, wait: Duration, done: impl Fn(&LeaderView)
     view
 }
 
-fn wait_param(query: &str) -> Result<Option<Duration>, String> {
+/// `?wait=D`, capped at [`MAX_WAIT`]; `Err` is the message of a 400.
+pub fn wait_param(query: &str) -> Result<Option<Duration>, String> {
     match query_param(query, "wait") {
         None => Ok(None),
         Some(w) => humantime::parse_duration(w)
@@ -238,7 +255,8 @@ fn wait_param(query: &str) -> Result<Option<Duration>, String> {
     }
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+/// The value of the first `name=value` pair of `query` (undecoded).
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
@@ -322,18 +340,8 @@ async fn admin(
     request: AdminRequest,
     wait: Option<Duration>,
 ) -> Response<HttpBody> {
-    if req.headers().contains_key(ORIGIN) {
-        return error(StatusCode::FORBIDDEN, "requests with an Origin header are refused (browsers may not call this)");
-    }
-    let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    if !host_allowed(host, state.host_name.as_deref()) {
-        return error(StatusCode::FORBIDDEN, "the Host header must name a loopback address");
-    }
-    if let Some(token) = &state.token {
-        let given = req.headers().get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), format!("Bearer {token}").as_bytes()) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
+    if let Err((status, message)) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
+        return error(status, message);
     }
     let (me, old_token) = {
         let v = state.view.borrow();
@@ -375,7 +383,34 @@ async fn admin(
     }
 }
 
-fn host_allowed(host: &str, name: Option<&str>) -> bool {
+/// The guard of the mutating endpoints, on the request's headers alone: no
+/// `Origin`, a `Host` that [`host_allowed`], and `Authorization: Bearer
+/// <token>` if a token is configured. `Err` is the status and message of
+/// the refusal.
+pub fn admin_guard(
+    headers: &HeaderMap,
+    host_name: Option<&str>,
+    token: Option<&str>,
+) -> Result<(), (StatusCode, &'static str)> {
+    if headers.contains_key(ORIGIN) {
+        return Err((StatusCode::FORBIDDEN, "requests with an Origin header are refused (browsers may not call this)"));
+    }
+    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !host_allowed(host, host_name) {
+        return Err((StatusCode::FORBIDDEN, "the Host header must name a loopback address"));
+    }
+    if let Some(token) = token {
+        let given = headers.get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), format!("Bearer {token}").as_bytes()) {
+            return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        }
+    }
+    Ok(())
+}
+
+/// A `Host` header that names a loopback address (`localhost`, an IPv4 or
+/// bracketed IPv6 loopback literal) or `name`, with or without a port.
+pub fn host_allowed(host: &str, name: Option<&str>) -> bool {
     let bare = if let Some(rest) = host.strip_prefix('[') {
         // "[::1]" or "[::1]:4040", nothing else after the bracket.
         match rest.split_once(']') {
@@ -394,7 +429,8 @@ fn host_allowed(host: &str, name: Option<&str>) -> bool {
     loopback || name.is_some_and(|n| n == bare)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// `a == b`, in a time that depends on the lengths only.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -109,7 +109,8 @@ impl Config {
             return Err(invalid("--node-id", "must not be empty"));
         }
         if !peers.is_empty() && !peers.contains_key(&node_id) {
-            return Err(invalid("--node-id", format!("{node_id} is not one of the ids in --peers")));
+            let id = node_id.as_str().escape_debug();
+            return Err(invalid("--node-id", format!("{id} is not one of the ids in --peers")));
         }
         let voters: BTreeSet<NodeId> =
             if peers.is_empty() { [node_id.clone()].into() } else { peers.keys().cloned().collect() };
@@ -284,7 +285,7 @@ fn parse_peers(entries: &[String]) -> Result<BTreeMap<NodeId, String>, ConfigErr
         }
         let addr = check_host_port("--peers", addr)?;
         if peers.insert(NodeId::new(id), addr).is_some() {
-            return Err(invalid("--peers", format!("id {id} appears twice")));
+            return Err(invalid("--peers", format!("id {} appears twice", id.escape_debug())));
         }
     }
     Ok(peers)
@@ -463,6 +464,24 @@ mod tests {
         assert_eq!(files.key, PathBuf::from("n.key"));
         assert_eq!(files.ca, PathBuf::from("ca.pem"));
         assert_eq!(parse(&["--node-id", "b", "--peers", PEERS]).expect("valid").peer_tls, None);
+    }
+
+    #[test]
+    fn a_heartbeat_too_long_to_triple_is_refused_not_a_panic() {
+        // 3 x 6.2e18s overflows a Duration; the check used to multiply unchecked.
+        for hb in ["300000000000y", "6200000000000000000s", "18446744073709551615s"] {
+            let m = message(parse(&["--heartbeat-interval", hb]));
+            assert!(m.starts_with("--heartbeat-interval"), "{hb}: {m}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_quoting_an_id_with_a_line_break_is_still_one_line() {
+        // Found by the `config` fuzz target (fuzz/corpus/config/regress-*).
+        let m = message(parse(&["--node-id", "?\n.", "--peers", "\u{8}=q:7"]));
+        assert_eq!(m, "--node-id: ?\\n. is not one of the ids in --peers");
+        let m = message(parse(&["--node-id", "a", "--peers", "a=h:1,x\ny=h:2,x\ny=h:3"]));
+        assert_eq!(m, "--peers: id x\\ny appears twice");
     }
 
     #[test]

@@ -117,30 +117,29 @@ impl StateFile {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageError::Io { path: self.path.clone(), op: "read", source: e }),
         };
-        let body = decode(&bytes).map_err(|reason| StorageError::Corrupt { path: self.path.clone(), reason })?;
-        if body.cluster_id != expect.cluster_id {
+        let (found, hs) = parse(&bytes).map_err(|reason| StorageError::Corrupt { path: self.path.clone(), reason })?;
+        if found.cluster_id != expect.cluster_id {
             return Err(StorageError::WrongCluster {
                 path: self.path.clone(),
-                found: body.cluster_id,
+                found: found.cluster_id,
                 expected: expect.cluster_id.clone(),
             });
         }
-        if body.node_id != expect.node_id.as_str() {
+        if found.node_id != expect.node_id {
             return Err(StorageError::WrongNode {
                 path: self.path.clone(),
-                found: body.node_id,
+                found: found.node_id.to_string(),
                 expected: expect.node_id.to_string(),
             });
         }
-        let found: BTreeSet<NodeId> = body.voters.iter().map(NodeId::new).collect();
-        if found != expect.voters && !accept_new_membership {
+        if found.voters != expect.voters && !accept_new_membership {
             return Err(StorageError::MembershipChanged {
                 path: self.path.clone(),
-                found: join(&found),
+                found: join(&found.voters),
                 expected: join(&expect.voters),
             });
         }
-        Ok(Some(HardState { term: Term(body.term), voted_for: body.voted_for.map(NodeId::new) }))
+        Ok(Some(hs))
     }
 
     /// Writes `hs` durably and atomically. Returns the time spent in fsync
@@ -202,11 +201,13 @@ fn read_limited(path: &Path) -> io::Result<Vec<u8>> {
     fs::read(path)
 }
 
+/// The ids comma-separated, escaped so that the refusal stays one line.
 fn join(ids: &BTreeSet<NodeId>) -> String {
-    ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(",")
+    ids.iter().map(|i| i.as_str().escape_debug().to_string()).collect::<Vec<_>>().join(",")
 }
 
-fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
+/// The bytes of a state file that holds `hs` for `identity`.
+pub fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
     let body = Body {
         cluster_id: identity.cluster_id.clone(),
         node_id: identity.node_id.to_string(),
@@ -219,7 +220,22 @@ fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
     format!("{MAGIC}\n{json}\ncrc32 {:08x}\n", crc32(json.as_bytes())).into_bytes()
 }
 
-/// Parses a state file. Never panics, whatever the bytes.
+/// What a state file's bytes hold: the identity it was written for and the
+/// hard state, once the magic line, the checksum and the state line are
+/// checked; not yet compared with this node's identity (that is
+/// [`StateFile::load`]'s job). `Err` is the reason the file is corrupt.
+/// Never panics, whatever the bytes.
+pub fn parse(bytes: &[u8]) -> Result<(Identity, HardState), String> {
+    let body = decode(bytes)?;
+    let identity = Identity {
+        cluster_id: body.cluster_id,
+        node_id: NodeId::new(body.node_id),
+        voters: body.voters.iter().map(NodeId::new).collect(),
+    };
+    Ok((identity, HardState { term: Term(body.term), voted_for: body.voted_for.map(NodeId::new) }))
+}
+
+/// Parses a state file's framing and state line. Never panics, whatever the bytes.
 fn decode(bytes: &[u8]) -> Result<Body, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     let mut lines = text.split('\n');
@@ -366,6 +382,11 @@ mod tests {
         let err = f.load(&other, false).expect_err("membership changed");
         assert!(err.to_string().contains("--accept-new-membership"), "{err}");
         assert_eq!(f.load(&other, true).expect("accepted"), Some(hs(3, None)));
+        // An id with a line break is escaped: the refusal stays one line.
+        other.voters.insert(NodeId::new("x\ny"));
+        let err = f.load(&other, false).expect_err("membership changed");
+        assert!(err.to_string().contains("--peers names a,b,c,d,x\\ny;"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
     }
 
     #[test]

@@ -148,7 +148,8 @@ impl Config {
             return Err(ConfigError::BadDrift(self.max_clock_drift));
         }
         let lease = lease::leader_lease(self.lease_ttl, lease::drift_ppm(self.max_clock_drift));
-        if self.heartbeat_interval * 3 > lease {
+        // Checked: three times a heartbeat of billions of years overflows.
+        if self.heartbeat_interval.checked_mul(3).is_none_or(|three| three > lease) {
             return Err(ConfigError::HeartbeatTooSlow { heartbeat: self.heartbeat_interval, lease });
         }
         Ok(())
