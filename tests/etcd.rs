@@ -280,7 +280,7 @@ impl Group {
         let obs = self.observer.as_ref().expect("observer running");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let seen = obs.proofs.lock().expect("lock").iter().filter(|p| p.token == token).count();
+            let seen = obs.proofs().iter().filter(|p| p.token == token).count();
             if seen >= n {
                 return;
             }
