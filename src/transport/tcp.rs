@@ -18,11 +18,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+type Certificate = CertificateDer<'static>;
 use tracing::warn;
 
 use super::frame::{self, check_hello, FrameError, FrameReader, Hello};
@@ -182,11 +185,15 @@ impl From<io::Error> for Closed {
 trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
 
-/// Accepts the TLS session of a connection this node accepted.
-async fn accept_tls(tls: &PeerTls, stream: TcpStream) -> Result<Box<dyn Conn>, Closed> {
+/// Accepts the TLS session of a connection this node accepted; the client's
+/// certificate comes with it.
+async fn accept_tls(tls: &PeerTls, stream: TcpStream) -> Result<(Box<dyn Conn>, Option<Certificate>), Closed> {
     let handshake = TlsAcceptor::from(tls.server_config()).accept(stream);
     match timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Ok(s)) => {
+            let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            Ok((Box::new(s), cert))
+        }
         Ok(Err(e)) => Err(e.into()),
         // A client that connects and says nothing (or plain TCP waiting
         // for a hello) is refused as any other failed handshake.
@@ -224,9 +231,9 @@ async fn read_frame<S: AsyncRead + Unpin + ?Sized>(
 
 async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envelope>) -> Result<(), Closed> {
     let _ = stream.set_nodelay(true);
-    let mut stream: Box<dyn Conn> = match &ctx.cfg.tls {
+    let (mut stream, client_cert): (Box<dyn Conn>, _) = match &ctx.cfg.tls {
         Some(tls) => accept_tls(tls, stream).await?,
-        None => Box::new(stream),
+        None => (Box::new(stream), None),
     };
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 8192];
@@ -238,6 +245,12 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
         Ok(Err(other)) => return Err(other),
     };
     let hello = check_hello(&payload, &ctx.cfg.cluster_id, |id| ctx.is_peer(id))?;
+    // With TLS, the certificate must name the host that --peers gives for
+    // the node the hello claims to be: a certificate of the CA does not let
+    // its holder pose as another member.
+    if let (Some(cert), Some(addr)) = (&client_cert, ctx.cfg.peers.get(&hello.node_id)) {
+        tls::certificate_names(cert, addr).map_err(|e| Closed::Tls(format!("hello as {}: {e}", hello.node_id)))?;
+    }
     let mine = frame::encode(&Hello::new(&ctx.cfg.cluster_id, &ctx.cfg.node_id))?;
     timeout(WRITE_TIMEOUT, stream.write_all(&mine)).await.map_err(|_| Closed::Io)??;
     loop {
@@ -604,6 +617,12 @@ mod tests {
                 ("another CA's", client_config(&ca.cert, Some(&intruder))),
                 ("a self-signed", client_config(&ca.cert, Some(&self_signed(&dir, "selfie", "IP:127.0.0.1")))),
                 ("an expired", client_config(&ca.cert, Some(&ca.issue("late", "IP:127.0.0.1", 4, -1)))),
+                // The group's CA, but for another host than a's in --peers:
+                // it may not say hello as a.
+                (
+                    "another host's",
+                    client_config(&ca.cert, Some(&ca.issue("a-elsewhere", "DNS:a.example,IP:10.9.9.9", 5, 2))),
+                ),
             ];
             for (n, (what, config)) in clients.into_iter().enumerate() {
                 assert_eq!(tls_client(addr, config).await, None, "a client with {what} certificate got a hello");
@@ -611,7 +630,7 @@ mod tests {
             }
             // A plain-TCP peer, even with a valid hello, is not let in.
             raw_client(addr, &frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode")).await;
-            eventually("plain TCP counted", || tls_count() == 5).await;
+            eventually("plain TCP counted", || tls_count() == 6).await;
             assert!(rb.try_recv().is_err(), "nothing from a refused client reached the driver");
 
             // The CA file now also holds the other CA: after the reload, new

@@ -68,6 +68,15 @@ pub fn server_name(host_port: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is neither a DNS name nor an IP address"))
 }
 
+/// Checks that `cert` names the host of `host_port` (a DNS name, wildcards
+/// included, or an IP address), as a dialer checks the node it reached.
+pub fn certificate_names(cert: &CertificateDer<'_>, host_port: &str) -> Result<(), String> {
+    let name = server_name(host_port)?;
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
+    ee.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| format!("its certificate does not name {}, its host in --peers", name.to_str()))
+}
+
 /// The configurations built from one version of the files.
 struct Configs {
     server: Arc<ServerConfig>,
