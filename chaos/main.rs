@@ -113,6 +113,13 @@ fn main() -> ExitCode {
     let bin = opts.bin.clone().unwrap_or_else(|| {
         std::env::current_exe().ok().and_then(|p| Some(p.parent()?.join("leasehold"))).unwrap_or_default()
     });
+    if !bin.is_file() {
+        eprintln!(
+            "leasehold-chaos: no leasehold binary at {} (build it: cargo build --bin leasehold, or pass --bin)",
+            bin.display()
+        );
+        return ExitCode::from(2);
+    }
     let seed = opts.seed.unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
     });
