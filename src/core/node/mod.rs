@@ -419,9 +419,11 @@ impl Node {
         // no earlier than `now` (the driver's contract), so the votes they
         // bring acknowledge `now`. On a slow disk that keeps the write's
         // time out of the lease the election wins.
-        if let RoleState::Candidate { sent_at, .. } = &mut self.role {
+        let lease = self.leader_lease;
+        if let RoleState::Candidate { sent_at, deadline, .. } = &mut self.role {
             if self.durable.term != self.hard.term && hs.term == self.hard.term {
                 *sent_at = (*sent_at).max(now);
+                *deadline = (*deadline).min(sent_at.plus(lease));
             }
         }
         self.durable = hs;
@@ -433,6 +435,8 @@ impl Node {
     }
 
     fn on_persist_failed(&mut self, now: Nanos) {
+        // A failed write says nothing of how long a good one takes.
+        self.persist_asked = None;
         if self.storage_ok {
             self.storage_ok = false;
             self.out.events.push(Event::StorageFault);
@@ -530,7 +534,7 @@ impl Node {
         let next_term = self.hard.term.next();
         let mut granted = BTreeSet::new();
         granted.insert(self.cfg.node_id.clone());
-        let deadline = now.plus(self.campaign_timeout());
+        let deadline = now.plus(self.pre_vote_timeout());
         self.role = RoleState::PreCandidate { next_term, granted, refused: BTreeSet::new(), deadline };
         self.out.events.push(Event::PreVoteStarted { next_term });
         self.broadcast(|_| Body::PreVoteRequest { next_term });
@@ -551,7 +555,7 @@ impl Node {
         self.promise_to(now, me.clone());
         let mut granted = BTreeSet::new();
         granted.insert(me);
-        self.role = RoleState::Candidate { granted, sent_at: now, deadline: now.plus(self.campaign_timeout()) };
+        self.role = RoleState::Candidate { granted, sent_at: now, deadline: now.plus(self.vote_timeout()) };
         let term = self.hard.term;
         self.out.events.push(Event::ElectionStarted { term, transfer: transfer_from.is_some() });
         self.broadcast(|_| Body::VoteRequest { transfer_from: transfer_from.clone() });
@@ -703,16 +707,23 @@ impl Node {
         self.cfg.heartbeat_interval / 2 + self.jitter()
     }
 
-    /// How long a PreVote or vote round may take before it is abandoned:
-    /// long enough for an fsync and a few round trips, short enough that a
-    /// won election still leaves most of a lease. On a disk slower than
-    /// that, the round waits for three of this node's recent writes (its
-    /// own and a voter's, and the round trips), at most two leases: a round
-    /// abandoned before any vote could be durable would burn terms and
-    /// never elect. Safety does not depend on it: a lease always counts
-    /// from when the vote requests were made.
-    fn campaign_timeout(&self) -> Duration {
-        let usual = self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2).min(self.leader_lease);
-        usual.max(self.persist_latency.saturating_mul(3).min(self.cfg.lease_ttl * 2))
+    /// How long a PreVote round may take before it is abandoned: long
+    /// enough for a few round trips, short enough that a won election
+    /// still leaves most of a lease.
+    fn pre_vote_timeout(&self) -> Duration {
+        self.cfg.heartbeat_interval.max(self.cfg.lease_ttl / 2).min(self.leader_lease)
+    }
+
+    /// How long a vote round may take. It waits for writes (the
+    /// candidate's and a voter's), so on a disk slower than the PreVote
+    /// timeout allows for, it waits for three of this node's recent write
+    /// times, at most two leases: a round abandoned before any vote could
+    /// be durable would burn terms and never elect. Once the candidate's
+    /// write is done the round is also cut to one leader lease from then
+    /// (`on_persisted`): a later win would hold no lease. Safety does not
+    /// depend on it: a lease counts from when the vote requests were
+    /// released.
+    fn vote_timeout(&self) -> Duration {
+        self.pre_vote_timeout().max(self.persist_latency.saturating_mul(3).min(self.cfg.lease_ttl * 2))
     }
 }
