@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use leasehold::client;
 use leasehold::core::rng::SplitMix64;
 
+use crate::certs;
 use crate::proxy::{Faults, Link};
 
 /// libfaketime's multi-threaded preload (Debian's `faketime` package).
@@ -71,18 +72,25 @@ fn free_addr() -> SocketAddr {
 
 impl Cluster {
     /// `n` nodes and their links, created but not started.
-    pub fn new(bin: &Path, dir: &Path, n: usize, ttl: Duration, seed: u64) -> Result<Cluster, String> {
+    /// `tls`: the nodes talk mutual TLS (certificates of a CA made here
+    /// with the openssl command), and the links pass the bytes unparsed.
+    pub fn new(bin: &Path, dir: &Path, n: usize, ttl: Duration, seed: u64, tls: bool) -> Result<Cluster, String> {
         let peers: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
         let mut links = BTreeMap::new();
         let mut rng = SplitMix64::new(seed);
         for from in 0..n {
             for (to, &peer) in peers.iter().enumerate() {
                 if from != to {
-                    let link = Link::start(peer, rng.next_u64()).map_err(|e| format!("proxy: {e}"))?;
+                    let link = Link::start(peer, rng.next_u64(), tls).map_err(|e| format!("proxy: {e}"))?;
                     links.insert((from, to), link);
                 }
             }
         }
+        let openssl = Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
+        if tls && !openssl {
+            return Err("--peer-tls needs the openssl command to make certificates".into());
+        }
+        let ca = tls.then(|| certs::Ca::new(&dir.join("tls"), "ca"));
         let mut nodes = Vec::new();
         for (i, &peer) in peers.iter().enumerate() {
             let id = format!("n{}", i + 1);
@@ -117,6 +125,10 @@ impl Cluster {
             ]
             .map(String::from)
             .to_vec();
+            let mut args = args;
+            if let Some(ca) = &ca {
+                args.extend(peer_tls(ca, &id, i as u64 + 1));
+            }
             nodes.push(Node {
                 log: dir.join(format!("{id}.log")),
                 failpoint: dir.join(format!("{id}.failpoint")),
@@ -234,12 +246,24 @@ impl Cluster {
         }
     }
 
-    /// The running node answering 200 on /v1/leader, with its token.
+    /// The running node answering 200 on /v1/leader with the highest token
+    /// (asked all at once, so a stopped node delays no other answer).
     pub fn leader(&self) -> Option<(usize, u64)> {
-        self.nodes.iter().enumerate().filter(|(_, n)| n.child.is_some()).find_map(|(i, n)| {
-            let a = client::request_within(&n.api, "GET", "/v1/leader", Duration::from_millis(300)).ok()?;
-            let v: serde_json::Value = serde_json::from_str(&a.body).ok()?;
-            (a.status == 200).then(|| (i, v["fencing_token"].as_u64().unwrap_or(0)))
+        thread::scope(|scope| {
+            let asks: Vec<_> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.child.is_some())
+                .map(|(i, n)| {
+                    scope.spawn(move || {
+                        let a = client::request_within(&n.api, "GET", "/v1/leader", Duration::from_millis(300)).ok()?;
+                        let v: serde_json::Value = serde_json::from_str(&a.body).ok()?;
+                        (a.status == 200).then(|| (i, v["fencing_token"].as_u64().unwrap_or(0)))
+                    })
+                })
+                .collect();
+            asks.into_iter().filter_map(|h| h.join().ok().flatten()).max_by_key(|&(_, t)| t)
         })
     }
 
@@ -385,6 +409,16 @@ fn leading(api: &str) -> Option<u64> {
     let a = client::request_within(api, "GET", "/v1/leader", Duration::from_millis(300)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&a.body).ok()?;
     (a.status == 200).then(|| v["fencing_token"].as_u64()).flatten()
+}
+
+/// The `--peer-tls-*` arguments of node `id`: a certificate for
+/// 127.0.0.1 from the run's CA.
+fn peer_tls(ca: &certs::Ca, id: &str, serial: u64) -> Vec<String> {
+    let issued = ca.issue(id, "IP:127.0.0.1", serial, 2);
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    ["--peer-tls-cert", &s(&issued.cert), "--peer-tls-key", &s(&issued.key), "--peer-tls-ca", &s(&ca.cert)]
+        .map(String::from)
+        .to_vec()
 }
 
 /// Makes `dir` a 256 KiB tmpfs (root only).

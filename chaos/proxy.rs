@@ -23,8 +23,9 @@ use leasehold::core::rng::SplitMix64;
 /// What a link does to the frames it carries. The default passes all.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
-    /// Discard every byte, both ways, keeping the connection open: a
-    /// firewall that drops packets.
+    /// Discard every message, both ways, keeping the connection open: a
+    /// firewall that drops packets. On an opaque (TLS) link the bytes are
+    /// held until the heal instead, as TCP would retransmit them.
     pub blackhole: bool,
     /// Deliver each frame this much later, plus up to `jitter`, in order.
     pub delay: Duration,
@@ -74,8 +75,10 @@ pub struct Link {
 const MAX_PARSED_FRAME: usize = 1 << 20;
 
 impl Link {
-    /// Listens on a free loopback port and forwards to `target`.
-    pub fn start(target: SocketAddr, seed: u64) -> io::Result<Link> {
+    /// Listens on a free loopback port and forwards to `target`. `opaque`:
+    /// the bytes are encrypted (peer TLS), so they pass as they come, and
+    /// only the blackhole, the delay and the cuts apply.
+    pub fn start(target: SocketAddr, seed: u64, opaque: bool) -> io::Result<Link> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let link = Link {
@@ -92,7 +95,8 @@ impl Link {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let conn = Conn { faults: faults.clone(), counters: counters.clone(), seed: rng.next_u64() };
+                        let conn =
+                            Conn { faults: faults.clone(), counters: counters.clone(), seed: rng.next_u64(), opaque };
                         if let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
                             let _ = client.set_nonblocking(false);
                             let mut open = streams.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,6 +139,7 @@ struct Conn {
     faults: Arc<Mutex<Faults>>,
     counters: Arc<Counters>,
     seed: u64,
+    opaque: bool,
 }
 
 impl Conn {
@@ -143,16 +148,22 @@ impl Conn {
             return;
         };
         let faults = self.faults.clone();
-        // Back from the node: its hello. Blackholed with the link.
-        thread::spawn(move || copy_back(server_r, client_w, &faults));
+        let opaque = self.opaque;
+        // Back from the node: its hello (and TLS records). Blackholed with
+        // the link.
+        thread::spawn(move || copy_back(server_r, client_w, &faults, opaque));
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>, bool)>();
         let writer_server = server;
-        thread::spawn(move || deliver(rx, writer_server));
+        let held = self.opaque.then(|| self.faults.clone());
+        thread::spawn(move || deliver(rx, writer_server, held));
         thread::spawn(move || self.forward(client, tx));
     }
 
     /// Reads whole frames from the dialer and schedules their delivery.
     fn forward(self, mut client: TcpStream, tx: mpsc::Sender<(Instant, Vec<u8>, bool)>) {
+        if self.opaque {
+            return self.forward_opaque(client, tx);
+        }
         let mut rng = SplitMix64::new(self.seed);
         let mut first = true;
         let mut held: Option<Vec<u8>> = None;
@@ -215,16 +226,55 @@ impl Conn {
                 }
             }
         }
+        if held.is_some() {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = client.shutdown(Shutdown::Both);
+    }
+}
+
+impl Conn {
+    /// Bytes that cannot be parsed (TLS records) pass in the order read,
+    /// blackholed, delayed or cut as a whole chunk.
+    fn forward_opaque(self, mut client: TcpStream, tx: mpsc::Sender<(Instant, Vec<u8>, bool)>) {
+        let mut rng = SplitMix64::new(self.seed);
+        let mut last_due = Instant::now();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let f = self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            self.counters.frames.fetch_add(1, Ordering::Relaxed);
+            // Blackholed bytes are not lost but held until the heal (by
+            // `deliver`), as TCP retransmits them: dropping part of a TLS
+            // stream would only corrupt it.
+            let jitter = Duration::from_nanos(rng.below(f.jitter.as_nanos() as u64 + 1));
+            let due = (Instant::now() + f.delay + jitter).max(last_due);
+            last_due = due;
+            let cut = rng.chance(f.cut);
+            if cut {
+                self.counters.cut.fetch_add(1, Ordering::Relaxed);
+            }
+            if tx.send((due, buf[..n].to_vec(), cut)).is_err() || cut {
+                break;
+            }
+        }
         let _ = client.shutdown(Shutdown::Both);
     }
 }
 
 /// Writes frames to the node when they are due; a cut closes both ends.
-fn deliver(rx: mpsc::Receiver<(Instant, Vec<u8>, bool)>, mut server: TcpStream) {
+/// With `held` (an opaque link), bytes wait while the link is blackholed.
+fn deliver(rx: mpsc::Receiver<(Instant, Vec<u8>, bool)>, mut server: TcpStream, held: Option<Arc<Mutex<Faults>>>) {
     while let Ok((due, bytes, cut)) = rx.recv() {
         let wait = due.saturating_duration_since(Instant::now());
         if !wait.is_zero() {
             thread::sleep(wait);
+        }
+        if let Some(faults) = &held {
+            wait_out_blackhole(faults);
         }
         if server.write_all(&bytes).is_err() || cut {
             break;
@@ -233,14 +283,26 @@ fn deliver(rx: mpsc::Receiver<(Instant, Vec<u8>, bool)>, mut server: TcpStream) 
     let _ = server.shutdown(Shutdown::Both);
 }
 
-fn copy_back(mut from: TcpStream, mut to: TcpStream, faults: &Mutex<Faults>) {
+/// Waits (at most a minute) while the link is blackholed.
+fn wait_out_blackhole(faults: &Mutex<Faults>) {
+    let limit = Instant::now() + Duration::from_secs(60);
+    while faults.lock().unwrap_or_else(|e| e.into_inner()).blackhole && Instant::now() < limit {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Bytes back from the node; blackholed ones are dropped, or held on an
+/// opaque link.
+fn copy_back(mut from: TcpStream, mut to: TcpStream, faults: &Mutex<Faults>, opaque: bool) {
     let mut buf = [0u8; 4096];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if faults.lock().unwrap_or_else(|e| e.into_inner()).blackhole {
+        if opaque {
+            wait_out_blackhole(faults);
+        } else if faults.lock().unwrap_or_else(|e| e.into_inner()).blackhole {
             continue;
         }
         if to.write_all(&buf[..n]).is_err() {

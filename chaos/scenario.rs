@@ -264,7 +264,11 @@ impl Ctx<'_> {
                     let done = answer.as_ref().is_ok_and(|a| a.status == 200);
                     let what = answer.map_or_else(|e| e, |a| format!("{} {}", a.status, a.body.trim()));
                     self.c.note(&format!("transfer from n{} to {}: {what}", l + 1, self.c.nodes[s].id));
-                    self.handovers.push((l, asked, Instant::now()));
+                    // A transfer that began (done, or timed out after the
+                    // leader abdicated) ends the old lease early (rule 8).
+                    if done || what.starts_with("504") {
+                        self.handovers.push((l, asked, Instant::now()));
+                    }
                     // A refused transfer (the target not heard from
                     // recently enough) leaves the leader in place.
                     if done {
@@ -280,13 +284,13 @@ impl Ctx<'_> {
                 self.hold(token, since, ttl * 3);
             }
             Kind::DiskFull | Kind::DiskReadOnly => {
+                let Some((l, t)) = self.leader(round) else { return };
                 let dir = self.c.nodes[self.target].data_dir.clone();
                 if kind == Kind::DiskFull {
                     cluster::fill(&dir);
                 } else if !cluster::remount(&dir, "ro") {
                     self.liveness.push(format!("round {round}: remount read-only failed"));
                 }
-                let Some((l, t)) = self.leader(round) else { return };
                 let since = Instant::now();
                 self.c.kill(l);
                 // With 3 nodes the survivors cannot elect without the
@@ -312,7 +316,9 @@ impl Ctx<'_> {
                 for i in 0..self.n() {
                     let led = self.c.leader();
                     let asked = Instant::now();
-                    self.c.terminate(i, Duration::from_secs(5));
+                    if !self.c.terminate(i, Duration::from_secs(5)) {
+                        self.liveness.push(format!("round {round}: n{} did not exit within 5s of SIGTERM", i + 1));
+                    }
                     if let Some((l, t)) = led.filter(|&(l, _)| l == i) {
                         match self.c.wait_leader(t, self.bound) {
                             Some((_, _, at)) => {

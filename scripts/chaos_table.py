@@ -13,7 +13,8 @@ for path in sys.argv[1:]:
             v = r["findings"]
             if not r["in_model"]:
                 v = f"{v} (beyond the model: observer {r['observer_violations']}, fencing {r['fencing_out_of_order'] + r['fencing_shared_tokens']})"
+            tls = " --peer-tls" if r.get("peer_tls") else ""
             cmd = (f"`leasehold-chaos --scenario {r['scenario']} --nodes {r['nodes']} "
-                   f"--rounds {r['rounds']} --seed {r['seed']}`")
+                   f"--rounds {r['rounds']} --seed {r['seed']}{tls}`")
             print(f"| {r['scenario']} | {r['nodes']} | {r['rounds']} | {v} | {worst} | {median} | "
                   f"{r['stale_writes_rejected']} | {r['accepted_writes']} | {cmd} |")
