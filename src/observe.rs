@@ -95,33 +95,38 @@ pub fn check(proofs: &[Proof], handovers: &[Handover], rho: f64) -> Findings {
     found
 }
 
-/// A thread that polls every node's `/v1/leader` until stopped (or `limit`
-/// passes) and keeps every leader answer.
+/// Threads, one per node, that poll `/v1/leader` until stopped (or `limit`
+/// passes) and keep every leader answer. One thread per node, so that a
+/// stopped node (SIGSTOP) slows no poll of the others.
 pub struct Observer {
     stop: Arc<AtomicBool>,
     proofs: Arc<Mutex<Vec<Proof>>>,
-    thread: Option<thread::JoinHandle<()>>,
+    threads: Vec<thread::JoinHandle<()>>,
 }
 
 impl Observer {
-    /// Starts polling `apis` (index = node) with `pause` between sweeps.
+    /// Starts polling `apis` (index = node) with `pause` between polls.
     pub fn start(apis: Vec<String>, pause: Duration, limit: Duration) -> Observer {
         let stop = Arc::new(AtomicBool::new(false));
         let proofs = Arc::new(Mutex::new(Vec::new()));
-        let (s, p) = (stop.clone(), proofs.clone());
-        let thread = thread::spawn(move || {
-            let end = Instant::now() + limit;
-            while !s.load(Ordering::Relaxed) && Instant::now() < end {
-                for (node, api) in apis.iter().enumerate() {
-                    let sent = Instant::now();
-                    if let Some(proof) = ask(node, api, sent) {
-                        p.lock().unwrap_or_else(|e| e.into_inner()).push(proof);
+        let threads = apis
+            .into_iter()
+            .enumerate()
+            .map(|(node, api)| {
+                let (s, p) = (stop.clone(), proofs.clone());
+                thread::spawn(move || {
+                    let end = Instant::now() + limit;
+                    while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                        let sent = Instant::now();
+                        if let Some(proof) = ask(node, &api, sent) {
+                            p.lock().unwrap_or_else(|e| e.into_inner()).push(proof);
+                        }
+                        thread::sleep(pause);
                     }
-                }
-                thread::sleep(pause);
-            }
-        });
-        Observer { stop, proofs, thread: Some(thread) }
+                })
+            })
+            .collect();
+        Observer { stop, proofs, threads }
     }
 
     /// The proofs so far.
@@ -137,7 +142,7 @@ impl Observer {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
