@@ -36,13 +36,20 @@ fn msg(from: &str, to: &str, term: u64, body: Body) -> Envelope {
     Envelope { version: PROTOCOL_VERSION, cluster_id: "c".into(), from: id(from), to: id(to), term: Term(term), body }
 }
 
+/// The instant every node in these tests boots.
+fn boot() -> Nanos {
+    Nanos::ZERO
+}
+
+/// `ms` milliseconds after the boot promise (one `TTL` after boot) ended:
+/// every start takes it (rule 7), so these tests begin there.
 fn at(ms: u64) -> Nanos {
-    Nanos(ms * 1_000_000)
+    Nanos((TTL.as_millis() as u64 + ms) * 1_000_000)
 }
 
 #[test]
 fn single_node_group_leads_only_once_its_term_is_durable() {
-    let mut n = Node::new(config("a", &["a"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a"]), None, boot(), 7).expect("valid config");
     // First tick: the election timer (jitter < heartbeat) has not fired.
     let first = n.step(at(0), Input::Tick);
     assert!(first.persist.is_none() && first.wake_at < at(400));
@@ -67,7 +74,7 @@ fn single_node_group_leads_only_once_its_term_is_durable() {
 
 #[test]
 fn vote_requests_wait_for_the_persist_of_the_new_term() {
-    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, boot(), 7).expect("valid config");
     let out = n.step(at(400), Input::Tick);
     // PreVote first: nothing to persist, requests may leave at once.
     assert_eq!(out.persist, None);
@@ -86,7 +93,7 @@ fn vote_requests_wait_for_the_persist_of_the_new_term() {
 
 #[test]
 fn a_granted_vote_is_persisted_before_it_is_sent_and_promises() {
-    let mut n = Node::new(config("b", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("b", &["a", "b", "c"]), None, boot(), 7).expect("valid config");
     let req = msg("a", "b", 1, Body::VoteRequest { transfer_from: None });
     let out = n.step(at(10), Input::Message(req));
     assert_eq!(
@@ -114,7 +121,7 @@ fn a_granted_vote_is_persisted_before_it_is_sent_and_promises() {
 
 #[test]
 fn persist_failure_stops_campaigning_until_a_write_succeeds() {
-    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, boot(), 7).expect("valid config");
     let _ = n.step(at(400), Input::Tick);
     let grant = msg("b", "a", 0, Body::PreVoteResponse { next_term: Term(1), granted: true });
     let _ = n.step(at(401), Input::Message(grant));
@@ -139,7 +146,7 @@ fn a_node_at_the_last_term_never_campaigns_and_keeps_its_vote() {
     // A term near the end is reached one step at a time (a jump of more
     // than MAX_TERM_AHEAD is refused: see the next test).
     let near_end = HardState { term: Term(u64::MAX - 1), voted_for: None };
-    let mut n = Node::new(config("a", &["a", "b", "c"]), Some(near_end), at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a", "b", "c"]), Some(near_end), boot(), 7).expect("valid config");
     let hb = msg("b", "a", u64::MAX, Body::Heartbeat { round: 1, leader_address: "b".into() });
     let out = n.step(at(1), Input::Message(hb));
     assert_eq!(out.persist, Some(HardState { term: Term(u64::MAX), voted_for: None }));
@@ -153,7 +160,7 @@ fn a_node_at_the_last_term_never_campaigns_and_keeps_its_vote() {
 
 #[test]
 fn a_term_too_far_ahead_is_refused_and_adopts_nothing() {
-    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, boot(), 7).expect("valid config");
     for term in [u64::MAX, MAX_TERM_AHEAD + 1] {
         let hb = msg("b", "a", term, Body::Heartbeat { round: 1, leader_address: "b".into() });
         let out = n.step(at(1), Input::Message(hb));
@@ -170,7 +177,7 @@ fn a_term_too_far_ahead_is_refused_and_adopts_nothing() {
 
 #[test]
 fn admin_requests_are_refused_with_a_reason_off_the_leader() {
-    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, boot(), 7).expect("valid config");
     let out = n.step(at(1), Input::Admin(AdminRequest::StepDown));
     assert_eq!(out.admin, Some(Err(AdminError::NotLeader(None))));
 }
@@ -195,7 +202,7 @@ fn config_errors_name_the_flag() {
 #[test]
 fn on_a_slow_disk_the_vote_round_waits_for_the_writes_and_the_lease_counts_from_the_write() {
     let lease = leader_lease(TTL, drift_ppm(0.01));
-    let mut n = Node::new(config("a", &["a", "b", "c"]), None, at(0), 7).expect("valid config");
+    let mut n = Node::new(config("a", &["a", "b", "c"]), None, boot(), 7).expect("valid config");
     // A vote for b, written in 1.2s (five times the usual vote round).
     let req = msg("b", "a", 1, Body::VoteRequest { transfer_from: None });
     let out = n.step(at(10), Input::Message(req));

@@ -79,14 +79,19 @@ pub struct Node {
 
 impl Node {
     /// Builds a node at boot time `now`. `durable` is the hard state read from
-    /// storage: `None` only for a node that has never written one (it cannot
-    /// have promised anything yet). `rng_seed` seeds the election jitter.
+    /// storage, `None` when there is no state file. `rng_seed` seeds the
+    /// election jitter.
+    ///
+    /// Every start takes the boot promise (rule 7), with or without a state
+    /// file: a missing file does not prove that the node never promised
+    /// anything. Its data directory may have been lost (a deleted volume, a
+    /// wiped disk) after it acked a leader whose lease still rests on that
+    /// ack. The cost is one `lease_ttl` before a brand-new group first elects.
     pub fn new(cfg: Config, durable: Option<HardState>, now: Nanos, rng_seed: u64) -> Result<Node, ConfigError> {
         cfg.validate()?;
         let leader_lease = lease::leader_lease(cfg.lease_ttl, lease::drift_ppm(cfg.max_clock_drift));
-        let restarted = durable.is_some();
         let hard = durable.unwrap_or_default();
-        let boot_promise_until = if restarted { now.plus(cfg.lease_ttl) } else { now };
+        let boot_promise_until = now.plus(cfg.lease_ttl);
         let mut node = Node {
             cfg,
             leader_lease,
