@@ -18,6 +18,9 @@ pub struct SeedOptions {
     /// The bound the nodes are configured with (`--max-clock-drift`, rho).
     pub max_clock_drift: f64,
     pub breakage: Breakage,
+    /// Some crashes lose the node's state file too (a wipe). Off replays a
+    /// seed as it ran before wipes were part of the fault mix.
+    pub wipes: bool,
     pub verbosity: Verbosity,
 }
 
@@ -28,6 +31,7 @@ impl SeedOptions {
             clock_drift: 0.01,
             max_clock_drift: 0.01,
             breakage: Breakage::default(),
+            wipes: true,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -182,7 +186,8 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     let ttl = p.lease_ttl.as_nanos() as u64;
     let mut world = World::new(p.cfg.clone());
     world.verbosity = opts.verbosity;
-    schedule_faults(&mut world, &mut rng, ttl, p.fault_phase);
+    let wipe_chance = if opts.wipes { WIPE_CHANCE } else { 0.0 };
+    schedule_faults(&mut world, &mut rng, seed, wipe_chance, ttl, p.fault_phase);
     let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
     schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
     let heal_at = p.fault_phase;
@@ -236,11 +241,17 @@ fn heal(w: &mut World, calm: NetConfig) {
     }
 }
 
+/// The share of crashes that also lose the node's state file.
+const WIPE_CHANCE: f64 = 0.25;
+
 /// The fault schedule: one fault every `U(0, lease_ttl)` during the fault
 /// phase, each undone after a random time. Targeted faults pick the current
-/// lease holder when they fire.
-fn schedule_faults(world: &mut World, rng: &mut SplitMix64, ttl: u64, fault_phase: u64) {
+/// lease holder when they fire. Whether a crash is a wipe is drawn from a
+/// stream of its own, so that turning wipes off leaves every other draw of
+/// the seed as it was.
+fn schedule_faults(world: &mut World, rng: &mut SplitMix64, seed: u64, wipe_chance: f64, ttl: u64, fault_phase: u64) {
     let n = world.nodes();
+    let mut wipe_rng = SplitMix64::new(seed ^ 0x0057_1BED_D15C);
     let mut t = 0;
     // The loop is bounded: t grows by at least 1ns and stops at fault_phase,
     // and at most 10_000 faults are scheduled.
@@ -251,22 +262,25 @@ fn schedule_faults(world: &mut World, rng: &mut SplitMix64, ttl: u64, fault_phas
         }
         let span = 1 + rng.below(3 * ttl);
         let node = rng.below(n as u64) as usize;
-        let action = fault(rng.below(16), node, span, n);
+        let wipe = wipe_rng.chance(wipe_chance);
+        let action = fault(rng.below(16), node, span, n, wipe);
         world.at(t, action);
     }
 }
 
 /// The fault menu: `kind` in 0..16 picks one (weights by repetition); `node`
-/// is a random node and `span` how long the fault lasts.
-fn fault(kind: u64, node: usize, span: u64, n: usize) -> Action {
+/// is a random node and `span` how long the fault lasts; `wipe` makes a
+/// crash lose the state file too.
+fn fault(kind: u64, node: usize, span: u64, n: usize, wipe: bool) -> Action {
+    let crash = move |w: &mut World, i: usize| if wipe { w.wipe(i) } else { w.crash(i) };
     match kind {
         0 | 1 => Box::new(move |w: &mut World| {
-            w.crash(node);
+            crash(w, node);
             w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(node)));
         }),
         2..=4 => Box::new(move |w: &mut World| {
             let target = w.leaseholder().unwrap_or(node);
-            w.crash(target);
+            crash(w, target);
             w.at(w.now() + span, Box::new(move |w: &mut World| w.restart(target)));
         }),
         5 | 6 => Box::new(move |w: &mut World| {

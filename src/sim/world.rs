@@ -23,6 +23,12 @@ pub struct Breakage {
     /// The driver sends messages before the persist they depend on completed,
     /// and the node then often crashes before the persist completes.
     pub send_before_persist: bool,
+    /// A node that starts with no state file takes no boot promise (rule 7),
+    /// as if it could not have promised anything: the driver hands it a boot
+    /// instant one `lease_ttl` in the past, which ends the promise at once.
+    /// With wipes, such a node may vote while a lease still rests on an ack
+    /// it gave before its state was lost.
+    pub blank_boot_without_promise: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -372,7 +378,12 @@ impl World {
         let local = self.local_now(i);
         let seed = self.cfg.seed ^ ((i as u64 + 1) << 32) ^ self.slots[i].incarnation;
         let disk = self.slots[i].disk.clone();
-        match Node::new(cfg, disk, local, seed) {
+        let boot_at = if disk.is_none() && self.cfg.breakage.blank_boot_without_promise {
+            Nanos(local.0.saturating_sub(self.cfg.lease_ttl.as_nanos() as u64))
+        } else {
+            local
+        };
+        match Node::new(cfg, disk, boot_at, seed) {
             Ok(node) => self.slots[i].node = Some(node),
             Err(e) => panic!("simulated node config rejected: {e}"),
         }
@@ -398,6 +409,15 @@ impl World {
         s.view = None;
         self.checker.on_crash(i);
         self.note(Verbosity::Events, |w| format!("{} crashed", w.slots[i].id));
+    }
+
+    /// kill -9 and the loss of the data directory (a deleted volume, a wiped
+    /// disk): the node comes back, at its restart, with no state file.
+    pub fn wipe(&mut self, i: usize) {
+        self.crash(i);
+        let lost_term = self.slots[i].disk.take().map(|d| d.term).unwrap_or_default();
+        self.checker.on_wipe(i, lost_term);
+        self.note(Verbosity::Events, |w| format!("{} lost its state file", w.slots[i].id));
     }
 
     pub fn restart(&mut self, i: usize) {
@@ -545,7 +565,7 @@ impl World {
             match e {
                 Event::ElectionStarted { transfer, term } => {
                     let from = if *transfer { transfer_from } else { None };
-                    self.checker.check_vote(self.now, i, &me, local, &me, from);
+                    self.checker.check_vote(self.now, i, &me, local, &me, *term, from);
                     self.checker.on_promise_decided(i, local, &me, *term);
                 }
                 Event::TransferStarted { term, .. } => self.checker.on_abdicate(i, &me, *term),
@@ -555,7 +575,7 @@ impl World {
         for m in out.send_now.iter().chain(&out.send_after_persist) {
             match &m.body {
                 Body::VoteResponse { granted: true } => {
-                    self.checker.check_vote(self.now, i, &me, local, &m.to, transfer_from);
+                    self.checker.check_vote(self.now, i, &me, local, &m.to, m.term, transfer_from);
                     self.checker.on_promise_decided(i, local, &m.to, m.term);
                 }
                 Body::HeartbeatAck { ok: true, .. } => self.checker.on_promise_decided(i, local, &m.to, m.term),
