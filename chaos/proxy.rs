@@ -186,6 +186,13 @@ impl Conn {
             if client.read_exact(&mut frame[4..]).is_err() {
                 break;
             }
+            if first {
+                // The connection's hello is held, not dropped, while the link
+                // is blackholed (as TCP would retransmit it): a connection
+                // whose hello is lost would stay open and silent after the
+                // heal. It is dialled by a node restarted behind a partition.
+                wait_out_blackhole(&self.faults);
+            }
             let f = self.faults.lock().unwrap_or_else(|e| e.into_inner()).clone();
             self.counters.frames.fetch_add(1, Ordering::Relaxed);
             if f.blackhole {

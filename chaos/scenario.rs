@@ -28,9 +28,10 @@ pub enum Kind {
     DiskReadOnly,
     SlowFsync,
     RollingRestart,
+    Wipe,
 }
 
-pub const ALL: [Kind; 12] = [
+pub const ALL: [Kind; 13] = [
     Kind::Kill,
     Kind::Pause,
     Kind::Partition,
@@ -43,6 +44,7 @@ pub const ALL: [Kind; 12] = [
     Kind::DiskReadOnly,
     Kind::SlowFsync,
     Kind::RollingRestart,
+    Kind::Wipe,
 ];
 
 impl Kind {
@@ -60,6 +62,7 @@ impl Kind {
             Kind::DiskReadOnly => "disk-ro",
             Kind::SlowFsync => "slow-fsync",
             Kind::RollingRestart => "rolling-restart",
+            Kind::Wipe => "wipe",
         }
     }
 
@@ -89,6 +92,10 @@ impl Kind {
             Kind::DiskReadOnly => "a follower's data dir remounted read-only, then the leader killed",
             Kind::SlowFsync => "every state write slowed by 0.8 lease (failpoint), then the leader killed",
             Kind::RollingRestart => "each node in turn: SIGTERM, restart, rejoin",
+            Kind::Wipe => {
+                "the leader cut off from all but a bare majority; once the others' promises ran out, one of \
+                 that majority cut off too, killed, its data dir removed and restarted at once, 3 leases"
+            }
         }
     }
 }
@@ -186,6 +193,43 @@ impl Ctx<'_> {
             Some((_, _, at)) => self.failovers.push(at - since),
             None => self.liveness.push(format!("round {round}: no successor within {:?} of a kill", self.bound)),
         }
+    }
+
+    /// A lost volume under a live lease: the leader's lease comes to rest
+    /// on the acks of a bare majority; the followers outside it wait out
+    /// their promises; then one follower of that majority is cut off from
+    /// the leader, killed, loses its data dir and restarts at once. Blank,
+    /// it must not vote for one of the others before its old promise (and
+    /// so the leader's lease) is over: every start takes the boot promise.
+    fn wipe(&mut self, round: usize) {
+        let Some((l, t)) = self.leader(round) else { return };
+        let n = self.n();
+        let mut followers: Vec<usize> = (0..n).filter(|&i| i != l).collect();
+        for i in (1..followers.len()).rev() {
+            followers.swap(i, self.rng.below(i as u64 + 1) as usize);
+        }
+        // The leader keeps just enough followers for its lease.
+        let keep: Vec<usize> = followers[..n / 2].to_vec();
+        let cut_off = |i: usize| i != l && !keep.contains(&i);
+        let blackhole = || Faults { blackhole: true, ..Faults::default() };
+        let since = Instant::now();
+        self.c.faults(|a, b| ((a == l && cut_off(b)) || (b == l && cut_off(a))).then(blackhole));
+        // Past the promises of the followers cut off (a lease_ttl, with the
+        // drift margin and a poll's slack).
+        thread::sleep(self.ttl().mul_f64(1.2));
+        let w = keep[0];
+        self.c.faults(|a, b| {
+            let cut = |x: usize| cut_off(x) || x == w;
+            ((a == l && cut(b)) || (b == l && cut(a))).then(blackhole)
+        });
+        self.c.kill(w);
+        let dir = self.c.nodes[w].data_dir.clone();
+        let wiped = fs::remove_dir_all(&dir).and_then(|()| fs::create_dir_all(&dir));
+        self.c.note(&format!("n{} data dir {} removed: {wiped:?}", w + 1, dir.display()));
+        if let Err(e) = self.c.spawn(w) {
+            self.liveness.push(format!("round {round}: restart of n{} after the wipe: {e}", w + 1));
+        }
+        self.hold(t, since, self.ttl() * 4);
     }
 
     pub fn round(&mut self, kind: Kind, round: usize) {
@@ -312,6 +356,7 @@ impl Ctx<'_> {
                     let _ = fs::remove_file(&n.failpoint);
                 }
             }
+            Kind::Wipe => self.wipe(round),
             Kind::RollingRestart => {
                 for i in 0..self.n() {
                     let led = self.c.leader();

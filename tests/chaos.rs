@@ -70,6 +70,7 @@ fn in_model_scenarios() -> String {
         "clock-skew",
         "slow-fsync",
         "rolling-restart",
+        "wipe",
     ];
     if root() {
         s.extend(["disk-full", "disk-ro"]);
@@ -112,10 +113,10 @@ fn every_fault_within_the_model_passes_every_check_on_three_nodes() {
 
 #[test]
 fn every_fault_within_the_model_passes_every_check_on_five_nodes() {
-    let scenarios = "kill,partition,asymmetric,bridge,rolling-restart";
+    let scenarios = "kill,partition,asymmetric,bridge,rolling-restart,wipe";
     let args = ["--scenario", scenarios, "--nodes", "5", "--rounds", "2", "--seed", "12"];
     let (code, reports) = chaos(&args, Duration::from_secs(300));
-    assert_eq!(reports.len(), 5, "{reports:#?}");
+    assert_eq!(reports.len(), 6, "{reports:#?}");
     assert_clean(&reports, 2);
     assert_eq!(code, Some(0));
 }
