@@ -3,49 +3,16 @@
 //! leave only after that persist.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use leasehold::core::lease::{drift_ppm, leader_lease};
 use leasehold::core::{
-    AdminError, AdminRequest, Body, Config, ConfigError, Envelope, Event, HardState, Input, Nanos, Node, NodeId,
-    Outputs, RejectReason, Role, Term, MAX_TERM_AHEAD, PROTOCOL_VERSION,
+    AdminError, AdminRequest, Body, ConfigError, Envelope, Event, HardState, Input, Nanos, Node, Outputs, RejectReason,
+    Role, Term, MAX_TERM_AHEAD,
 };
 
-const TTL: Duration = Duration::from_secs(2);
-const HB: Duration = Duration::from_millis(400);
-
-fn id(s: &str) -> NodeId {
-    NodeId::new(s)
-}
-
-fn config(me: &str, voters: &[&str]) -> Config {
-    Config {
-        cluster_id: "c".into(),
-        node_id: id(me),
-        voters: voters.iter().map(|v| id(v)).collect::<BTreeSet<_>>(),
-        lease_ttl: TTL,
-        heartbeat_interval: HB,
-        max_clock_drift: 0.01,
-        priority: 1,
-        advertise: format!("{me}:5432"),
-    }
-}
-
-fn msg(from: &str, to: &str, term: u64, body: Body) -> Envelope {
-    Envelope { version: PROTOCOL_VERSION, cluster_id: "c".into(), from: id(from), to: id(to), term: Term(term), body }
-}
-
-/// The instant every node in these tests boots.
-fn boot() -> Nanos {
-    Nanos::ZERO
-}
-
-/// `ms` milliseconds after the boot promise (one `TTL` after boot) ended:
-/// every start takes it (rule 7), so these tests begin there.
-fn at(ms: u64) -> Nanos {
-    Nanos((TTL.as_millis() as u64 + ms) * 1_000_000)
-}
+mod common;
+use common::steps::{at, boot, config, id, msg, HB, TTL};
 
 #[test]
 fn single_node_group_leads_only_once_its_term_is_durable() {
