@@ -46,6 +46,8 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     println!("Try: curl -i http://{}/v1/leader", nodes[0].api);
     println!("     kill -9 <the leader's pid>   (a failover)");
     println!("     leasehold transfer --api http://<the leader's API> --to <id>   (a hand-over)");
+    println!("The first leader comes about one lease after the start: every sidecar waits out a lease");
+    println!("before it votes (its boot promise), with or without a state file.");
     println!("Ctrl-C stops them all.\n");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,

@@ -80,6 +80,11 @@ fn the_local_tour_elects_fails_over_hands_over_and_stops_cleanly() {
     }
     let first = expect_line(&lines, Duration::from_secs(10), "a leader", |l| l.contains(" leads, fencing token "));
     let leader = leader_of(&first);
+    // "[  1.034s] n2 leads, fencing token 1": the boot promise holds every
+    // node back for one lease (1s) after the start.
+    let first_at: f64 =
+        first.trim_start_matches('[').split('s').next().and_then(|t| t.trim().parse().ok()).expect("time");
+    assert!(first_at >= 0.9, "the first leader came before the boot promise ended: {first}");
     let (_, leader_pid, _) = nodes.iter().find(|n| n.0 == leader).expect("leader listed").clone();
 
     // SAFETY: kill(2) on a pid that `local`, our child, started.
