@@ -141,6 +141,14 @@ fn pre_votes_follow_the_promise_and_the_terms() {
     let out = b.step(free, Input::Message(pre_vote("c", 3, 4)));
     assert_eq!(pre_vote_answer(&out), Some(true));
     assert_eq!(b.hard_state().term, Term(3), "a pre-vote changes nothing at the voter");
+    // Liveness, not safety: for one heartbeat interval after a pre-vote the
+    // voter endorses no other pre-candidate for that term, so that two of
+    // them do not both go on to split the real vote.
+    let held_until = free.plus(HB);
+    let out = b.step(Nanos(held_until.0 - 1), Input::Message(pre_vote("a", 3, 4)));
+    assert_eq!(pre_vote_answer(&out), Some(false), "held for c");
+    let out = b.step(held_until, Input::Message(pre_vote("a", 3, 4)));
+    assert_eq!(pre_vote_answer(&out), Some(true), "the hold ends after one heartbeat interval");
 }
 
 /// A follower whose timer fires campaigns only once its promise is over; a
@@ -228,6 +236,10 @@ fn a_follower_that_voted_for_another_since_ignores_its_old_leaders_timeout_now()
     assert_eq!(b.view().leader_id, Some(id("a")));
     let out = b.step(free.plus(Duration::from_millis(1)), Input::Message(msg("a", "b", 3, Body::TimeoutNow)));
     assert_eq!(campaigned(&out), None, "promised to c: {out:?}");
+    // Nor does c, which b promised but does not follow: only the leader of
+    // b's present term hands over.
+    let out = b.step(free.plus(Duration::from_millis(2)), Input::Message(msg("c", "b", 3, Body::TimeoutNow)));
+    assert_eq!(campaigned(&out), None, "c is not b's leader: {out:?}");
 }
 
 /// Eligibility, a working disk and a finished boot promise are each needed

@@ -34,8 +34,8 @@ fn assert_clean(nodes: usize, seeds: std::ops::Range<u64>) -> u64 {
 fn two_thousand_seeds_of_three_nodes_hold_every_invariant() {
     // Wipes are part of the fault mix, and the checker must see what they
     // leave open: votes forgotten with the state file (closed by identities
-    // with incarnations, DESIGN §2b). Only lease exclusivity and kept
-    // promises are promised across a wipe today, and they are checked.
+    // with incarnations, DESIGN §2b). Only violations that involve such a
+    // vote are excused; every other one fails.
     let wiped_votes = assert_clean(3, 1..2001);
     assert!(wiped_votes > 0, "the fault mix must reach a wiped node's forgotten vote");
 }

@@ -31,16 +31,15 @@ pub enum Invariant {
     PromiseKept,
     /// After the faults stop, a leader within the stated bound.
     Liveness,
-    /// A node that lost its state file (a wipe) voted or campaigned in a
-    /// term at or below the highest term it had reached before the loss. It
-    /// may have voted in that term already and forgotten it, so for that
-    /// term one-vote-per-term, one-leader-per-term and token-order cannot be
-    /// promised, nor lease exclusivity against a lease of that term (a
-    /// leadership elected out of term order is held back by no promise):
-    /// their violations are reported as this one. A known open hole, not
-    /// yet a failure: voter identities with incarnations (DESIGN §2b) close
-    /// it. Kept promises, and lease exclusivity between leases of other
-    /// terms, stay checked.
+    /// A node that lost its state file (a wipe) voted, or campaigned, in a
+    /// term at or below the highest term it had reached before the loss: it
+    /// may have voted in that term already and forgotten it. Such a double
+    /// vote (`one-vote-per-term` of that node), and a violation of
+    /// `one-leader-per-term`, `token-order` or `lease-exclusive` that
+    /// involves a leadership counting such a vote, is reported as this
+    /// one. A known open hole, not yet a failure: voter identities with
+    /// incarnations (DESIGN §2b) close it. Every other violation, and
+    /// `promise-kept` always, is reported as itself.
     WipedVote,
 }
 
@@ -123,9 +122,12 @@ pub struct Checker {
     /// Per node, the highest term it had durably before it lost its state
     /// file (the highest over all its wipes).
     forgotten: BTreeMap<usize, Term>,
-    /// Terms in which a wiped node voted or campaigned at or below its
-    /// forgotten term (see [`Invariant::WipedVote`]).
-    wiped_vote_terms: BTreeSet<Term>,
+    /// Leaderships (term, candidate) that a wiped node voted for, or that
+    /// it was itself the candidate of, at or below its forgotten term (see
+    /// [`Invariant::WipedVote`]).
+    wiped_votes: BTreeSet<(Term, usize)>,
+    /// Each node's index, by name (learned from what it sends).
+    index_of: BTreeMap<NodeId, usize>,
     lease_ttl: Duration,
     pub violations: Vec<Violation>,
 }
@@ -135,10 +137,16 @@ impl Checker {
         Checker { lease_ttl, ..Checker::default() }
     }
 
-    /// A violation of an invariant about `term`: in a term where a wiped
-    /// node voted below what it forgot, it is the known hole instead.
-    fn violate_in_term(&mut self, at_ns: u64, invariant: Invariant, term: Term, detail: String) {
-        if self.wiped_vote_terms.contains(&term) {
+    /// Did leadership (`term`, `node`) count a vote that a wiped node may
+    /// have cast twice?
+    fn tainted(&self, term: Term, node: usize) -> bool {
+        self.wiped_votes.contains(&(term, node))
+    }
+
+    /// A violation that the known hole explains (`known_open`) is reported
+    /// as [`Invariant::WipedVote`], any other as itself.
+    fn violate_unless_wiped(&mut self, at_ns: u64, invariant: Invariant, known_open: bool, detail: String) {
+        if known_open {
             let detail = format!("{} after a wipe: {detail}", invariant.name());
             self.violate(at_ns, Invariant::WipedVote, detail);
         } else {
@@ -166,7 +174,8 @@ impl Checker {
             match self.leader_of_term.get(&term) {
                 Some(&other) if other != node => {
                     let detail = format!("{name} and node #{other} both leaders of term {term}");
-                    self.violate_in_term(t, Invariant::OneLeaderPerTerm, term, detail);
+                    let open = self.tainted(term, node) || self.tainted(term, other);
+                    self.violate_unless_wiped(t, Invariant::OneLeaderPerTerm, open, detail);
                 }
                 _ => {
                     self.leader_of_term.insert(term, node);
@@ -209,7 +218,8 @@ impl Checker {
                     if let Some(high) = self.highest_token_started {
                         if token <= high {
                             let detail = format!("{name} began a lease with token {token} after token {high}");
-                            self.violate_in_term(t, Invariant::TokenOrder, token, detail);
+                            let open = self.tainted(token, node);
+                            self.violate_unless_wiped(t, Invariant::TokenOrder, open, detail);
                         }
                     }
                     self.highest_token_started = Some(self.highest_token_started.map_or(token, |h| h.max(token)));
@@ -246,7 +256,7 @@ impl Checker {
             .filter(|o| o.token != me.token && o.start < me.end && me.start < o.end)
             .cloned()
             .collect();
-        let tainted = |r: &LeaseRecord| self.wiped_vote_terms.contains(&r.token);
+        let tainted = |r: &LeaseRecord| self.tainted(r.token, r.node);
         let clash = clashes.iter().find(|o| !tainted(&me) && !tainted(o)).or(clashes.first());
         if let Some(o) = clash {
             let detail = format!(
@@ -259,13 +269,8 @@ impl Checker {
                 fmt_ns(o.start),
                 fmt_ns(o.end)
             );
-            let known_open = tainted(&me) || tainted(o);
-            let term = if tainted(&me) { me.token } else { o.token };
-            if known_open {
-                self.violate_in_term(t, Invariant::LeaseExclusive, term, detail);
-            } else {
-                self.violate(t, Invariant::LeaseExclusive, detail);
-            }
+            let open = tainted(&me) || tainted(o);
+            self.violate_unless_wiped(t, Invariant::LeaseExclusive, open, detail);
         }
     }
 
@@ -381,9 +386,15 @@ impl Checker {
 
     /// A message left `node` (it reached the wire).
     pub fn on_send(&mut self, t: u64, node: usize, m: &Envelope) {
-        let votes = matches!(m.body, Body::VoteResponse { granted: true } | Body::VoteRequest { .. });
-        if votes && self.forgotten.get(&node).is_some_and(|f| m.term <= *f) {
-            self.wiped_vote_terms.insert(m.term);
+        self.index_of.insert(m.from.clone(), node);
+        let below_forgotten = self.forgotten.get(&node).is_some_and(|f| m.term <= *f);
+        let candidate = match m.body {
+            Body::VoteResponse { granted: true } => self.index_of.get(&m.to).copied(),
+            Body::VoteRequest { .. } => Some(node),
+            _ => None,
+        };
+        if let Some(c) = candidate.filter(|_| below_forgotten) {
+            self.wiped_votes.insert((m.term, c));
         }
         let sent = self.term_sent.entry(node).or_default();
         if m.term < *sent {
@@ -396,7 +407,7 @@ impl Checker {
             match self.votes.get(&(node, m.term)) {
                 Some(c) if *c != m.to => {
                     let detail = format!("{} voted for {} and {} in term {}", m.from, c, m.to, m.term);
-                    self.violate_in_term(t, Invariant::OneVotePerTerm, m.term, detail);
+                    self.violate_unless_wiped(t, Invariant::OneVotePerTerm, below_forgotten, detail);
                 }
                 _ => {
                     self.votes.insert((node, m.term), m.to.clone());
