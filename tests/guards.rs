@@ -408,3 +408,27 @@ fn is_leader_ends_at_the_lease_deadline_exactly() {
     // margin: 2s at 1% gives 1.960396039s.
     assert_eq!(leader_lease(TTL, drift_ppm(0.01)), Duration::from_nanos(1_960_396_039));
 }
+
+/// A lease grows only on acks of rounds this leader sent in its own term
+/// (rule 2): a stale term's ack, a refusal, or an ack of a round not sent
+/// yet extends nothing; a good ack extends the lease to that round's send
+/// time plus the leader lease, and reports the round trip.
+#[test]
+fn a_leader_counts_only_good_acks_of_its_own_rounds() {
+    let (mut b, first_lease) = leader_b();
+    let t = Nanos(at(0).0 + HB.as_nanos() as u64);
+    let round2 = t.plus(HB);
+    let out = b.step(round2, Input::Tick);
+    assert!(out.send_now.iter().any(|m| matches!(m.body, Body::Heartbeat { round: 2, .. })), "{out:?}");
+    let ack = |term, round, ok| msg("c", "b", term, Body::HeartbeatAck { round, ok, priority: 1, healthy: true });
+    let later = round2.plus(Duration::from_millis(5));
+    let out = b.step(later, Input::Message(ack(3, 2, true)));
+    assert_eq!(out.rejected.iter().map(|r| r.reason).collect::<Vec<_>>(), vec![RejectReason::StaleTerm]);
+    let _ = b.step(later, Input::Message(ack(4, 2, false)));
+    let _ = b.step(later, Input::Message(ack(4, 3, true)));
+    assert_eq!(b.view().lease_until, Some(first_lease), "a stale, refused or future ack extends nothing");
+    let out = b.step(later, Input::Message(ack(4, 2, true)));
+    assert_eq!(b.view().lease_until, Some(round2.plus(leader_lease(TTL, drift_ppm(0.01)))));
+    let rtt = Duration::from_millis(5);
+    assert_eq!(out.events, vec![Event::AckRoundTrip { peer: id("c"), rtt }]);
+}
