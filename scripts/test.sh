@@ -29,6 +29,8 @@ command -v wget >/dev/null 2>&1 || apt_packages+=(wget)  # the chart's helm test
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)  # a database preStop hook in the manifests uses curl
 command -v wrk >/dev/null 2>&1 || apt_packages+=(wrk)  # the benchmark program's load generator (smoke-tested)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || apt_packages+=(faketime)  # clock-rate faults in the fault harness
+command -v ip >/dev/null 2>&1 || apt_packages+=(iproute2)  # network namespaces and veth links (tests/netns.rs)
+command -v nft >/dev/null 2>&1 || apt_packages+=(nftables)  # partitions inside those namespaces
 if [ "${#apt_packages[@]}" -gt 0 ]; then
   step "installing ${apt_packages[*]} (Debian packages)"
   sudo=""
