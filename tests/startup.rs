@@ -470,6 +470,10 @@ fn a_replayed_message_of_an_old_term_changes_nothing_and_is_counted() {
         }
     };
     wait("the node answers", &|| term().is_some());
+    // Every start takes the boot promise: no vote, and no term adopted from
+    // a vote request, until it is over.
+    let promise = || common::get(&api, "/v1/status").and_then(|(_, b)| common::field(&b, "promise_remaining_ms"));
+    wait("the boot promise over", &|| promise() == Some(0));
     // Pose as n2 (no peer TLS here: the peer port must be fenced off, see
     // docs/security.md) and ask for a vote in term 5.
     let mut s = TcpStream::connect(format!("127.0.0.1:{peer}")).expect("connect to the peer port");
