@@ -432,3 +432,32 @@ fn a_leader_counts_only_good_acks_of_its_own_rounds() {
     let rtt = Duration::from_millis(5);
     assert_eq!(out.events, vec![Event::AckRoundTrip { peer: id("c"), rtt }]);
 }
+
+/// A majority that comes only after the votes' lease has run out (a
+/// paused candidate, late answers) elects nobody: the winner would hold no
+/// lease, and its first heartbeat would make followers promise a leader
+/// that steps down in the same step (with a lost state file, such a
+/// promise let a late winner's successor overlap a lease; seed 10111486).
+#[test]
+fn votes_that_arrive_after_their_lease_elect_nobody() {
+    let lease = leader_lease(TTL, drift_ppm(0.01));
+    for (late_ns, wins) in [(0, true), (1, false)] {
+        let mut b = node("b", Some(hs(3, None)));
+        let t = Nanos(at(0).0 + HB.as_nanos() as u64);
+        let _ = b.step(at(0), Input::Tick);
+        let _ = b.step(t, Input::Tick);
+        let grant = msg("c", "b", 3, Body::PreVoteResponse { next_term: Term(4), granted: true });
+        let _ = b.step(t, Input::Message(grant));
+        let _ = b.step(t, Input::Persisted(hs(4, Some("b"))));
+        let arrives = Nanos(t.plus(lease).0 - 1 + late_ns);
+        let out = b.step(arrives, Input::Message(msg("c", "b", 4, Body::VoteResponse { granted: true })));
+        let won = out.events.contains(&Event::ElectionWon { term: Term(4) });
+        assert_eq!(won, wins, "a vote {late_ns}ns past the last instant of its lease: {out:?}");
+        let heartbeats = out.send_now.iter().any(|m| matches!(m.body, Body::Heartbeat { .. }));
+        assert_eq!(heartbeats, wins);
+        if !wins {
+            assert!(out.events.contains(&Event::ElectionLost { term: Term(4) }), "{out:?}");
+            assert_eq!(b.role(), Role::Follower);
+        }
+    }
+}

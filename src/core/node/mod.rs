@@ -576,6 +576,14 @@ impl Node {
         if granted.len() < quorum(self.cfg.voters.len()) || self.durable.term != self.hard.term {
             return;
         }
+        // A majority gathered only after the votes' lease ran out (a paused
+        // candidate, a late answer) wins nothing: as leader it would hold no
+        // lease, and its first heartbeat would only make followers promise a
+        // leader that steps down in the same step. The round's deadline,
+        // never later than that lease, ends the candidacy in this step.
+        if now >= sent_at.plus(self.leader_lease) {
+            return;
+        }
         let sent_at = *sent_at;
         let acked = granted.iter().filter(|v| **v != self.cfg.node_id).map(|v| (v.clone(), 0)).collect();
         self.become_leader(now, sent_at, acked);
