@@ -164,6 +164,15 @@ impl Net {
     }
 }
 
+/// Polls `cond` every 10 ms until it holds; fails the test after `within`.
+fn wait_until(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for i in 0..self.children.len() {
@@ -206,8 +215,9 @@ fn a_follower_that_lost_its_data_dir_does_not_vote_inside_the_lease() {
     let (l, token, _) = net.wait_for_leader(Duration::from_secs(15), None).expect("a first leader");
     let (b, c) = ((l + 1) % 3, (l + 2) % 3);
     net.cut(l, c);
-    // Past C's promise to L (its last ack came before the cut).
-    thread::sleep(TTL.mul_f64(1.25));
+    // Until C's promise to L (its last ack came before the cut) is over.
+    let promise = |i: usize| get(&net.api(i), "/v1/status").and_then(|(_, b)| field(&b, "promise_remaining_ms"));
+    wait_until("C's promise to L over", TTL * 3, || promise(c) == Some(0));
     let (still, same, _) = net.wait_for_leader(TTL, None).expect("L still leads on B's acks");
     assert_eq!((still, same), (l, token), "C cannot win while B acks L");
     net.cut(l, b);
@@ -219,8 +229,10 @@ fn a_follower_that_lost_its_data_dir_does_not_vote_inside_the_lease() {
     // A successor comes once L's lease and B's boot promise are over.
     let (next, next_token, at) =
         net.wait_for_leader(TTL * 4, Some(l)).expect("a successor after L's lease and B's boot promise");
-    // Let the observer see the successor's lease a while, then check.
-    thread::sleep(TTL / 4);
+    // Let the observer see the successor's lease, then check.
+    wait_until("proofs of the successor's lease", TTL, || {
+        observer.proofs().iter().filter(|p| p.token == next_token).count() >= 20
+    });
     let proofs = observer.finish();
     assert!(proofs > 100, "the observer saw both leaderships: {proofs} proofs");
     assert!(next_token > token, "token {next_token} after {token}");

@@ -448,12 +448,22 @@ fn a_replayed_message_of_an_old_term_changes_nothing_and_is_counted() {
     let dir = temp_dir("replay");
     let (peer, api, metrics) = (common::free_port(), common::free_port(), common::free_port());
     let peers = format!("n1=127.0.0.1:{peer},n2=127.0.0.1:{}", common::free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+    let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--node-id", "n1", "--peers", &peers, "--data-dir", &dir.to_string_lossy()])
         .args(["--listen-api", &format!("127.0.0.1:{api}"), "--listen-metrics", &format!("127.0.0.1:{metrics}")])
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
+    // Ended by its pid however the test ends, a failed assertion included.
+    struct Ended(std::process::Child);
+    impl Drop for Ended {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) on the pid of the child this test spawned.
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+    let child = Ended(child);
     let api = format!("127.0.0.1:{api}");
     let metrics = format!("127.0.0.1:{metrics}");
     let term = || common::get(&api, "/v1/leader").and_then(|(_, b)| common::field(&b, "term"));
@@ -495,8 +505,6 @@ fn a_replayed_message_of_an_old_term_changes_nothing_and_is_counted() {
     s.write_all(&encode(&vote(3)).expect("frame")).expect("send");
     wait("the replay counted as stale_term", &|| stale() == Some(1));
     assert_eq!(term(), Some(5), "a replayed message moved the term");
-    // SAFETY: kill(2) on the pid of the child this test spawned.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
+    drop(child);
     let _ = std::fs::remove_dir_all(&dir);
 }
