@@ -344,7 +344,9 @@ fn trials_of(g: &mut Sidecars, trials: usize, event: Event) -> Result<Stats, Str
     let limit = g.ttl * 5 + Duration::from_secs(5);
     let mut v = Vec::new();
     for _ in 0..trials {
-        let (leader, token) = g.leader(limit).ok_or("no leader")?;
+        let Some((leader, token)) = g.leader(limit) else {
+            return Err(format!("no leader:{}", g.describe()));
+        };
         let succ = g.watch_for_successor(leader, token, limit);
         let t0 = Instant::now();
         match event {
@@ -358,12 +360,7 @@ fn trials_of(g: &mut Sidecars, trials: usize, event: Event) -> Result<Stats, Str
             }
         }
         let Some((_, t1, _)) = succ.wait() else {
-            let views: Vec<String> = g
-                .nodes
-                .iter()
-                .map(|n| format!("{:?}", http(&n.api, "GET", "/v1/leader", "", Duration::from_secs(1))))
-                .collect();
-            return Err(format!("no successor of node {leader} (token {token}): {views:?}"));
+            return Err(format!("no successor of node {leader} (token {token}):{}", g.describe()));
         };
         v.push(ms(t1 - t0));
         match event {

@@ -11,7 +11,27 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A loopback port free now, for a process started next. It is taken below
+/// Linux's ephemeral range (32768 and up), so that no outgoing connection
+/// (of a sidecar, etcd, wrk) can be given it before its owner binds it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Ports are handed out in turn from a start that differs between runs,
+    // so one run never hands out a port twice.
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7919) ^ nanos
+    });
+    for _ in 0..SPAN {
+        let port = LOW + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
@@ -91,6 +111,8 @@ pub struct Sidecar {
     args: Vec<String>,
     pub api: String,
     pub child: Option<Child>,
+    /// Where the sidecar's stderr goes (appended across restarts).
+    log: PathBuf,
 }
 
 impl Sidecars {
@@ -125,13 +147,42 @@ impl Sidecars {
     }
 
     pub fn spawn(&mut self, i: usize) {
+        if let Some(parent) = self.nodes[i].log.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.nodes[i].log)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
         let child = Command::new(&self.bin)
             .args(&self.nodes[i].args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{}: {e}", self.bin.display()));
         self.nodes[i].child = Some(child);
+    }
+
+    /// For an error message: each sidecar's answer on /v1/leader, whether it
+    /// has exited, and the last lines of its log.
+    pub fn describe(&mut self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let answer = http(&n.api, "GET", "/v1/leader", "", Duration::from_secs(1));
+            let state = match n.child.as_mut().map(|c| c.try_wait()) {
+                None => "stopped by the benchmark".to_string(),
+                Some(Ok(None)) => "running".to_string(),
+                Some(Ok(Some(status))) => format!("exited: {status}"),
+                Some(Err(e)) => format!("unknown: {e}"),
+            };
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            out.push_str(&format!("\n  sidecar {i} ({state}): {answer:?}\n    {}", tail.join("\n    ")));
+        }
+        out
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -242,7 +293,7 @@ impl Sidecar {
             "--lease-ttl".into(),
             format!("{}ms", ttl.as_millis()),
         ]);
-        Sidecar { args, api, child: None }
+        Sidecar { args, api, child: None, log: dir.join(format!("n{i}.log")) }
     }
 }
 
