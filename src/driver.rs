@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::clock::boottime_now;
+use crate::core::outbox::{Held, Outbox};
 use crate::core::{
     self, AdminError, AdminRequest, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, Outputs,
 };
@@ -35,6 +36,8 @@ pub trait Observer: Send + Sync + 'static {
 
 pub struct Driver {
     node: Node,
+    /// Which messages may leave, and when (the persist-then-send contract).
+    outbox: Outbox,
     state: Arc<StateFile>,
     identity: Identity,
     transport: Option<Transport>,
@@ -68,6 +71,7 @@ impl Driver {
         let (view, view_rx) = watch::channel(node.view());
         let driver = Driver {
             node,
+            outbox: Outbox::new(),
             state: Arc::new(state),
             identity,
             transport,
@@ -128,8 +132,9 @@ impl Driver {
     async fn on_timer(&mut self) {
         if self.retry_persist_at.is_some_and(|at| at <= Instant::now()) {
             self.retry_persist_at = None;
-            let hs = self.node.hard_state().clone();
-            self.persist_then(hs, Vec::new()).await;
+            if let Some(hs) = self.outbox.start_retry() {
+                self.write(hs).await;
+            }
         } else {
             self.step(Input::Tick).await;
         }
@@ -151,47 +156,53 @@ impl Driver {
         answer
     }
 
-    /// The driver contract of `core::Outputs`, in its order.
-    async fn carry_out(&mut self, out: Outputs) {
+    /// The driver contract of `core::Outputs`, in its order; the outbox
+    /// decides which messages leave now and which wait for a write.
+    async fn carry_out(&mut self, mut out: Outputs) {
         for r in &out.rejected {
             self.observer.rejected(r.reason.as_str());
         }
         for e in &out.events {
             self.observer.event(e);
         }
-        if let Some(view) = out.view {
+        if let Some(view) = out.view.take() {
             self.view.send_replace(view);
         }
-        for m in out.send_now {
-            self.send(m);
+        let dispatch = self.outbox.take(boottime_now(), &mut out);
+        if dispatch.orphaned > 0 {
+            tracing::error!(messages = dispatch.orphaned, "dropped messages that waited for no write (a core bug)");
+        }
+        for Held { msg, .. } in dispatch.send {
+            self.send(msg);
         }
         self.wake_at = out.wake_at;
-        match out.persist {
-            Some(hs) => Box::pin(self.persist_then(hs, out.send_after_persist)).await,
-            // Messages that wait for a write, with no write under way (a
-            // failed one is retried from the timer): they must not leave.
-            None => drop(out.send_after_persist),
+        if let Some(hs) = dispatch.write {
+            Box::pin(self.write(hs)).await;
         }
     }
 
-    /// Writes `hs` durably; only then sends `after` and tells the node.
-    async fn persist_then(&mut self, hs: HardState, after: Vec<Envelope>) {
-        let (state, identity, to_write) = (self.state.clone(), self.identity.clone(), hs.clone());
-        let written = tokio::task::spawn_blocking(move || state.store(&identity, &to_write)).await;
+    /// Writes `hs` durably, then sends what waited for it and tells the node.
+    /// Writes run one at a time: the loop waits for each.
+    async fn write(&mut self, hs: HardState) {
+        let (state, identity) = (self.state.clone(), self.identity.clone());
+        let written = tokio::task::spawn_blocking(move || state.store(&identity, &hs)).await;
         match written {
             Ok(Ok(fsync)) => {
                 // Read before the held messages leave (the core's contract:
                 // a vote round's lease may count from this instant).
                 let persisted_at = boottime_now();
                 self.observer.fsync(fsync.as_secs_f64());
-                for m in after {
-                    self.send(m);
+                let Some(done) = self.outbox.written() else { return };
+                for Held { msg, .. } in done.send {
+                    self.send(msg);
                 }
-                let out = self.node.step(persisted_at, Input::Persisted(hs));
+                let out = self.node.step(persisted_at, Input::Persisted(done.state));
                 Box::pin(self.carry_out(out)).await;
             }
             _ => {
-                self.retry_persist_at = Some(Instant::now() + PERSIST_RETRY);
+                if self.outbox.failed().is_some_and(|f| f.retry) {
+                    self.retry_persist_at = Some(Instant::now() + PERSIST_RETRY);
+                }
                 let out = self.node.step(boottime_now(), Input::PersistFailed);
                 Box::pin(self.carry_out(out)).await;
             }

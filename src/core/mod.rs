@@ -12,6 +12,7 @@
 pub mod lease;
 pub mod message;
 mod node;
+pub mod outbox;
 pub mod rng;
 
 use std::collections::BTreeSet;

@@ -5,11 +5,12 @@
 //! every view and every message to the [`Checker`].
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use super::check::{fmt_ns, Checker};
 use super::clock::Clock;
+use crate::core::outbox::{Held, Outbox};
 use crate::core::rng::SplitMix64;
 use crate::core::{
     AdminRequest, Body, Config, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, NodeId, Outputs, Role,
@@ -99,9 +100,24 @@ pub enum Verbosity {
 
 #[derive(Debug)]
 enum Ev {
-    Deliver { to: usize, msg: Envelope },
-    Wake { node: usize, incarnation: u64, at_local: Nanos },
-    PersistDone { node: usize, incarnation: u64 },
+    Deliver {
+        to: usize,
+        msg: Envelope,
+    },
+    Wake {
+        node: usize,
+        incarnation: u64,
+        at_local: Nanos,
+    },
+    PersistDone {
+        node: usize,
+        incarnation: u64,
+    },
+    /// After a failed write's pause: start the retry, if one still waits.
+    PersistRetry {
+        node: usize,
+        incarnation: u64,
+    },
     Call(usize),
 }
 
@@ -129,13 +145,6 @@ impl Ord for Scheduled {
     }
 }
 
-struct PendingPersist {
-    state: HardState,
-    /// Messages waiting for this write, each with the local time of the step
-    /// that made it (a promise starts then, if it ever leaves).
-    msgs: Vec<(Envelope, Nanos)>,
-}
-
 struct Slot {
     id: NodeId,
     node: Option<Node>,
@@ -143,7 +152,8 @@ struct Slot {
     paused: bool,
     inbox: Vec<Envelope>,
     disk: Option<HardState>,
-    pending: VecDeque<PendingPersist>,
+    /// The persist-then-send contract, as the real driver carries it out.
+    outbox: Outbox,
     last_persist_done: u64,
     scheduled_wake: Option<Nanos>,
     clock: Clock,
@@ -195,7 +205,7 @@ impl World {
                 paused: false,
                 inbox: Vec::new(),
                 disk: None,
-                pending: VecDeque::new(),
+                outbox: Outbox::new(),
                 last_persist_done: 0,
                 scheduled_wake: None,
                 clock: Clock::new(cfg.clock_offset_ns[i], cfg.clock_drift_ppm[i]),
@@ -350,6 +360,11 @@ impl World {
                     self.persist_done(node);
                 }
             }
+            Ev::PersistRetry { node, incarnation } => {
+                if self.slots[node].incarnation == incarnation && self.slots[node].outbox.start_retry().is_some() {
+                    self.start_write(node);
+                }
+            }
             Ev::Call(key) => {
                 if let Some(action) = self.actions.remove(&key) {
                     action(self);
@@ -383,6 +398,8 @@ impl World {
         } else {
             local
         };
+        self.slots[i].outbox =
+            if self.cfg.breakage.send_before_persist { Outbox::sending_before_persist() } else { Outbox::new() };
         match Node::new(cfg, disk, boot_at, seed) {
             Ok(node) => self.slots[i].node = Some(node),
             Err(e) => panic!("simulated node config rejected: {e}"),
@@ -404,7 +421,7 @@ impl World {
         s.incarnation += 1;
         s.paused = false;
         s.inbox.clear();
-        s.pending.clear();
+        s.outbox = Outbox::new();
         s.scheduled_wake = None;
         s.view = None;
         self.checker.on_crash(i);
@@ -603,7 +620,7 @@ impl World {
     }
 
     /// Carries out one step's outputs, in the order `Outputs` documents.
-    fn apply(&mut self, i: usize, out: Outputs) {
+    fn apply(&mut self, i: usize, mut out: Outputs) {
         for r in &out.rejected {
             let (id, from, reason) = (self.slots[i].id.clone(), r.from.clone(), r.reason);
             self.note(Verbosity::Events, |_| format!("{id} rejected a message from {from}: {reason}"));
@@ -619,37 +636,20 @@ impl World {
                 Err(e) => format!("{id} admin request refused: {e}"),
             });
         }
+        let local = self.local_now(i);
+        let dispatch = self.slots[i].outbox.take(local, &mut out);
+        assert_eq!(dispatch.orphaned, 0, "core bug: send_after_persist with no write requested or under way");
         let mut crash_now = false;
-        if let Some(state) = out.persist {
+        if let Some(state) = dispatch.write {
             let id = self.slots[i].id.clone();
             self.note(Verbosity::Events, |_| format!("{id} persist term={} vote={}", state.term, fmt_vote(&state)));
-            self.slots[i].pending.push_back(PendingPersist { state, msgs: Vec::new() });
-            let span = self.cfg.fsync_max.saturating_sub(self.cfg.fsync_min).as_nanos() as u64;
-            let latency = self.cfg.fsync_min.as_nanos() as u64 + self.rng.below(span + 1);
-            // Writes complete in the order they were issued.
-            let done = (self.now + latency.max(1)).max(self.slots[i].last_persist_done);
-            self.slots[i].last_persist_done = done;
-            let incarnation = self.slots[i].incarnation;
-            self.schedule(done, Ev::PersistDone { node: i, incarnation });
+            self.start_write(i);
             if self.cfg.breakage.send_before_persist && self.rng.chance(0.3) {
                 crash_now = true;
             }
         }
-        let made_at = self.local_now(i);
-        for m in out.send_now {
-            self.transmit(i, m, made_at);
-        }
-        if !out.send_after_persist.is_empty() {
-            if self.cfg.breakage.send_before_persist {
-                for m in out.send_after_persist {
-                    self.transmit(i, m, made_at);
-                }
-            } else {
-                let Some(last) = self.slots[i].pending.back_mut() else {
-                    panic!("core bug: send_after_persist with no persist outstanding");
-                };
-                last.msgs.extend(out.send_after_persist.into_iter().map(|m| (m, made_at)));
-            }
+        for Held { msg, made_at } in dispatch.send {
+            self.transmit(i, msg, made_at);
         }
         if let Some(view) = out.view {
             self.on_view(i, view);
@@ -682,38 +682,43 @@ impl World {
             self.schedule(later, Ev::PersistDone { node: i, incarnation });
             return;
         }
-        let Some(p) = self.slots[i].pending.pop_front() else { return };
         if self.now < self.slots[i].disk_fails_until {
-            self.write_failed(i, p);
+            self.write_failed(i);
             return;
         }
+        let Some(written) = self.slots[i].outbox.written() else { return };
         let lie = self.cfg.breakage.fsync_lies && self.rng.chance(0.5);
         if !lie {
-            self.slots[i].disk = Some(p.state.clone());
+            self.slots[i].disk = Some(written.state.clone());
         }
-        for (m, made_at) in p.msgs {
-            self.transmit(i, m, made_at);
+        for Held { msg, made_at } in written.send {
+            self.transmit(i, msg, made_at);
         }
-        self.step(i, Input::Persisted(p.state));
+        self.step(i, Input::Persisted(written.state));
+    }
+
+    /// Starts writing `state`: it completes after a random latency, and
+    /// writes complete in the order they were started.
+    fn start_write(&mut self, i: usize) {
+        let span = self.cfg.fsync_max.saturating_sub(self.cfg.fsync_min).as_nanos() as u64;
+        let latency = self.cfg.fsync_min.as_nanos() as u64 + self.rng.below(span + 1);
+        let done = (self.now + latency.max(1)).max(self.slots[i].last_persist_done);
+        self.slots[i].last_persist_done = done;
+        let incarnation = self.slots[i].incarnation;
+        self.schedule(done, Ev::PersistDone { node: i, incarnation });
     }
 
     /// A write failed: its messages are dropped, the node is told, and the
-    /// latest state is written again later (the contract on `Outputs`).
-    fn write_failed(&mut self, i: usize, failed: PendingPersist) {
+    /// latest state is written again after a pause (the contract on
+    /// `Outputs`, carried out by the outbox).
+    fn write_failed(&mut self, i: usize) {
+        let Some(failed) = self.slots[i].outbox.failed() else { return };
         let id = self.slots[i].id.clone();
-        let dropped = failed.msgs.len();
-        self.note(Verbosity::Events, |_| {
-            format!("{id} write of term={} failed, {dropped} messages dropped", failed.state.term)
-        });
-        if self.slots[i].pending.is_empty() {
-            if let Some(state) = self.slots[i].node.as_ref().map(|n| n.hard_state().clone()) {
-                self.slots[i].pending.push_back(PendingPersist { state, msgs: Vec::new() });
-                let retry = self.now + (self.cfg.heartbeat_interval.as_nanos() as u64 / 2).max(1);
-                let done = retry.max(self.slots[i].last_persist_done);
-                self.slots[i].last_persist_done = done;
-                let incarnation = self.slots[i].incarnation;
-                self.schedule(done, Ev::PersistDone { node: i, incarnation });
-            }
+        self.note(Verbosity::Events, |_| format!("{id} write failed, {} messages dropped", failed.dropped));
+        if failed.retry {
+            let at = self.now + (self.cfg.heartbeat_interval.as_nanos() as u64 / 2).max(1);
+            let incarnation = self.slots[i].incarnation;
+            self.schedule(at, Ev::PersistRetry { node: i, incarnation });
         }
         self.step(i, Input::PersistFailed);
     }
