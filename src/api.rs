@@ -44,7 +44,7 @@ pub struct ApiState {
     /// A Host name accepted on mutating endpoints besides loopback ones.
     pub host_name: Option<String>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
-    pub peers: Option<Arc<crate::transport::tcp::PeerTable>>,
+    pub peers: Option<Arc<crate::report::PeerTable>>,
 }
 
 /// The most API connections served at once. Long polls and watch streams

@@ -49,6 +49,7 @@ pub mod hooks;
 pub mod local;
 pub mod metrics;
 pub mod observe;
+pub mod report;
 pub mod sim;
 pub mod storage;
 pub mod transport;

@@ -226,6 +226,53 @@ impl Tokens {
     }
 }
 
+/// A backend whose token file and TLS files were read, and its view.
+pub struct Prepared {
+    backend: Backend,
+    view: watch::Receiver<LeaderView>,
+}
+
+/// Reads the token file (refusing a damaged or foreign one) and the TLS
+/// files. Connects to nothing yet.
+pub fn prepare(config: &crate::config::Config, observer: Arc<dyn Observer>) -> Result<Prepared, String> {
+    let Some(etcd) = config.etcd.clone() else { return Err("--backend etcd: no etcd settings".into()) };
+    let settings = Settings {
+        etcd,
+        cluster_id: config.node.cluster_id.clone(),
+        node_id: config.node.node_id.clone(),
+        advertise: config.node.advertise.clone(),
+        priority: config.node.priority,
+        max_clock_drift: config.node.max_clock_drift,
+        data_dir: config.data_dir.clone(),
+    };
+    let seed = boottime_now().0 ^ u64::from(std::process::id());
+    let (backend, view) = Backend::new(settings, observer, seed).map_err(|e| e.to_string())?;
+    Ok(Prepared { backend, view })
+}
+
+/// Starts the election loop. On stop it resigns and revokes its lease, so
+/// that the next candidate wins at once.
+pub fn start(
+    config: &crate::config::Config,
+    p: Prepared,
+    health: Option<mpsc::Receiver<bool>>,
+) -> crate::backend::Running {
+    let (admin, admin_rx) = mpsc::channel(16);
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move { p.backend.run(admin_rx, health, stop_rx).await.map_err(|e| e.to_string()) });
+    crate::backend::Running {
+        kind: "etcd",
+        view: p.view,
+        admin,
+        peers: None,
+        node_id: config.node.node_id.clone(),
+        lease_ttl: config.node.lease_ttl,
+        hand_over: crate::backend::HandOver::ByTheTask(RESIGN_TIMEOUT * 2 + Duration::from_secs(1)),
+        task,
+        stop,
+    }
+}
+
 /// Static settings of the backend.
 pub struct Settings {
     pub etcd: EtcdConfig,
@@ -443,7 +490,7 @@ impl Backend {
         if let (Phase::Leading { .. }, Some(s)) = (&self.phase, &self.session) {
             if boottime_now() >= s.valid_until {
                 if let Phase::Leading { key, token } = self.set_phase(Phase::Idle) {
-                    warn!(token, "lease lapsed: etcd did not answer a keep-alive in time; not leading until it does");
+                    debug!(token, "etcd did not answer a keep-alive in time; not leading until it does");
                     self.observer.event(&Event::SteppedDown { term: Term(token), reason: StepDownReason::LeaseLapsed });
                     self.phase = Phase::Lapsed { key, token };
                 }
@@ -560,10 +607,8 @@ impl Backend {
             self.publish();
             return;
         }
-        if self.last_led != Some(token) {
-            info!(token, "won the etcd election");
-        } else {
-            info!(token, "etcd renewed the lease: leading again with the same token");
+        if self.last_led == Some(token) {
+            debug!(token, "etcd renewed the lease: leading again with the same token");
         }
         self.observer.event(&Event::ElectionWon { term: Term(token) });
         self.last_led = Some(token);
@@ -579,7 +624,7 @@ impl Backend {
                 // its lease revoked and re-granted (an etcd fault). Another
                 // candidate may already lead: stop now.
                 if let Phase::Leading { token, .. } = self.set_phase(Phase::Idle) {
-                    warn!(token, "this node's election key is gone from etcd: stepping down");
+                    debug!(token, "this node's election key is gone from etcd");
                     self.observer.event(&Event::SteppedDown { term: Term(token), reason: StepDownReason::HigherTerm });
                 }
                 if let Some(s) = self.session.take() {
@@ -611,7 +656,7 @@ impl Backend {
                 self.session = None;
                 let was = self.set_phase(Phase::Idle);
                 if let Phase::Leading { token, .. } = was {
-                    warn!(token, lease = id, "etcd says this node's lease is gone: not leading");
+                    debug!(token, lease = id, "etcd says this node's lease is gone");
                     self.observer.event(&Event::SteppedDown { term: Term(token), reason: StepDownReason::LeaseLapsed });
                 } else {
                     info!(lease = id, "etcd lease expired; starting over with a new one");
@@ -636,7 +681,7 @@ impl Backend {
             // or its lease revoked) whatever its local lease says.
             if let Phase::Leading { token, .. } | Phase::Lapsed { token, .. } = self.phase {
                 if k.token > token && !ours {
-                    warn!(token, newer = k.token, leader = %k.node_id, "another key leads the election: stepping down");
+                    debug!(token, newer = k.token, leader = %k.node_id, "another key leads the election");
                     self.observer.event(&Event::SteppedDown { term: Term(token), reason: StepDownReason::HigherTerm });
                     self.set_phase(Phase::Idle);
                     if let Some(s) = self.session.take() {
@@ -699,7 +744,7 @@ impl Backend {
         // returns as soon as the key is deleted.
         self.set_phase(Phase::Idle);
         self.publish();
-        info!(token, "resigning from the etcd election to hand over");
+        debug!(token, "resigning from the etcd election to hand over");
         self.observer.event(&Event::SteppedDown { term: Term(token), reason: StepDownReason::Transferred });
         let mut c = client.clone();
         let resigned =

@@ -361,7 +361,12 @@ impl World {
                 }
             }
             Ev::PersistRetry { node, incarnation } => {
-                if self.slots[node].incarnation == incarnation && self.slots[node].outbox.start_retry().is_some() {
+                if self.slots[node].incarnation != incarnation {
+                } else if self.slots[node].paused {
+                    // A stopped process starts no write: look again later.
+                    let later = self.now + (self.cfg.heartbeat_interval.as_nanos() as u64 / 4).max(1);
+                    self.schedule(later, Ev::PersistRetry { node, incarnation });
+                } else if self.slots[node].outbox.start_retry().is_some() {
                     self.start_write(node);
                 }
             }

@@ -691,34 +691,3 @@ mod tests {
         }
     }
 }
-
-/// What the API reports about each peer: is this node's connection to it
-/// up, and when did a message from it last arrive.
-#[derive(Default)]
-pub struct PeerTable {
-    peers: std::sync::Mutex<BTreeMap<NodeId, (bool, Option<std::time::Instant>)>>,
-}
-
-impl PeerTable {
-    pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
-        PeerTable { peers: std::sync::Mutex::new(peers.into_iter().map(|p| (p, (false, None))).collect()) }
-    }
-
-    pub fn set_up(&self, peer: &NodeId, up: bool) {
-        if let Ok(mut m) = self.peers.lock() {
-            m.entry(peer.clone()).or_default().0 = up;
-        }
-    }
-
-    pub fn received(&self, peer: &NodeId) {
-        if let Ok(mut m) = self.peers.lock() {
-            m.entry(peer.clone()).or_default().1 = Some(std::time::Instant::now());
-        }
-    }
-
-    /// (peer, connected, milliseconds since its last message).
-    pub fn snapshot(&self) -> Vec<(NodeId, bool, Option<u64>)> {
-        let Ok(m) = self.peers.lock() else { return Vec::new() };
-        m.iter().map(|(p, (up, last))| (p.clone(), *up, last.map(|t| t.elapsed().as_millis() as u64))).collect()
-    }
-}

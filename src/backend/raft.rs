@@ -1,0 +1,110 @@
+//! The built-in group, wired: the state file, peer TLS, the transport and the
+//! driver that owns a `core::Node`.
+//!
+//! Owns: the order of start-up (every file is read and checked before any
+//! socket is opened). Must not: make a protocol decision (the core does).
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use super::{HandOver, Running};
+use crate::clock::boottime_now;
+use crate::config::Config;
+use crate::core::HardState;
+use crate::driver::Driver;
+use crate::report::Reporter;
+use crate::storage::{Identity, StateFile};
+use crate::transport::tcp::{Transport, TransportConfig};
+use crate::transport::tls::{self, PeerTls};
+
+/// What start-up read and checked before the runtime starts.
+pub struct Prepared {
+    state: StateFile,
+    initial: Option<HardState>,
+    peer_tls: Option<Arc<PeerTls>>,
+}
+
+/// Reads the peer TLS files and the state file; refuses a foreign or
+/// damaged one (a one-line error naming the flag or the file).
+pub fn prepare(config: &Config) -> Result<Prepared, String> {
+    let peer_tls = load_peer_tls(config)?;
+    let state = StateFile::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let identity = Identity {
+        cluster_id: config.node.cluster_id.clone(),
+        node_id: config.node.node_id.clone(),
+        voters: config.node.voters.clone(),
+    };
+    let initial = state.load(&identity, config.accept_new_membership).map_err(|e| e.to_string())?;
+    Ok(Prepared { state, initial, peer_tls })
+}
+
+/// Reads and checks the `--peer-tls-*` files; this node's certificate must
+/// name its own host in --peers, as the peers dialling it will check.
+fn load_peer_tls(config: &Config) -> Result<Option<Arc<PeerTls>>, String> {
+    let Some(files) = config.peer_tls.clone() else { return Ok(None) };
+    let own_name = match config.peers.get(&config.node.node_id) {
+        Some(addr) => Some(tls::server_name(addr).map_err(|e| format!("--peers: {e}"))?),
+        None => None,
+    };
+    PeerTls::load(files, own_name).map(|t| Some(Arc::new(t))).map_err(|e| e.to_string())
+}
+
+/// Binds the peer listener, starts the transport and the driver.
+pub async fn start(
+    config: &Config,
+    prepared: Prepared,
+    reporter: Arc<Reporter>,
+    health: Option<mpsc::Receiver<bool>>,
+) -> Result<Running, String> {
+    let (inbound_tx, inbound_rx) = mpsc::channel(1024);
+    let transport = match &config.listen_peer {
+        Some(addr) if !config.peers.is_empty() => {
+            let listener = TcpListener::bind(addr.as_str()).await.map_err(|e| format!("--listen-peer {addr}: {e}"))?;
+            let cfg = TransportConfig {
+                cluster_id: config.node.cluster_id.clone(),
+                node_id: config.node.node_id.clone(),
+                peers: config.peers.clone(),
+                tls: prepared.peer_tls,
+            };
+            let started = Transport::start(cfg, listener, inbound_tx, reporter.clone());
+            Some(started.map_err(|e| format!("--listen-peer {addr}: {e}"))?)
+        }
+        _ => None,
+    };
+    let (admin_tx, admin_rx) = mpsc::channel(16);
+    let seed = boottime_now().0 ^ u64::from(std::process::id());
+    let peers = reporter.peers.clone();
+    let (driver, view) = Driver::new(
+        config.node.clone(),
+        prepared.initial,
+        prepared.state,
+        transport,
+        inbound_rx,
+        admin_rx,
+        reporter,
+        seed,
+    )
+    .map_err(|e| e.to_string())?;
+    let driver = match health {
+        Some(h) => driver.with_health(h),
+        None => driver,
+    };
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        driver.run(stop_rx).await;
+        Ok(())
+    });
+    Ok(Running {
+        kind: "raft",
+        view,
+        admin: admin_tx,
+        peers: Some(peers),
+        node_id: config.node.node_id.clone(),
+        lease_ttl: config.node.lease_ttl,
+        hand_over: HandOver::StepDown,
+        task,
+        stop,
+    })
+}

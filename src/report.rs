@@ -1,0 +1,115 @@
+//! The reaction to what happens: each event of either backend and of the
+//! peer transport becomes its log line, its metric and its row of the peer
+//! table, here and nowhere else.
+//!
+//! Owns: the [`PeerTable`] the API reports, and the one `info` line per
+//! role change (elected, stepped down, handed over) for both backends.
+//! Must not: decide anything or block (every reaction is a few atomic
+//! operations or one log line).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::core::{Event, NodeId, StepDownReason};
+use crate::driver::Observer;
+use crate::metrics::Metrics;
+use crate::transport::tcp;
+
+/// What the API reports about each peer: is this node's connection to it
+/// up, and when did a message from it last arrive.
+#[derive(Default)]
+pub struct PeerTable {
+    peers: Mutex<BTreeMap<NodeId, (bool, Option<Instant>)>>,
+}
+
+impl PeerTable {
+    pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
+        PeerTable { peers: Mutex::new(peers.into_iter().map(|p| (p, (false, None))).collect()) }
+    }
+
+    pub fn set_up(&self, peer: &NodeId, up: bool) {
+        if let Ok(mut m) = self.peers.lock() {
+            m.entry(peer.clone()).or_default().0 = up;
+        }
+    }
+
+    pub fn received(&self, peer: &NodeId) {
+        if let Ok(mut m) = self.peers.lock() {
+            m.entry(peer.clone()).or_default().1 = Some(Instant::now());
+        }
+    }
+
+    /// (peer, connected, milliseconds since its last message).
+    pub fn snapshot(&self) -> Vec<(NodeId, bool, Option<u64>)> {
+        let Ok(m) = self.peers.lock() else { return Vec::new() };
+        m.iter().map(|(p, (up, last))| (p.clone(), *up, last.map(|t| t.elapsed().as_millis() as u64))).collect()
+    }
+}
+
+/// Logs, metrics and the peer table, fed by the backend and the transport.
+pub struct Reporter {
+    pub metrics: Arc<Metrics>,
+    pub peers: Arc<PeerTable>,
+}
+
+impl Reporter {
+    pub fn new(metrics: Arc<Metrics>, peers: impl IntoIterator<Item = NodeId>) -> Arc<Reporter> {
+        Arc::new(Reporter { metrics, peers: Arc::new(PeerTable::new(peers)) })
+    }
+}
+
+impl Observer for Reporter {
+    fn fsync(&self, seconds: f64) {
+        self.metrics.fsync(seconds);
+    }
+
+    fn event(&self, event: &Event) {
+        Observer::event(&*self.metrics, event);
+        match event {
+            Event::ElectionWon { term } => info!(term = term.0, token = term.0, "became leader"),
+            Event::SteppedDown { term, reason: StepDownReason::LeaseLapsed } => {
+                warn!(term = term.0, "stepped down: the lease lapsed before it was renewed")
+            }
+            Event::SteppedDown { term, reason } => info!(term = term.0, reason = ?reason, "stepped down"),
+            Event::TransferStarted { term, to } => match to {
+                Some(to) => info!(term = term.0, to = %to, "ended the lease to hand over"),
+                None => info!(term = term.0, "ended the lease; no peer can take over now"),
+            },
+            Event::StorageFault => {
+                warn!("writing the state file failed; not voting or campaigning until a write succeeds")
+            }
+            Event::StorageRecovered => info!("state file writable again"),
+            Event::ElectionStarted { term, transfer } => debug!(term = term.0, transfer, "campaigning"),
+            _ => {}
+        }
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        debug!(reason, "rejected a peer message");
+        Observer::rejected(&*self.metrics, reason);
+    }
+}
+
+impl tcp::Events for Reporter {
+    fn rejected(&self, reason: &'static str) {
+        debug!(reason, "closed a peer connection");
+        tcp::Events::rejected(&*self.metrics, reason);
+    }
+
+    fn received(&self, peer: &NodeId) {
+        self.peers.received(peer);
+    }
+
+    fn tls_reloaded(&self, ok: bool) {
+        tcp::Events::tls_reloaded(&*self.metrics, ok);
+    }
+
+    fn peer_up(&self, peer: &NodeId, up: bool) {
+        self.peers.set_up(peer, up);
+        tcp::Events::peer_up(&*self.metrics, peer, up);
+        info!(peer = %peer, "{}", if up { "peer connected" } else { "peer disconnected" });
+    }
+}
