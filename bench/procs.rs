@@ -3,8 +3,7 @@
 //! Every process is ended by its pid when its owner is dropped; every wait
 //! has a deadline.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -37,19 +36,7 @@ pub fn free_port() -> u16 {
 
 /// One HTTP/1.1 request over a fresh connection: (status, body).
 pub fn http(addr: &str, method: &str, path: &str, body: &str, limit: Duration) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(limit)).ok()?;
-    s.set_nodelay(true).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.get(9..12)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    leasehold::http::request(addr, method, path, &[], body, limit).ok().map(|a| (a.status, a.body))
 }
 
 pub fn json_u64(body: &str, name: &str) -> Option<u64> {

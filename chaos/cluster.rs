@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use leasehold::client;
 use leasehold::core::rng::SplitMix64;
+use leasehold::http;
 
 use crate::certs;
 use crate::proxy::{Faults, Link};
@@ -257,7 +257,7 @@ impl Cluster {
                 .filter(|(_, n)| n.child.is_some())
                 .map(|(i, n)| {
                     scope.spawn(move || {
-                        let a = client::request_within(&n.api, "GET", "/v1/leader", Duration::from_millis(300)).ok()?;
+                        let a = http::request(&n.api, "GET", "/v1/leader", &[], "", Duration::from_millis(300)).ok()?;
                         let v: serde_json::Value = serde_json::from_str(&a.body).ok()?;
                         (a.status == 200).then(|| (i, v["fencing_token"].as_u64().unwrap_or(0)))
                     })
@@ -289,7 +289,7 @@ impl Cluster {
     pub fn wait_joined(&self, i: usize, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let knows = client::request_within(&self.nodes[i].api, "GET", "/v1/leader", Duration::from_millis(300))
+            let knows = http::request(&self.nodes[i].api, "GET", "/v1/leader", &[], "", Duration::from_millis(300))
                 .is_ok_and(|a| a.body.contains("\"leader_id\":\"n"));
             if knows {
                 return true;
@@ -387,7 +387,7 @@ impl Apps {
                         if let Some(token) = leading(&api) {
                             thread::sleep(Duration::from_nanos(rng.below(2 * ttl.as_nanos() as u64)));
                             let path = format!("/k/shared?token={token}&node={node}");
-                            let _ = client::request_within(&store.to_string(), "PUT", &path, Duration::from_secs(1));
+                            let _ = http::request(&store.to_string(), "PUT", &path, &[], "", Duration::from_secs(1));
                         }
                         thread::sleep(Duration::from_millis(5 + rng.below(15)));
                     }
@@ -406,7 +406,7 @@ impl Apps {
 }
 
 fn leading(api: &str) -> Option<u64> {
-    let a = client::request_within(api, "GET", "/v1/leader", Duration::from_millis(300)).ok()?;
+    let a = http::request(api, "GET", "/v1/leader", &[], "", Duration::from_millis(300)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&a.body).ok()?;
     (a.status == 200).then(|| v["fencing_token"].as_u64()).flatten()
 }

@@ -7,8 +7,8 @@ use std::fs;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use leasehold::client;
 use leasehold::core::rng::SplitMix64;
+use leasehold::http;
 use leasehold::observe::Handover;
 
 use crate::cluster::{self, Cluster};
@@ -304,7 +304,7 @@ impl Ctx<'_> {
                 if l != s {
                     let asked = Instant::now();
                     let path = format!("/v1/transfer?to={}&wait=2s", self.c.nodes[s].id);
-                    let answer = client::request_within(&self.c.nodes[l].api, "POST", &path, Duration::from_secs(3));
+                    let answer = http::request(&self.c.nodes[l].api, "POST", &path, &[], "", Duration::from_secs(3));
                     let done = answer.as_ref().is_ok_and(|a| a.status == 200);
                     let what = answer.map_or_else(|e| e, |a| format!("{} {}", a.status, a.body.trim()));
                     self.c.note(&format!("transfer from n{} to {}: {what}", l + 1, self.c.nodes[s].id));

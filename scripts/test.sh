@@ -54,6 +54,8 @@ cargo fmt --check --manifest-path fuzz/Cargo.toml
 step "cargo clippy --all-targets -- -D warnings (default build, then with the etcd backend)"
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features etcd -- -D warnings
+step "the clippy boundary of src/core and src/sim refuses clocks, files, processes and tasks (scripts/boundary-probe.sh)"
+bash scripts/boundary-probe.sh
 
 step "fuzz: each target ${FUZZ_SECONDS:-30}s from the committed seeds (scripts/fuzz.sh: nightly, cargo-fuzz, fuzz/target)"
 bash scripts/fuzz.sh

@@ -15,10 +15,7 @@ use std::time::Duration;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -31,8 +28,6 @@ type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The longest `?wait=` honoured.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
-/// How long request headers may take to arrive (slowloris).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the API reads and where it sends admin requests.
 pub struct ApiState {
@@ -52,56 +47,26 @@ pub struct ApiState {
 /// of clients can take, which the peer transport needs too.
 pub const MAX_API_CONNECTIONS: usize = 512;
 
-/// A cap on connections served at once: a connection over the cap is
-/// closed as soon as it is accepted.
-#[derive(Clone)]
-pub struct ConnectionLimit(Arc<tokio::sync::Semaphore>);
-
-impl ConnectionLimit {
-    pub fn new(max: usize) -> ConnectionLimit {
-        ConnectionLimit(Arc::new(tokio::sync::Semaphore::new(max)))
-    }
-
-    /// A permit held for as long as the connection is served, or None.
-    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.0.clone().try_acquire_owned().ok()
-    }
-}
-
 /// Serves the API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
-    let limit = ConnectionLimit::new(MAX_API_CONNECTIONS);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Some(permit) = limit.admit() else {
-            if let Some(m) = &state.metrics {
-                m.connection_refused("api");
-            }
-            drop(stream);
-            continue;
-        };
+    let metrics = state.metrics.clone();
+    let refused = move || {
+        if let Some(m) = &metrics {
+            m.connection_refused("api");
+        }
+    };
+    crate::http::serve(listener, MAX_API_CONNECTIONS, refused, move |req: Request<Incoming>| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move {
-                    let path = path_label(req.uri().path());
-                    let response = handle(req, &state).await;
-                    if let Some(m) = &state.metrics {
-                        m.api_request(path, response.status().as_u16());
-                    }
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let mut builder = http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
+        async move {
+            let path = path_label(req.uri().path());
+            let response = handle(req, &state).await;
+            if let Some(m) = &state.metrics {
+                m.api_request(path, response.status().as_u16());
+            }
+            response
+        }
+    })
+    .await
 }
 
 async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
@@ -157,10 +122,10 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
             body["peers"] = Value::Array(peers);
             json_response(StatusCode::OK, body)
         }
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            text(ok_if(view.leader_id.is_some()), if view.leader_id.is_some() { "ok\n" } else { "no leader known\n" })
-        }
+        "/healthz" | "/readyz" => match crate::http::probe(path, &view) {
+            Some((status, body)) => text(status, body),
+            None => error(StatusCode::NOT_FOUND, "not found"),
+        },
         // Patroni-compatible health checks for HAProxy and pgbouncer.
         "/primary" | "/leader" => json_response(ok_if(leading), leader_json(&view, now, state.backend)),
         "/replica" => {
@@ -174,20 +139,8 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
 /// The `path` label of `leasehold_api_requests_total`: known paths only, so
 /// that a scanner cannot create unbounded label values.
 pub fn path_label(path: &str) -> &'static str {
-    const KNOWN: [&str; 11] = [
-        "/v1/leader",
-        "/v1/watch",
-        "/v1/status",
-        "/v1/step-down",
-        "/v1/transfer",
-        "/healthz",
-        "/readyz",
-        "/primary",
-        "/leader",
-        "/replica",
-        "/metrics",
-    ];
-    KNOWN.iter().find(|k| **k == path).copied().unwrap_or("other")
+    use crate::labels::{API_PATHS, OTHER_PATH};
+    API_PATHS.iter().find(|k| **k == path).copied().unwrap_or(OTHER_PATH)
 }
 
 /// What a waiting client cares about: who leads, with which token, and

@@ -1,92 +1,20 @@
 //! The client subcommands (`status`, `leader`, `step-down`, `transfer`): one
 //! HTTP request to a running sidecar's API, human output or `--json`.
 //!
-//! Owns: a minimal blocking HTTP/1.1 client for loopback use, and the
-//! wording of the answers. Must not: change anything but through the API.
+//! Owns: the wording of the answers (the requests go through
+//! [`crate::http::request`]). Must not: change anything but through the API.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::cli::{ClientArgs, Command, HandOverArgs};
+use crate::http::{self, Answer};
 
-/// A request's outcome: HTTP status and body.
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
-
-/// `http://HOST:PORT` (or `HOST:PORT`) to `HOST:PORT`.
-fn authority(api: &str) -> Result<&str, String> {
-    let rest = api.strip_prefix("http://").unwrap_or(api);
-    if rest.starts_with("https://") {
-        return Err(format!("--api {api}: https is not supported for the local API"));
-    }
-    let auth = rest.split('/').next().unwrap_or("");
-    if auth.is_empty() {
-        return Err(format!("--api {api}: expected http://HOST:PORT"));
-    }
-    Ok(auth)
-}
-
-/// One request; the API is on this machine.
-pub fn request(api: &str, method: &str, path: &str) -> Result<Answer, String> {
-    request_within(api, method, path, Duration::from_secs(10))
-}
-
-/// One request that gives up after `limit`; see [`request_with`].
-pub fn request_within(api: &str, method: &str, path: &str, limit: Duration) -> Result<Answer, String> {
-    request_with(api, method, path, limit, None)
-}
-
-/// The most of an answer that is read.
-const MAX_ANSWER_BYTES: u64 = 1 << 20;
-
-/// One request that gives up after `limit` in all, however slowly the
-/// other side trickles bytes, with a bearer token when one is given.
-pub fn request_with(
-    api: &str,
-    method: &str,
-    path: &str,
-    limit: Duration,
-    bearer: Option<&str>,
-) -> Result<Answer, String> {
-    let deadline = std::time::Instant::now() + limit;
-    let auth = authority(api)?;
-    let with_port = if auth.contains(':') { auth.to_string() } else { format!("{auth}:80") };
-    let addr = with_port
-        .as_str()
-        .to_socket_addrs()
-        .map_err(|e| format!("--api {api}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--api {api}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, limit.min(Duration::from_secs(2)))
-        .map_err(|e| format!("cannot reach {api}: {e}"))?;
-    let host = if addr.ip().is_loopback() { "127.0.0.1".to_string() } else { auth.to_string() };
-    let auth_line = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth_line}Connection: close\r\nContent-Length: 0\r\n\r\n")
-        .map_err(|e| format!("{api}: {e}"))?;
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() || bytes.len() as u64 >= MAX_ANSWER_BYTES {
-            return Err(format!("{api}: no complete answer within {limit:?}"));
-        }
-        let _ = s.set_read_timeout(Some(left));
-        match s.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("{api}: {e}")),
-        }
-    }
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).ok_or_else(|| format!("{api}: not an HTTP answer"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok(Answer { status, body })
+/// One request of a subcommand: ten seconds at most.
+fn request(api: &str, method: &str, path: &str) -> Result<Answer, String> {
+    http::request(api, method, path, &[], "", Duration::from_secs(10))
 }
 
 /// Runs a client subcommand.
@@ -115,7 +43,7 @@ fn watch(args: &ClientArgs) -> ExitCode {
             (false, Some(t)) => format!("/v1/leader?wait=60s&after_token={t}"),
             (false, None) => "/v1/leader?wait=60s".to_string(),
         };
-        let line = match request_within(&args.api, "GET", &path, Duration::from_secs(70)) {
+        let line = match http::request(&args.api, "GET", &path, &[], "", Duration::from_secs(70)) {
             Ok(a) if serde_json::from_str::<Value>(&a.body).is_err() => {
                 // Not a leasehold API (a wrong --api?): do not spin on it.
                 std::thread::sleep(Duration::from_secs(1));
@@ -205,7 +133,9 @@ fn hand_over(args: &ClientArgs, how: &HandOverArgs, path: String) -> ExitCode {
             (format!("{path}{sep}wait={}ms", w.as_millis()), w + Duration::from_secs(10))
         }
     };
-    let answer = match request_with(&args.api, "POST", &path, limit, token.as_deref()) {
+    let bearer = token.map(|t| format!("Authorization: Bearer {t}"));
+    let headers: Vec<&str> = bearer.as_deref().into_iter().collect();
+    let answer = match http::request(&args.api, "POST", &path, &headers, "", limit) {
         Ok(a) => a,
         Err(e) => return fail(&e),
     };
@@ -267,15 +197,6 @@ fn describe_status(v: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn api_urls_parse_and_https_is_refused() {
-        assert_eq!(authority("http://127.0.0.1:4040").expect("ok"), "127.0.0.1:4040");
-        assert_eq!(authority("127.0.0.1:4040").expect("ok"), "127.0.0.1:4040");
-        assert!(authority("https://x:1").is_err());
-        assert_eq!(authority("http://localhost/health").expect("ok"), "localhost");
-        assert!(authority("http:///x").is_err());
-    }
 
     #[test]
     fn leader_answers_read_like_sentences() {

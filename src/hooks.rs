@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::client;
 use crate::clock::boottime_now;
 use crate::config::HealthCheck;
 use crate::core::LeaderView;
+use crate::http;
 
 /// A hook that has not finished after this long is killed.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -54,7 +54,7 @@ fn check_once(check: &HealthCheck, limit: Duration) -> bool {
         HealthCheck::Url(url) => {
             let rest = url.strip_prefix("http://").unwrap_or(url);
             let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-            client::request_within(authority, "GET", &path, limit).is_ok_and(|a| (200..300).contains(&a.status))
+            http::request(authority, "GET", &path, &[], "", limit).is_ok_and(|a| (200..300).contains(&a.status))
         }
     }
 }

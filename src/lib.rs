@@ -46,6 +46,8 @@ pub mod config;
 pub mod core;
 pub mod driver;
 pub mod hooks;
+pub mod http;
+pub mod labels;
 pub mod local;
 pub mod metrics;
 pub mod observe;

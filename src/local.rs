@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::LocalArgs;
-use crate::client;
+use crate::http;
 
 struct Sidecar {
     id: String,
@@ -110,7 +110,7 @@ async fn watch(nodes: &mut [Sidecar]) {
             }
         }
         let leader = nodes.iter().filter(|n| !n.exited).find_map(|n| {
-            let a = client::request_within(&n.api, "GET", "/v1/leader", Duration::from_millis(300)).ok()?;
+            let a = http::request(&n.api, "GET", "/v1/leader", &[], "", Duration::from_millis(300)).ok()?;
             let v: Value = serde_json::from_str(&a.body).ok()?;
             (a.status == 200).then(|| (n.id.clone(), v["fencing_token"].as_u64().unwrap_or(0)))
         });

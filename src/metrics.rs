@@ -7,17 +7,12 @@
 //! fed by the driver's and the transport's observer hooks. Must not: block
 //! the consensus loop (every hook is a few atomic operations).
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -144,21 +139,9 @@ impl Metrics {
         for result in ["won", "lost", "pre_vote_failed"] {
             m.elections.with_label_values(&[result]);
         }
-        // Every rejection reason the transport and the core can report.
-        for reason in [
-            "oversize",
-            "malformed",
-            "not_a_peer",
-            "version",
-            "cluster_id",
-            "unknown_peer",
-            "wrong_addressee",
-            "stale_term",
-            "conflicting_leader",
-            "term_too_far",
-            "too_many_connections",
-            tcp::TLS_REJECTED,
-        ] {
+        // Every rejection reason the transport, the core and the etcd
+        // backend can report.
+        for reason in crate::labels::reason::ALL {
             m.rejected.with_label_values(&[reason]);
         }
         for result in ["ok", "error"] {
@@ -249,39 +232,22 @@ pub const MAX_METRICS_CONNECTIONS: usize = 64;
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener`.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: watch::Receiver<LeaderView>) {
-    let limit = crate::api::ConnectionLimit::new(MAX_METRICS_CONNECTIONS);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let Some(permit) = limit.admit() else {
-            metrics.connection_refused("metrics");
-            drop(stream);
-            continue;
-        };
-        let (metrics, view) = (metrics.clone(), view.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (metrics, view) = (metrics.clone(), view.borrow().clone());
-                async move {
-                    let (status, ctype, body) = match req.uri().path() {
-                        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render(&view)),
-                        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-                        "/readyz" if view.leader_id.is_some() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no leader known\n".to_string()),
-                        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
-                    };
-                    let mut r = Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = status;
-                    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
-                    Ok::<_, Infallible>(r)
-                }
-            });
-            let mut builder = http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(5));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
+    let counter = metrics.clone();
+    let refused = move || counter.connection_refused("metrics");
+    crate::http::serve(listener, MAX_METRICS_CONNECTIONS, refused, move |req: hyper::Request<hyper::body::Incoming>| {
+        let (metrics, view) = (metrics.clone(), view.borrow().clone());
+        async move {
+            let path = req.uri().path();
+            let (status, ctype, body) = match crate::http::probe(path, &view) {
+                Some((status, body)) => (status, "text/plain; charset=utf-8", body.to_string()),
+                None if path == "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render(&view)),
+                None => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_string()),
+            };
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+            r
+        }
+    })
+    .await
 }

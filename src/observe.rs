@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client;
+use crate::http;
 
 /// A leader answer, on the observer's clock.
 #[derive(Clone, Debug)]
@@ -158,7 +158,7 @@ impl Drop for Observer {
 /// without a token or a remaining time is an API bug, reported as a proof
 /// of an impossible token so that the check cannot miss it.
 fn ask(node: usize, api: &str, sent: Instant) -> Option<Proof> {
-    let answer = client::request_within(api, "GET", "/v1/leader", Duration::from_millis(500)).ok()?;
+    let answer = http::request(api, "GET", "/v1/leader", &[], "", Duration::from_millis(500)).ok()?;
     let recv = Instant::now();
     if answer.status != 200 {
         return None;

@@ -269,15 +269,11 @@ fn a_node_restarted_with_other_peers_refuses_to_start() {
     c.check();
 }
 
-/// One request with extra header lines; (status, body).
+/// One request with extra header lines (each ending in CRLF); (status, body).
 fn request(api: &str, method: &str, path: &str, headers: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "{method} {path} HTTP/1.1\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.get(9..12)?.parse().ok()?;
-    Some((code, text.split("\r\n\r\n").nth(1)?.to_string()))
+    let headers: Vec<&str> = headers.split("\r\n").filter(|h| !h.is_empty()).collect();
+    let a = leasehold::http::request(api, method, path, &headers, "", Duration::from_secs(10)).ok()?;
+    Some((a.status, a.body))
 }
 
 #[test]

@@ -119,13 +119,7 @@ fn leader_other_than(nodes: &[Node], not: usize, observer: &mut Observer) -> (us
 }
 
 fn common_post(api: &str, path: &str) -> Option<u16> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").ok()?;
-    let mut t = String::new();
-    s.read_to_string(&mut t).ok()?;
-    t.get(9..12)?.parse().ok()
+    leasehold::http::request(api, "POST", path, &[], "", Duration::from_secs(5)).ok().map(|a| a.status)
 }
 
 /// Kills the leader (not node `faulty`), checks that nobody leads while

@@ -316,16 +316,8 @@ fn post(api: &str, path: &str) -> Option<(u16, String)> {
 }
 
 fn post_json(api: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(6))).ok()?;
-    let len = body.len();
-    write!(s, "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}")
-        .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.get(9..12)?.parse().ok()?;
-    Some((code, text.split("\r\n\r\n").nth(1)?.to_string()))
+    let a = leasehold::http::request(api, "POST", path, &[], body, Duration::from_secs(6)).ok()?;
+    Some((a.status, a.body))
 }
 
 #[test]

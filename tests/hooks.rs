@@ -2,18 +2,12 @@
 //! with the token in their environment: a real single-node sidecar.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 fn get(api: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(api).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut t = String::new();
-    s.read_to_string(&mut t).ok()?;
-    Some((t.get(9..12)?.parse().ok()?, t.split("\r\n\r\n").nth(1)?.to_string()))
+    leasehold::http::get(api, path, Duration::from_secs(2))
 }
 
 struct Killed(std::process::Child);

@@ -36,22 +36,8 @@ use leasehold::api::{
     MAX_WAIT,
 };
 use leasehold::core::AdminRequest;
+use leasehold::labels::{API_PATHS, OTHER_PATH};
 use libfuzzer_sys::fuzz_target;
-
-const LABELS: [&str; 12] = [
-    "/v1/leader",
-    "/v1/watch",
-    "/v1/status",
-    "/v1/step-down",
-    "/v1/transfer",
-    "/healthz",
-    "/readyz",
-    "/primary",
-    "/leader",
-    "/replica",
-    "/metrics",
-    "other",
-];
 
 fn check_query(query: &str) {
     for name in ["wait", "after_token", "to"] {
@@ -111,10 +97,10 @@ fn check_query(query: &str) {
 
 fn check_path(path: &str) {
     let label = path_label(path);
-    if LABELS[..11].contains(&path) {
+    if API_PATHS.contains(&path) {
         assert_eq!(label, path);
     } else {
-        assert_eq!(label, "other");
+        assert_eq!(label, OTHER_PATH);
     }
     if admin_request(path, "to=b").is_some() {
         assert!(["/v1/step-down", "/v1/transfer"].contains(&path));

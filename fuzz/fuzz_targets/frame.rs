@@ -177,6 +177,10 @@ fn check_handshake(payload: &[u8]) {
     // decodes, whole, to it.
     let leads_with_magic = (1..=payload.len().min(5)).any(|k| decode::<u32>(&payload[..k]) == Ok(HELLO_MAGIC));
     assert_eq!(matches!(checked, Err(FrameError::NotAPeer)), !leads_with_magic, "{checked:?}");
+    // Every refusal is counted under a reason the metrics pre-register.
+    if let Err(e) = &checked {
+        assert!(leasehold::labels::reason::ALL.contains(&e.label()), "{e:?} counted as {}", e.label());
+    }
     match checked {
         Ok(hello) => {
             assert_eq!(plain.as_ref(), Ok(&hello));

@@ -580,7 +580,7 @@ impl Backend {
                 "etcd gave this node a fencing token that is not above one seen before: etcd's revisions went \
                  back (restored from an older snapshot?). Refusing to lead; see docs/etcd.md"
             );
-            self.observer.rejected("token_regressed");
+            self.observer.rejected(crate::labels::reason::TOKEN_REGRESSED);
             self.resign(client, &won.key).await;
             self.backoff();
             self.publish();

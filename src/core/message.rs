@@ -100,14 +100,15 @@ pub const MAX_TERM_AHEAD: u64 = 1 << 32;
 
 impl RejectReason {
     pub fn as_str(self) -> &'static str {
+        use crate::labels::reason;
         match self {
-            RejectReason::Version => "version",
-            RejectReason::TermTooFar => "term_too_far",
-            RejectReason::ClusterId => "cluster_id",
-            RejectReason::WrongAddressee => "wrong_addressee",
-            RejectReason::UnknownPeer => "unknown_peer",
-            RejectReason::StaleTerm => "stale_term",
-            RejectReason::ConflictingLeader => "conflicting_leader",
+            RejectReason::Version => reason::VERSION,
+            RejectReason::TermTooFar => reason::TERM_TOO_FAR,
+            RejectReason::ClusterId => reason::CLUSTER_ID,
+            RejectReason::WrongAddressee => reason::WRONG_ADDRESSEE,
+            RejectReason::UnknownPeer => reason::UNKNOWN_PEER,
+            RejectReason::StaleTerm => reason::STALE_TERM,
+            RejectReason::ConflictingLeader => reason::CONFLICTING_LEADER,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! (CLOCK_BOOTTIME in the real driver). The clippy configuration enforces this.
 #![deny(clippy::disallowed_types, clippy::disallowed_methods)]
 
+#[cfg(boundary_probe)]
+mod boundary_probe;
 pub mod lease;
 pub mod message;
 mod node;

@@ -9,6 +9,8 @@
 //! configuration enforces this as it does for the core.
 #![deny(clippy::disallowed_types, clippy::disallowed_methods)]
 
+#[cfg(boundary_probe)]
+mod boundary_probe;
 pub mod check;
 pub mod clock;
 pub mod plan;

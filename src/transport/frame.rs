@@ -58,13 +58,14 @@ pub enum FrameError {
 
 impl FrameError {
     pub fn label(&self) -> &'static str {
+        use crate::labels::reason;
         match self {
-            FrameError::Oversize(_) => "oversize",
-            FrameError::Malformed(_) => "malformed",
-            FrameError::NotAPeer => "not_a_peer",
-            FrameError::Version(_) => "version",
-            FrameError::ClusterId(_) => "cluster_id",
-            FrameError::UnknownPeer(_) => "unknown_peer",
+            FrameError::Oversize(_) => reason::OVERSIZE,
+            FrameError::Malformed(_) => reason::MALFORMED,
+            FrameError::NotAPeer => reason::NOT_A_PEER,
+            FrameError::Version(_) => reason::VERSION,
+            FrameError::ClusterId(_) => reason::CLUSTER_ID,
+            FrameError::UnknownPeer(_) => reason::UNKNOWN_PEER,
         }
     }
 }

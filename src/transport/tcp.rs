@@ -55,7 +55,7 @@ pub trait Events: Send + Sync + 'static {
 }
 
 /// The `reason` under which refused TLS handshakes are counted.
-pub const TLS_REJECTED: &str = "tls";
+pub const TLS_REJECTED: &str = crate::labels::reason::TLS;
 
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
@@ -131,7 +131,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            ctx.events.rejected("too_many_connections");
+            ctx.events.rejected(crate::labels::reason::TOO_MANY_CONNECTIONS);
             drop(stream);
             continue;
         };

@@ -5,8 +5,7 @@
 pub mod certs;
 pub mod steps;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,14 +21,7 @@ pub fn free_port() -> u16 {
 
 /// One GET over a fresh connection; None if the node does not answer.
 pub fn get(api: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&api.parse().ok()?, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.get(9..12)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1)?.to_string();
-    Some((code, body))
+    leasehold::http::get(api, path, Duration::from_millis(700))
 }
 
 pub fn field(body: &str, name: &str) -> Option<u64> {
