@@ -2,14 +2,24 @@
 //!
 //! Modules, what each owns, and what it must not touch:
 //! - [`core`]: the consensus state machine (election, leases, promises,
-//!   transfer). Pure and deterministic: no clocks, sockets, files, threads or
-//!   unseeded randomness; time is an argument. Enforced by clippy.
+//!   transfer), and [`core::outbox`], the persist-then-send contract that the
+//!   driver and the simulator both carry out through it. Pure and
+//!   deterministic: no clocks, sockets, files, processes, threads or
+//!   unseeded randomness; time is an argument. Enforced by clippy
+//!   (`scripts/boundary-probe.sh` shows the rule bites).
 //! - [`api`]: the local HTTP API. Reads are copies of the latest view from
 //!   the driver's watch channel: never waits on the loop, disk or network.
-//! - [`backend`]: the etcd backend (feature `etcd`): the same view and
-//!   admin calls as the built-in group, from etcd's election API.
+//! - [`backend`]: either backend started behind one interface (a view, an
+//!   admin channel, a stop with its SIGTERM hand-over): [`backend::raft`]
+//!   wires the built-in group; [`backend::etcd`] (feature `etcd`) runs
+//!   etcd's election API, its decisions a pure machine
+//!   ([`backend::etcd::machine`]) beside its requests and its token file.
 //! - [`client`]: the client subcommands (`status`, `leader`, `step-down`,
 //!   `transfer`): one request to a running sidecar's API.
+//! - [`http`]: the HTTP layer under the API, the metrics listener and every
+//!   client: the capped accept loop, the probes, one small client.
+//! - [`labels`]: every label value of the metrics (rejection reasons, API
+//!   paths), written once.
 //! - [`local`]: `leasehold local`, N sidecars on loopback as child processes.
 //! - [`clock`]: CLOCK_BOOTTIME, the only clock the protocol reads.
 //! - [`cli`]: the clap definitions of the command line (DESIGN §4).
@@ -22,6 +32,8 @@
 //!   `--on-elected`/`--on-demoted` commands, with timeouts, off the loop.
 //! - [`metrics`]: the Prometheus registry and the metrics listener (with
 //!   `/healthz` and `/readyz` for kubelet). Changes no state.
+//! - [`report`]: the reaction to events of either backend and of the
+//!   transport: log lines, metrics, the peer table.
 //! - [`storage`]: the durable state file (term, vote, identity): atomic
 //!   replacement with fsync, checksums, refusal of foreign or damaged files.
 //!   Must not decide protocol matters, and never rewrites a file it could not
