@@ -112,6 +112,9 @@ pub struct Effects {
     /// Start a campaign with the lease (`Some(false)`), or read back the
     /// key kept from before a lapse (`Some(true)`).
     pub campaign: Option<bool>,
+    /// Once the requests above are done, back off before joining again
+    /// ([`Machine::back_off`]): a slow resignation must not use up the pause.
+    pub backoff: bool,
 }
 
 /// A token to write down.
@@ -272,11 +275,13 @@ impl Machine {
     pub fn failed(&mut self, now: Nanos) -> bool {
         let first = !self.failing;
         self.failing = true;
-        self.backoff(now);
+        self.back_off(now);
         first
     }
 
-    fn backoff(&mut self, now: Nanos) {
+    /// Waits before joining the election again, longer after each failure
+    /// in a row (with jitter).
+    pub fn back_off(&mut self, now: Nanos) {
         self.failures = self.failures.saturating_add(1);
         let base = BACKOFF_MIN.saturating_mul(1 << self.failures.min(5)).min(BACKOFF_MAX);
         let jitter = Duration::from_millis(self.rng.below(base.as_millis() as u64 / 2 + 1));
@@ -297,10 +302,10 @@ impl Machine {
     pub fn won(&mut self, now: Nanos, token: u64) -> Effects {
         self.phase = Phase::Idle;
         if token <= self.highest && self.last_led != Some(token) {
-            self.backoff(now);
             return Effects {
                 notes: vec![Note::TokenRegressed { token, highest: self.highest }],
                 resign: true,
+                backoff: true,
                 ..Effects::default()
             };
         }
@@ -324,25 +329,24 @@ impl Machine {
         }
         self.phase = Phase::Idle;
         if !written {
-            self.backoff(now);
-            return Effects { events: vec![Event::StorageFault], resign: true, ..Effects::default() };
+            return Effects { events: vec![Event::StorageFault], resign: true, backoff: true, ..Effects::default() };
         }
         self.lead(now, token)
     }
 
     fn lead(&mut self, now: Nanos, token: u64) -> Effects {
         self.failures = 0;
+        // The key holds this token with this node's lease: after a lapse it
+        // may lead with it again.
+        let again = self.last_led == Some(token);
+        self.last_led = Some(token);
         if !self.lease_valid(now) {
             // The lease lapsed while the campaign returned: wait for etcd
             // to renew it (or to say it is gone).
             self.phase = Phase::Lapsed { token };
             return Effects::default();
         }
-        let mut notes = Vec::new();
-        if self.last_led == Some(token) {
-            notes.push(Note::LeadingAgain { token });
-        }
-        self.last_led = Some(token);
+        let notes = if again { vec![Note::LeadingAgain { token }] } else { Vec::new() };
         self.phase = Phase::Leading { token };
         Effects { notes, events: vec![Event::ElectionWon { term: Term(token) }], ..Effects::default() }
     }
@@ -613,7 +617,7 @@ mod tests {
         let _ = grant(&mut m, SEC);
         let r = m.won(Nanos(SEC), 9).record.expect("written first");
         let e = m.recorded(Nanos(SEC), r, false);
-        assert_eq!((e.events, e.resign), (vec![Event::StorageFault], true));
+        assert_eq!((e.events, e.resign, e.backoff), (vec![Event::StorageFault], true, true));
         let v = m.view();
         assert!(!v.is_leader(Nanos(SEC)) && !v.storage_ok);
         assert_eq!(m.highest(), 5, "an unwritten token is not counted as seen");
@@ -627,9 +631,10 @@ mod tests {
         let _ = grant(&mut m, SEC);
         let e = m.won(Nanos(SEC), 40);
         assert_eq!(e.notes, vec![Note::TokenRegressed { token: 40, highest: 100 }]);
-        assert!(e.resign && e.record.is_none() && e.events.is_empty());
+        assert!(e.resign && e.backoff && e.record.is_none() && e.events.is_empty());
         assert!(!m.view().is_leader(Nanos(SEC)));
         assert_eq!(m.phase(), Phase::Idle);
+        m.back_off(Nanos(SEC));
         assert_eq!(m.on_timer(Nanos(SEC)), Tick::Nothing, "backs off before campaigning again");
         // The same token as the highest is refused too: it may be someone
         // else's, handed out again.
@@ -674,6 +679,23 @@ mod tests {
         assert!(e.record.is_none() && !e.resign, "its own token again needs no write: {e:?}");
         assert_eq!(e.notes, vec![Note::LeadingAgain { token: 7 }]);
         assert!(m.view().is_leader(later));
+    }
+
+    #[test]
+    fn a_new_token_made_durable_after_the_lease_lapsed_resumes_without_a_false_alarm() {
+        let mut m = machine(5);
+        let _ = grant(&mut m, SEC);
+        let r = m.won(Nanos(SEC), 9).record.expect("written first");
+        // The write took longer than the local lease.
+        let late = Nanos(4 * SEC);
+        assert_eq!(m.recorded(late, r, true), Effects::default());
+        assert_eq!(m.phase(), Phase::Lapsed { token: 9 });
+        assert!(!m.view().is_leader(late));
+        let e = m.renewal(late, Renewal::Extended { sent_at: late, ttl: TTL, key_present: true });
+        assert_eq!(e.campaign, Some(true));
+        let e = m.won(late, 9);
+        assert!(e.notes.iter().all(|n| !matches!(n, Note::TokenRegressed { .. })) && !e.resign, "{e:?}");
+        assert!(m.view().is_leader(late));
     }
 
     #[test]

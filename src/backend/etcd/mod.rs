@@ -412,6 +412,9 @@ impl Backend {
         if let Some(resume) = e.campaign {
             self.start_campaign(client, resume);
         }
+        if e.backoff {
+            self.machine.back_off(boottime_now());
+        }
     }
 
     /// Campaigns with the lease (or reads back the key kept through a
