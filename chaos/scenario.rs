@@ -295,7 +295,10 @@ impl Ctx<'_> {
                 let since = Instant::now();
                 self.c.faults(|_, _| Some(noise.clone()));
                 self.c.kill(l);
-                self.hold(t, since, ttl * 4);
+                // Six leases: under this noise a successor takes one to four
+                // (lost vote rounds are retried), and a round counts its
+                // failover only if the successor shows while the noise holds.
+                self.hold(t, since, ttl * 6);
             }
             Kind::ClockSkew | Kind::ClockSkewBeyond => {
                 let Some((l, t)) = self.leader(round) else { return };
