@@ -10,28 +10,10 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A loopback port free now, for a process started next. It is taken below
-/// Linux's ephemeral range (32768 and up), so that no outgoing connection
-/// (of a sidecar, etcd, wrk) can be given it before its owner binds it.
+/// A loopback port free now, below the ephemeral range
+/// ([`leasehold::local::free_port`]).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    // Ports are handed out in turn from a start that differs between runs,
-    // so one run never hands out a port twice.
-    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = *START.get_or_init(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        std::process::id().wrapping_mul(7919) ^ nanos
-    });
-    for _ in 0..SPAN {
-        let port = LOW + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return port as u16;
-        }
-    }
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    leasehold::local::free_port().expect("a free loopback port")
 }
 
 /// One HTTP/1.1 request over a fresh connection: (status, body).

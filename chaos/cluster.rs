@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -54,20 +54,11 @@ pub struct Cluster {
 }
 
 /// A free loopback address for a node's listener, below the kernel's
-/// ephemeral range (32768 and up by default): a restarted node must find
-/// its ports free, and the ephemeral range is where proxies' and peers'
-/// outgoing connections take theirs.
+/// ephemeral range ([`leasehold::local::free_port`]): a restarted node must
+/// find its ports free, and the ephemeral range is where proxies' and
+/// peers' outgoing connections take theirs.
 fn free_addr() -> SocketAddr {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let base = u64::from(std::process::id()).wrapping_mul(7919);
-    for _ in 0..10_000 {
-        let port = 20_000 + ((base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000) as u16;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        if std::net::TcpListener::bind(addr).is_ok() {
-            return addr;
-        }
-    }
-    panic!("no free loopback port between 20000 and 32000")
+    SocketAddr::from(([127, 0, 0, 1], leasehold::local::free_port().expect("a free loopback port")))
 }
 
 impl Cluster {

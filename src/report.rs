@@ -82,7 +82,10 @@ impl Observer for Reporter {
                 warn!("writing the state file failed; not voting or campaigning until a write succeeds")
             }
             Event::StorageRecovered => info!("state file writable again"),
+            Event::PreVoteStarted { next_term } => debug!(next_term = next_term.0, "asking for pre-votes"),
+            Event::PreVoteFailed { next_term } => debug!(next_term = next_term.0, "the pre-vote failed"),
             Event::ElectionStarted { term, transfer } => debug!(term = term.0, transfer, "campaigning"),
+            Event::ElectionLost { term } => debug!(term = term.0, "the election was lost"),
             _ => {}
         }
     }

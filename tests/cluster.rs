@@ -68,11 +68,18 @@ impl Cluster {
         c
     }
 
+    /// Each node's log, kept across its restarts, shown when a wait fails.
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("n{}.log", i + 1))
+    }
+
     fn spawn(&mut self, i: usize) {
+        std::fs::create_dir_all(&self.dir).expect("cluster dir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
             .args(&self.nodes[i].args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn leasehold");
         self.nodes[i].child = Some(child);
@@ -96,7 +103,24 @@ impl Cluster {
     /// /v1/leader, other than `not`; returns its index, its token, and when.
     fn wait_for_leader(&self, within: Duration, not: Option<usize>) -> (usize, u64, Instant) {
         let apis: Vec<Option<&str>> = self.nodes.iter().map(|n| n.child.as_ref().map(|_| n.api.as_str())).collect();
-        wait_for_one_leader(&apis, within, not).unwrap_or_else(|| panic!("no leader within {within:?}"))
+        wait_for_one_leader(&apis, within, not)
+            .unwrap_or_else(|| panic!("no leader within {within:?}\n{}", self.describe()))
+    }
+
+    /// What every node says of itself and the end of its log, for a failure.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let status = n.child.as_ref().and_then(|_| get(&n.api, "/v1/status")).map(|(_, b)| b);
+            let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out += &format!("--- n{} status: {}\n", i + 1, status.as_deref().unwrap_or("(not running)"));
+            for line in tail.iter().rev() {
+                out += line;
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Waits (at most 10s) until the observer holds `n` proofs of leadership,

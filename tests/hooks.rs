@@ -25,7 +25,7 @@ fn an_unhealthy_node_does_not_lead_and_on_elected_runs_with_the_token() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     let healthy = dir.join("healthy");
     let elected = dir.join("elected");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = leasehold::local::free_port().expect("a free loopback port");
     let api = format!("127.0.0.1:{port}");
     let _node = Killed(
         Command::new(env!("CARGO_BIN_EXE_leasehold"))

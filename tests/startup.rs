@@ -147,7 +147,7 @@ fn a_corrupt_state_file_stops_start_up_and_is_left_untouched() {
 #[test]
 fn a_single_node_group_leads_at_once_and_exits_cleanly_on_sigterm() {
     let dir = temp_dir("single");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = leasehold::local::free_port().expect("a free loopback port");
     let api = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api])
@@ -195,7 +195,7 @@ fn a_configured_bearer_token_guards_the_mutating_endpoints() {
     std::fs::create_dir_all(&dir).expect("mkdir");
     let token_file = dir.join("token");
     std::fs::write(&token_file, "s3cret\n").expect("write");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = leasehold::local::free_port().expect("a free loopback port");
     let api = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.join("data").to_string_lossy(), "--listen-api", &api])
@@ -260,7 +260,7 @@ fn a_configured_bearer_token_guards_the_mutating_endpoints() {
 #[test]
 fn json_logs_are_one_object_per_line_with_fields() {
     let dir = temp_dir("json-logs");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = leasehold::local::free_port().expect("a free loopback port");
     let api = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api, "--log-format", "json"])
@@ -299,8 +299,8 @@ fn a_flood_of_api_connections_is_capped_and_the_node_keeps_serving() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
     let dir = temp_dir("api-cap");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = leasehold::local::free_port().expect("a free loopback port");
+    let metrics_port = leasehold::local::free_port().expect("a free loopback port");
     let (api, metrics) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{metrics_port}"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api, "--listen-metrics", &metrics])
@@ -371,7 +371,7 @@ fn a_slowloris_on_the_api_is_cut_off_and_the_lease_never_lapses() {
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
     let dir = temp_dir("slowloris");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = leasehold::local::free_port().expect("a free loopback port");
     let api = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
         .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api, "--listen-metrics", "127.0.0.1:0"])

@@ -15,8 +15,10 @@ pub use leasehold::observe::{self, Proof};
 /// The drift bound the sidecars under test run with (the default).
 pub const RHO: f64 = 0.01;
 
+/// A loopback port free now, below the ephemeral range
+/// ([`leasehold::local::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    leasehold::local::free_port().expect("a free loopback port")
 }
 
 /// One GET over a fresh connection; None if the node does not answer.
