@@ -151,6 +151,41 @@ fn pre_votes_follow_the_promise_and_the_terms() {
     assert_eq!(pre_vote_answer(&out), Some(true), "the hold ends after one heartbeat interval");
 }
 
+/// Two pre-candidates for the same term that ask each other settle it by
+/// node id: the larger endorses the smaller and gives up its own pre-vote;
+/// the smaller endorses the larger too (its own round may be stuck) but
+/// goes on. Both going on, both would campaign and split the real vote.
+#[test]
+fn of_two_pre_candidates_for_one_term_the_larger_id_yields() {
+    let free = at(0).plus(TTL * 2);
+    let pre_vote = |from: &str, to: &str| msg(from, to, 3, Body::PreVoteRequest { next_term: Term(4) });
+    let pre_candidate = |me: &str| {
+        let mut n = node(me, Some(hs(3, Some("a"))));
+        let _ = deliver(&mut n, at(0), heartbeat("a", me, 3, 1));
+        assert!(pre_voted(&n.step(free, Input::Tick)), "{me}: the promise ran out");
+        assert_eq!(n.role(), Role::PreCandidate);
+        n
+    };
+    let mut b = pre_candidate("b");
+    let mut c = pre_candidate("c");
+    let out = b.step(free, Input::Message(pre_vote("c", "b")));
+    assert_eq!(pre_vote_answer(&out), Some(true), "b endorses c");
+    assert_eq!(b.role(), Role::PreCandidate, "and goes on: c comes after b");
+    let out = c.step(free, Input::Message(pre_vote("b", "c")));
+    assert_eq!(pre_vote_answer(&out), Some(true), "c endorses b");
+    assert_eq!(c.role(), Role::Follower, "and gives up its own pre-vote");
+    assert!(out.events.contains(&Event::PreVoteFailed { next_term: Term(4) }));
+    let grant = msg("b", "c", 3, Body::PreVoteResponse { next_term: Term(4), granted: true });
+    assert_eq!(campaigned(&c.step(free, Input::Message(grant))), None, "a late grant starts nothing");
+    let grant = msg("c", "b", 3, Body::PreVoteResponse { next_term: Term(4), granted: true });
+    assert_eq!(campaigned(&b.step(free, Input::Message(grant))), Some((Term(4), false)));
+    // A pre-candidate for another term is no rival: a request for a higher
+    // term is granted as by any follower.
+    let mut b = pre_candidate("b");
+    let out = b.step(free, Input::Message(msg("c", "b", 4, Body::PreVoteRequest { next_term: Term(5) })));
+    assert_eq!(pre_vote_answer(&out), Some(true));
+}
+
 /// A follower whose timer fires campaigns only once its promise is over; a
 /// pre-candidate that turned unhealthy does not turn its won pre-vote into
 /// a campaign.

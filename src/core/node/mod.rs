@@ -283,8 +283,29 @@ impl Node {
             && !self.pre_vote_held_for_another(now, &m.from, next_term);
         if granted {
             self.pre_vote_hold = Some((next_term, m.from.clone(), now.plus(self.cfg.heartbeat_interval)));
+            if self.yields_pre_vote_to(&m.from, next_term) {
+                self.out.events.push(Event::PreVoteFailed { next_term });
+                self.become_follower(now);
+            }
         }
         self.send(m.from.clone(), Body::PreVoteResponse { next_term, granted });
+    }
+
+    /// Liveness only (pre-votes bind nothing): a pre-candidate that grants
+    /// the pre-vote of a rival for the same term with a smaller node id gives
+    /// up its own. Two pre-candidates that ask each other at once would
+    /// otherwise both win their pre-votes, both campaign and split the real
+    /// vote, which costs a whole vote round; their turns
+    /// (`succession_delay`) keep them apart only while both processes run
+    /// on time, and a stalled machine or a throttled container wakes them
+    /// together. The one with the smaller id still grants the other: if its
+    /// own round is stuck (its requests lost), it does not hold back a
+    /// rival that can win.
+    fn yields_pre_vote_to(&self, candidate: &NodeId, next_term: Term) -> bool {
+        match &self.role {
+            RoleState::PreCandidate { next_term: mine, .. } => *mine == next_term && *candidate < self.cfg.node_id,
+            _ => false,
+        }
     }
 
     /// Liveness only (pre-votes bind nothing): for one heartbeat interval
