@@ -40,6 +40,8 @@ pub struct ApiState {
     pub host_name: Option<String>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     pub peers: Option<Arc<crate::report::PeerTable>>,
+    /// This life of the node (built-in backend), shown in `/v1/status`.
+    pub incarnation: Option<crate::core::Incarnation>,
 }
 
 /// The most API connections served at once. Long polls and watch streams
@@ -120,6 +122,7 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
                     .collect()
             });
             body["peers"] = Value::Array(peers);
+            body["incarnation"] = json!(state.incarnation.map(|i| i.to_string()));
             json_response(StatusCode::OK, body)
         }
         "/healthz" | "/readyz" => match crate::http::probe(path, &view) {

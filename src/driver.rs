@@ -58,6 +58,7 @@ impl Driver {
     pub fn new(
         cfg: core::Config,
         initial: Option<HardState>,
+        identity: Identity,
         state: StateFile,
         transport: Option<Transport>,
         inbound: mpsc::Receiver<Envelope>,
@@ -65,8 +66,6 @@ impl Driver {
         observer: Arc<dyn Observer>,
         rng_seed: u64,
     ) -> Result<(Driver, watch::Receiver<LeaderView>), core::ConfigError> {
-        let identity =
-            Identity { cluster_id: cfg.cluster_id.clone(), node_id: cfg.node_id.clone(), voters: cfg.voters.clone() };
         let node = Node::new(cfg, initial, boottime_now(), rng_seed)?;
         let (view, view_rx) = watch::channel(node.view());
         let driver = Driver {
@@ -254,13 +253,18 @@ mod tests {
     /// and returns the token it led with.
     async fn lead_once(dir: &Path) -> Term {
         let state = StateFile::open(dir).expect("open");
-        let identity =
-            Identity { cluster_id: "t".into(), node_id: NodeId::new("solo"), voters: config().voters.clone() };
-        let initial = state.load(&identity, false).expect("load");
+        let identity = Identity {
+            cluster_id: "t".into(),
+            node_id: NodeId::new("solo"),
+            voters: config().voters.clone(),
+            incarnation: None,
+        };
+        let claimed = state.claim(&identity, false).expect("claim");
         let (_in_tx, in_rx) = mpsc::channel(1);
         let (_admin_tx, admin_rx) = mpsc::channel(1);
         let (driver, mut view) =
-            Driver::new(config(), initial, state, None, in_rx, admin_rx, Arc::new(Quiet), 7).expect("driver");
+            Driver::new(config(), claimed.initial, claimed.identity, state, None, in_rx, admin_rx, Arc::new(Quiet), 7)
+                .expect("driver");
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(driver.run(stop_rx));
         let deadline = Instant::now() + Duration::from_secs(5);

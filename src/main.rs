@@ -108,6 +108,7 @@ fn start_readers(config: &Config, l: Listeners, b: &Running, reporter: &Reporter
         host_name: None,
         metrics: Some(reporter.metrics.clone()),
         peers: b.peers.clone(),
+        incarnation: b.incarnation,
     };
     tokio::spawn(api::serve(l.api, Arc::new(api_state)));
     tokio::spawn(leasehold::metrics::serve(l.metrics, reporter.metrics.clone(), b.view.clone()));

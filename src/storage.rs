@@ -1,5 +1,6 @@
 //! Durable state: the node's `(term, voted_for)` with its identity (cluster,
-//! node, voters), in one versioned, checksummed file under `--data-dir`.
+//! node, voters, incarnation), in one versioned, checksummed file under
+//! `--data-dir`.
 //!
 //! Owns: the file format, atomic replacement (write a temporary file, fsync
 //! it, rename it over the state file, fsync the directory) and the checks at
@@ -12,11 +13,16 @@
 //!
 //! ```text
 //! leasehold-state 1
-//! {"cluster_id":"pg","node_id":"a","voters":["a","b","c"],"term":7,"voted_for":"b"}
+//! {"cluster_id":"pg","node_id":"a","incarnation":"5f0c…(32 hex digits)","voters":["a","b","c"],"term":7,"voted_for":"b"}
 //! crc32 8c1a5b2e
 //! ```
 //!
-//! The CRC-32 covers the JSON line's bytes exactly.
+//! The CRC-32 covers the JSON line's bytes exactly. The incarnation is
+//! optional: files of earlier versions have none (a node upgraded from one
+//! draws its incarnation and rewrites the file before it talks to anyone),
+//! nor has the etcd backend's token file. Earlier versions read a file with
+//! one and ignore it, so a rollback works; the magic line changes only when
+//! a field appears that an earlier version must not ignore.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{HardState, NodeId, Term};
+use crate::core::{HardState, Incarnation, NodeId, Term};
 
 const MAGIC: &str = "leasehold-state 1";
 const FILE_NAME: &str = "state";
@@ -34,12 +40,36 @@ const FILE_NAME: &str = "state";
 const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 /// Who this state belongs to. A file written for another cluster, another
-/// node or another set of voters must not be used.
+/// node or another set of voters must not be used. The incarnation is which
+/// life of the node wrote it (None in a file of an earlier version).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub cluster_id: String,
     pub node_id: NodeId,
     pub voters: BTreeSet<NodeId>,
+    pub incarnation: Option<Incarnation>,
+}
+
+/// What [`StateFile::claim`] found and made durable at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    /// This node's identity, its incarnation always set.
+    pub identity: Identity,
+    /// The hard state the file held; None for a node that had no state
+    /// file (a blank node, which the core treats as such).
+    pub initial: Option<HardState>,
+    pub how: Claim,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The file already held this node's incarnation.
+    Kept,
+    /// There was no state file: a new node, or one whose state was lost.
+    New,
+    /// A file of an earlier version: same node, same votes, now with an
+    /// incarnation.
+    Upgraded,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +101,8 @@ pub enum StorageError {
 struct Body {
     cluster_id: String,
     node_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    incarnation: Option<String>,
     voters: Vec<String>,
     term: u64,
     voted_for: Option<String>,
@@ -112,6 +144,39 @@ impl StateFile {
     /// A file for another cluster or node, or a different set of voters
     /// (unless `accept_new_membership`), is refused and left untouched.
     pub fn load(&self, expect: &Identity, accept_new_membership: bool) -> Result<Option<HardState>, StorageError> {
+        Ok(self.load_with_incarnation(expect, accept_new_membership)?.map(|(_, hs)| hs))
+    }
+
+    /// Start-up of the built-in backend: reads the state like [`load`], and
+    /// makes this node's incarnation durable before anything else happens.
+    /// A node with no state file draws a new one (it is a new identity:
+    /// DESIGN §2b); a file of an earlier version keeps its votes and gains
+    /// one. Either way the file is written before this returns.
+    ///
+    /// [`load`]: StateFile::load
+    pub fn claim(&self, expect: &Identity, accept_new_membership: bool) -> Result<Claimed, StorageError> {
+        let found = self.load_with_incarnation(expect, accept_new_membership)?;
+        let (incarnation, initial, how) = match found {
+            Some((Some(inc), hs)) => (inc, Some(hs), Claim::Kept),
+            Some((None, hs)) => (self.draw()?, Some(hs), Claim::Upgraded),
+            None => (self.draw()?, None, Claim::New),
+        };
+        let identity = Identity { incarnation: Some(incarnation), ..expect.clone() };
+        if how != Claim::Kept {
+            self.store(&identity, initial.as_ref().unwrap_or(&HardState::default()))?;
+        }
+        Ok(Claimed { identity, initial, how })
+    }
+
+    fn draw(&self) -> Result<Incarnation, StorageError> {
+        draw_incarnation().map_err(|e| StorageError::Io { path: PathBuf::from("/dev/urandom"), op: "read", source: e })
+    }
+
+    fn load_with_incarnation(
+        &self,
+        expect: &Identity,
+        accept_new_membership: bool,
+    ) -> Result<Option<(Option<Incarnation>, HardState)>, StorageError> {
         let bytes = match read_limited(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -139,7 +204,7 @@ impl StateFile {
                 expected: join(&expect.voters),
             });
         }
-        Ok(Some(hs))
+        Ok(Some((found.incarnation, hs)))
     }
 
     /// Writes `hs` durably and atomically. Returns the time spent in fsync
@@ -211,6 +276,7 @@ pub fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
     let body = Body {
         cluster_id: identity.cluster_id.clone(),
         node_id: identity.node_id.to_string(),
+        incarnation: identity.incarnation.map(|i| i.to_string()),
         voters: identity.voters.iter().map(|v| v.to_string()).collect(),
         term: hs.term.0,
         voted_for: hs.voted_for.as_ref().map(|v| v.to_string()),
@@ -227,10 +293,12 @@ pub fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
 /// Never panics, whatever the bytes.
 pub fn parse(bytes: &[u8]) -> Result<(Identity, HardState), String> {
     let body = decode(bytes)?;
+    let incarnation = body.incarnation.map(|text| text.parse::<Incarnation>()).transpose()?;
     let identity = Identity {
         cluster_id: body.cluster_id,
         node_id: NodeId::new(body.node_id),
         voters: body.voters.iter().map(NodeId::new).collect(),
+        incarnation,
     };
     Ok((identity, HardState { term: Term(body.term), voted_for: body.voted_for.map(NodeId::new) }))
 }
@@ -255,6 +323,20 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
         return Err(format!("checksum mismatch: file says {sum:08x}, content has {actual:08x}"));
     }
     serde_json::from_str(json).map_err(|e| format!("bad state line: {e}"))
+}
+
+/// 128 bits from the kernel's random source, never zero: a new incarnation.
+pub fn draw_incarnation() -> io::Result<Incarnation> {
+    use std::io::Read;
+    let mut f = File::open("/dev/urandom")?;
+    loop {
+        let mut bytes = [0u8; 16];
+        f.read_exact(&mut bytes)?;
+        let n = u128::from_le_bytes(bytes);
+        if n != 0 {
+            return Ok(Incarnation(n));
+        }
+    }
 }
 
 /// CRC-32 (IEEE 802.3, reflected), as used by zlib and gzip.
@@ -311,6 +393,7 @@ mod tests {
             cluster_id: "pg".into(),
             node_id: NodeId::new("a"),
             voters: ["a", "b", "c"].into_iter().map(NodeId::new).collect(),
+            incarnation: Some(Incarnation(0x5f0c_1d2e_3b4a_5968_7788_99aa_bbcc_ddee)),
         }
     }
 
@@ -334,6 +417,61 @@ mod tests {
         f.store(&identity(), &hs(8, None)).expect("store again");
         assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(8, None)));
         assert!(!d.0.join("nested/dir/state.tmp").exists(), "the temporary file was renamed away");
+    }
+
+    /// A node with no state file draws an incarnation and writes it before
+    /// anything else; a restart keeps it; a file of an earlier version
+    /// keeps its votes and gains one; a lost file means a new one.
+    #[test]
+    fn claim_makes_the_incarnation_durable_first_and_upgrades_older_files() {
+        let d = TempDir::new();
+        let f = StateFile::open(&d.0).expect("open");
+        let expect = Identity { incarnation: None, ..identity() };
+        let first = f.claim(&expect, false).expect("claim");
+        assert_eq!((first.how, first.initial.clone()), (Claim::New, None));
+        let inc = first.identity.incarnation.expect("drawn");
+        let text = fs::read_to_string(f.path()).expect("written at once");
+        assert!(text.contains(&format!("\"incarnation\":\"{inc}\"")), "{text}");
+        f.store(&first.identity, &hs(4, Some("c"))).expect("store");
+        let again = f.claim(&expect, false).expect("claim after a restart");
+        assert_eq!(
+            (again.how, again.initial, again.identity.incarnation),
+            (Claim::Kept, Some(hs(4, Some("c"))), Some(inc))
+        );
+        fs::write(f.path(), encode(&expect, &hs(9, Some("b")))).expect("a file of an earlier version");
+        assert!(!fs::read_to_string(f.path()).expect("read").contains("incarnation"));
+        let upgraded = f.claim(&expect, false).expect("claim of an older file");
+        assert_eq!((upgraded.how, upgraded.initial), (Claim::Upgraded, Some(hs(9, Some("b")))));
+        let (on_disk, state) = parse(&fs::read(f.path()).expect("read")).expect("parses");
+        assert_eq!((on_disk, state), (upgraded.identity.clone(), hs(9, Some("b"))), "rewritten with it");
+        fs::remove_file(f.path()).expect("lose the volume");
+        let lost = f.claim(&expect, false).expect("claim after a loss");
+        assert_eq!(lost.how, Claim::New);
+        assert_ne!(lost.identity.incarnation, upgraded.identity.incarnation, "a lost state file is a new identity");
+    }
+
+    #[test]
+    fn incarnations_are_32_hex_digits_and_never_zero() {
+        let i: Incarnation = "0123456789abcdef0123456789abcdef".parse().expect("parses");
+        assert_eq!(i.to_string(), "0123456789abcdef0123456789abcdef");
+        for bad in [
+            "",
+            "0",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "00000000000000000000000000000000",
+            "+123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef0",
+        ] {
+            assert!(bad.parse::<Incarnation>().is_err(), "{bad:?}");
+        }
+        let file = String::from_utf8(encode(&identity(), &hs(1, None))).expect("utf-8");
+        let json = file.lines().nth(1).expect("state line");
+        for bad in ["5f0c", "00000000000000000000000000000000", "5F0C1D2E3B4A5968778899AABBCCDDEE"] {
+            let line = json.replace("5f0c1d2e3b4a5968778899aabbccddee", bad);
+            let bytes = format!("leasehold-state 1\n{line}\ncrc32 {:08x}\n", crc32(line.as_bytes()));
+            let refused = parse(bytes.as_bytes()).expect_err(bad);
+            assert!(refused.contains("incarnation"), "{refused}");
+        }
     }
 
     #[test]

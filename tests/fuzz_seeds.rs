@@ -18,7 +18,7 @@ use std::path::Path;
 use clap::Parser;
 use leasehold::cli::{Cli, Command};
 use leasehold::config::Config;
-use leasehold::core::{Body, Envelope, HardState, NodeId, Term, PROTOCOL_VERSION};
+use leasehold::core::{Body, Envelope, HardState, Incarnation, NodeId, Term, PROTOCOL_VERSION};
 use leasehold::storage::{self, Identity};
 use leasehold::transport::frame::{self, Hello, MAX_FRAME_BYTES};
 
@@ -89,6 +89,18 @@ fn state(cluster: &str, node: &str, voters: &[&str], term: u64, vote: Option<&st
         cluster_id: cluster.into(),
         node_id: NodeId::new(node),
         voters: voters.iter().map(|v| NodeId::new(*v)).collect(),
+        incarnation: None,
+    };
+    storage::encode(&identity, &HardState { term: Term(term), voted_for: vote.map(NodeId::new) })
+}
+
+/// A state file with this node's incarnation.
+fn state_2(term: u64, vote: Option<&str>) -> Vec<u8> {
+    let identity = Identity {
+        cluster_id: "pg".into(),
+        node_id: NodeId::new("a"),
+        voters: ["a", "b", "c"].into_iter().map(NodeId::new).collect(),
+        incarnation: Some(Incarnation(0x0123_4567_89ab_cdef_0011_2233_4455_6677)),
     };
     storage::encode(&identity, &HardState { term: Term(term), voted_for: vote.map(NodeId::new) })
 }
@@ -101,6 +113,8 @@ fn state_file_seeds() -> Seeds {
     seeds.insert("seed-no-vote", state("pg", "a", &abc, 0, None));
     seeds.insert("seed-max-term", state("pg", "c", &abc, u64::MAX, Some("c")));
     seeds.insert("seed-five-voters", state("mysql", "e", &["a", "b", "c", "d", "e"], 12, Some("d")));
+    seeds.insert("seed-incarnation", state_2(7, Some("b")));
+    seeds.insert("seed-incarnation-no-vote", state_2(0, None));
     seeds.insert("seed-escaped-ids", state("p\"g\\1", "ä", &["ä", "\u{7f}", "x y"], 3, Some("\u{7f}")));
     let mut bad_sum = voted.clone();
     let at = bad_sum.len() - 2;

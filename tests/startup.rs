@@ -188,6 +188,64 @@ fn a_single_node_group_leads_at_once_and_exits_cleanly_on_sigterm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Starts a single node on `dir`, reads its incarnation from /v1/status and
+/// from its log, stops it with SIGTERM; returns both readings.
+fn incarnation_of_one_run(dir: &std::path::Path) -> (String, String) {
+    let port = leasehold::local::free_port().expect("a free loopback port");
+    let api = format!("127.0.0.1:{port}");
+    let log = dir.with_extension("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+        .args(["--data-dir", &dir.to_string_lossy(), "--listen-api", &api])
+        .args(["--listen-metrics", "127.0.0.1:0"])
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some((200, body)) = common::get(&api, "/v1/status") {
+            break body;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("no /v1/status within 10s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: kill(2) on the pid of the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("no exit within 10s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let at = status.find("\"incarnation\":\"").expect("an incarnation in /v1/status") + 15;
+    let shown = status[at..at + 32].to_string();
+    (shown, std::fs::read_to_string(&log).expect("log"))
+}
+
+/// The incarnation (DESIGN §2b) is drawn and written with the first state
+/// file, kept across restarts, and drawn anew when the data dir is lost.
+#[test]
+fn a_node_keeps_its_incarnation_across_restarts_and_a_lost_data_dir_draws_another() {
+    let dir = temp_dir("incarnation");
+    let (first, log) = incarnation_of_one_run(&dir);
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert!(log.contains("no state file: a new identity of this node") && log.contains(&first), "{log}");
+    let state = std::fs::read_to_string(dir.join("state")).expect("state file");
+    assert!(state.contains(&format!("\"incarnation\":\"{first}\"")), "{state}");
+    let (again, log) = incarnation_of_one_run(&dir);
+    assert_eq!(again, first, "a restart is the same identity");
+    assert!(!log.contains("a new identity"), "{log}");
+    std::fs::remove_dir_all(&dir).expect("lose the data dir");
+    let (lost, _) = incarnation_of_one_run(&dir);
+    assert_ne!(lost, first, "a lost data dir is a new identity");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(dir.with_extension("log"));
+}
+
 #[test]
 fn a_configured_bearer_token_guards_the_mutating_endpoints() {
     use std::io::{Read, Write};

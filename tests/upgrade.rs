@@ -10,12 +10,17 @@
 //! holds only while protocol 1 is the current one: when the format
 //! changes, it moves to the new version's fixtures and this file keeps the
 //! reads. The fixtures are never regenerated.
+//!
+//! The state file has moved on: it now holds the node's incarnation
+//! (`tests/fixtures/state-incarnation/`), a field earlier versions ignore.
+//! A protocol-1 state file is still read, and gains an incarnation on the
+//! first start of this version.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use leasehold::core::{Body, Envelope, HardState, NodeId, Term, PROTOCOL_VERSION};
+use leasehold::core::{Body, Envelope, HardState, Incarnation, NodeId, Term, PROTOCOL_VERSION};
 use leasehold::storage::{self, Identity};
 use leasehold::transport::frame::{check_hello, decode_envelope, encode, Hello};
 
@@ -28,7 +33,12 @@ fn ids(names: &[&str]) -> BTreeSet<NodeId> {
 }
 
 fn state_identity() -> Identity {
-    Identity { cluster_id: "pg-main".into(), node_id: NodeId::new("pg-0"), voters: ids(&["pg-0", "pg-1", "pg-2"]) }
+    Identity {
+        cluster_id: "pg-main".into(),
+        node_id: NodeId::new("pg-0"),
+        voters: ids(&["pg-0", "pg-1", "pg-2"]),
+        incarnation: None,
+    }
 }
 
 fn state() -> HardState {
@@ -36,7 +46,7 @@ fn state() -> HardState {
 }
 
 fn token_identity() -> Identity {
-    Identity { cluster_id: "pg-main".into(), node_id: NodeId::new("pg-0"), voters: ids(&["pg-0"]) }
+    Identity { cluster_id: "pg-main".into(), node_id: NodeId::new("pg-0"), voters: ids(&["pg-0"]), incarnation: None }
 }
 
 fn tokens() -> HardState {
@@ -88,6 +98,24 @@ fn protocol_1_state_files_read_back_as_written() {
     assert_eq!((identity, hs), (token_identity(), tokens()));
 }
 
+/// A node of protocol 1 restarted on this version keeps its term and vote
+/// (it is the same identity, its memory intact) and gains an incarnation,
+/// written before it talks to anyone.
+#[test]
+fn a_protocol_1_state_file_is_upgraded_in_place_and_keeps_its_vote() {
+    let data = std::env::temp_dir().join(format!("leasehold-upgrade-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(data.join("state"), fixture("state")).expect("a protocol-1 state file");
+    let file = storage::StateFile::open(&data).expect("open");
+    let claimed = file.claim(&state_identity(), false).expect("claim");
+    assert_eq!((claimed.how, claimed.initial.clone()), (storage::Claim::Upgraded, Some(state())));
+    let (on_disk, hs) = storage::parse(&std::fs::read(data.join("state")).expect("read")).expect("parses");
+    assert_eq!((on_disk, hs), (claimed.identity.clone(), state()));
+    assert!(claimed.identity.incarnation.is_some());
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 #[test]
 fn protocol_1_frames_decode_as_written() {
     let hello = check_hello(payload(&fixture("hello")), "pg-main", |id| id.as_str().starts_with("pg-"))
@@ -105,11 +133,35 @@ fn protocol_1_frames_decode_as_written() {
 #[test]
 fn this_version_writes_exactly_the_protocol_1_fixtures() {
     assert_eq!(PROTOCOL_VERSION, 1, "a new protocol: move this test's bytes to its own fixtures");
-    assert_eq!(storage::encode(&state_identity(), &state()), fixture("state"));
+    // The built-in backend's state file now carries an incarnation (its
+    // fixture is `state-incarnation/state`); the etcd token file does not.
     assert_eq!(storage::encode(&token_identity(), &tokens()), fixture("etcd-state"));
     let hello = Hello::new("pg-main", &NodeId::new("pg-0"));
     assert_eq!(encode(&hello).expect("encodes"), fixture("hello"));
     for (name, message) in messages() {
         assert_eq!(encode(&message).expect("encodes"), fixture(name), "{name}");
     }
+}
+
+/// The state file with an incarnation (DESIGN §2b), frozen like the
+/// protocol-1 fixtures: read for as long as it is supported, written
+/// exactly while it is the current format.
+fn state_2_identity() -> Identity {
+    Identity { incarnation: Some(Incarnation(0x0f1e_2d3c_4b5a_6978_8796_a5b4_c3d2_e1f0)), ..state_identity() }
+}
+
+fn fixture_2(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state-incarnation").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn state_files_with_an_incarnation_read_back_as_written() {
+    let (identity, hs) = storage::parse(&fixture_2("state")).expect("the state file parses");
+    assert_eq!((identity, hs), (state_2_identity(), state()));
+}
+
+#[test]
+fn this_version_writes_exactly_the_state_file_with_an_incarnation() {
+    assert_eq!(storage::encode(&state_2_identity(), &state()), fixture_2("state"));
 }

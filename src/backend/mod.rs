@@ -25,13 +25,13 @@ use tracing::warn;
 
 use crate::clock::boottime_now;
 use crate::config::Config;
-use crate::core::{AdminRequest, LeaderView, NodeId};
+use crate::core::{AdminRequest, Incarnation, LeaderView, NodeId};
 use crate::driver::AdminCall;
 use crate::report::{PeerTable, Reporter};
 
 /// A backend whose files were read and checked, not yet started.
 pub enum Prepared {
-    Raft(raft::Prepared),
+    Raft(Box<raft::Prepared>),
     #[cfg(feature = "etcd")]
     Etcd(Box<etcd::Prepared>),
 }
@@ -45,7 +45,7 @@ pub fn prepare(config: &Config, reporter: &Arc<Reporter>) -> Result<Prepared, St
         return etcd::prepare(config, reporter.clone()).map(|p| Prepared::Etcd(Box::new(p)));
     }
     let _ = reporter;
-    raft::prepare(config).map(Prepared::Raft)
+    raft::prepare(config).map(|p| Prepared::Raft(Box::new(p)))
 }
 
 /// Starts a prepared backend. `health` carries the local health check's
@@ -57,7 +57,7 @@ pub async fn start(
     health: Option<mpsc::Receiver<bool>>,
 ) -> Result<Running, String> {
     match prepared {
-        Prepared::Raft(p) => raft::start(config, p, reporter, health).await,
+        Prepared::Raft(p) => raft::start(config, *p, reporter, health).await,
         #[cfg(feature = "etcd")]
         Prepared::Etcd(p) => Ok(etcd::start(config, *p, health)),
     }
@@ -83,6 +83,8 @@ pub struct Running {
     /// The peers of the built-in group, for the API; None on etcd.
     pub peers: Option<Arc<PeerTable>>,
     pub node_id: NodeId,
+    /// This life of the node (built-in backend; None on etcd).
+    pub incarnation: Option<Incarnation>,
     pub lease_ttl: Duration,
     pub hand_over: HandOver,
     pub task: JoinHandle<Result<(), String>>,

@@ -12,22 +12,23 @@ use tokio::sync::{mpsc, watch};
 use super::{HandOver, Running};
 use crate::clock::boottime_now;
 use crate::config::Config;
-use crate::core::HardState;
 use crate::driver::Driver;
 use crate::report::Reporter;
-use crate::storage::{Identity, StateFile};
+use crate::storage::{Claim, Claimed, Identity, StateFile};
 use crate::transport::tcp::{Transport, TransportConfig};
 use crate::transport::tls::{self, PeerTls};
 
 /// What start-up read and checked before the runtime starts.
 pub struct Prepared {
     state: StateFile,
-    initial: Option<HardState>,
+    claimed: Claimed,
     peer_tls: Option<Arc<PeerTls>>,
 }
 
 /// Reads the peer TLS files and the state file; refuses a foreign or
-/// damaged one (a one-line error naming the flag or the file).
+/// damaged one (a one-line error naming the flag or the file). This node's
+/// incarnation is durable when it returns: drawn for a node with no state
+/// file, added to a format-1 file.
 pub fn prepare(config: &Config) -> Result<Prepared, String> {
     let peer_tls = load_peer_tls(config)?;
     let state = StateFile::open(&config.data_dir).map_err(|e| e.to_string())?;
@@ -35,9 +36,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
         cluster_id: config.node.cluster_id.clone(),
         node_id: config.node.node_id.clone(),
         voters: config.node.voters.clone(),
+        incarnation: None,
     };
-    let initial = state.load(&identity, config.accept_new_membership).map_err(|e| e.to_string())?;
-    Ok(Prepared { state, initial, peer_tls })
+    let claimed = state.claim(&identity, config.accept_new_membership).map_err(|e| e.to_string())?;
+    Ok(Prepared { state, claimed, peer_tls })
 }
 
 /// Reads and checks the `--peer-tls-*` files; this node's certificate must
@@ -58,6 +60,18 @@ pub async fn start(
     reporter: Arc<Reporter>,
     health: Option<mpsc::Receiver<bool>>,
 ) -> Result<Running, String> {
+    let incarnation = prepared.claimed.identity.incarnation.map(|i| i.to_string()).unwrap_or_default();
+    match prepared.claimed.how {
+        Claim::Kept => {}
+        Claim::New => tracing::info!(
+            incarnation,
+            "no state file: a new identity of this node; it votes only after one lease (its boot promise)"
+        ),
+        Claim::Upgraded => tracing::info!(
+            incarnation,
+            "state file of an earlier version: kept its term and vote, added this node's incarnation"
+        ),
+    }
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
     let transport = match &config.listen_peer {
         Some(addr) if !config.peers.is_empty() => {
@@ -78,7 +92,8 @@ pub async fn start(
     let peers = reporter.peers.clone();
     let (driver, view) = Driver::new(
         config.node.clone(),
-        prepared.initial,
+        prepared.claimed.initial,
+        prepared.claimed.identity.clone(),
         prepared.state,
         transport,
         inbound_rx,
@@ -102,6 +117,7 @@ pub async fn start(
         admin: admin_tx,
         peers: Some(peers),
         node_id: config.node.node_id.clone(),
+        incarnation: prepared.claimed.identity.incarnation,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::StepDown,
         task,

@@ -86,6 +86,35 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// Which life of a node this is (DESIGN §2b): 128 random bits written with
+/// the node's first state file. A node whose state file is gone draws a new
+/// one and is a new identity, never "the same voter with its memory gone".
+/// The core only carries it; drawing it is the caller's (the core has no
+/// unseeded randomness).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Incarnation(pub u128);
+
+impl fmt::Display for Incarnation {
+    /// 32 lowercase hex digits, as in the state file and `/v1/status`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::str::FromStr for Incarnation {
+    type Err = String;
+
+    /// Exactly 32 lowercase hex digits, not zero (zero is never drawn, so
+    /// it cannot be mistaken for "none").
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        match u128::from_str_radix(s, 16) {
+            Ok(n) if hex && n != 0 => Ok(Incarnation(n)),
+            _ => Err(format!("incarnation {s:?} is not 32 lowercase hex digits other than all zeros")),
+        }
+    }
+}
+
 /// What must survive a crash: the term and the vote cast in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {

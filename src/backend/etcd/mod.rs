@@ -116,6 +116,7 @@ pub fn start(config: &Config, p: Prepared, health: Option<mpsc::Receiver<bool>>)
         admin,
         peers: None,
         node_id: config.node.node_id.clone(),
+        incarnation: None,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::ByTheTask(RESIGN_TIMEOUT * 2 + Duration::from_secs(1)),
         task,

@@ -26,8 +26,12 @@ impl TokenFile {
     /// (0 for a new node).
     pub fn open(data_dir: &Path, cluster_id: &str, node_id: &NodeId) -> Result<(TokenFile, u64), StorageError> {
         let file = StateFile::open_named(data_dir, TOKEN_FILE)?;
-        let identity =
-            Identity { cluster_id: cluster_id.to_string(), node_id: node_id.clone(), voters: [node_id.clone()].into() };
+        let identity = Identity {
+            cluster_id: cluster_id.to_string(),
+            node_id: node_id.clone(),
+            voters: [node_id.clone()].into(),
+            incarnation: None,
+        };
         let highest = file.load(&identity, false)?.map_or(0, |hs| hs.term.0);
         Ok((TokenFile { file: Arc::new(file), identity }, highest))
     }
