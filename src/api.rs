@@ -118,7 +118,14 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
             let peers: Vec<Value> = state.peers.as_ref().map_or(Vec::new(), |t| {
                 t.snapshot()
                     .into_iter()
-                    .map(|(id, up, ago)| json!({"id": id.as_str(), "connected": up, "last_contact_ms_ago": ago}))
+                    .map(|p| {
+                        json!({
+                            "id": p.id.as_str(),
+                            "connected": p.connected,
+                            "last_contact_ms_ago": p.last_contact_ms_ago,
+                            "incarnation": p.incarnation.map(|i| i.to_string()),
+                        })
+                    })
                     .collect()
             });
             body["peers"] = Value::Array(peers);

@@ -13,39 +13,76 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use crate::core::{Event, NodeId, StepDownReason};
+use crate::core::{Event, Incarnation, NodeId, StepDownReason};
 use crate::driver::Observer;
 use crate::metrics::Metrics;
 use crate::transport::tcp;
 
 /// What the API reports about each peer: is this node's connection to it
-/// up, and when did a message from it last arrive.
+/// up, when did a message from it last arrive, and which incarnation its
+/// last hello named.
 #[derive(Default)]
 pub struct PeerTable {
-    peers: Mutex<BTreeMap<NodeId, (bool, Option<Instant>)>>,
+    peers: Mutex<BTreeMap<NodeId, PeerState>>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    up: bool,
+    last: Option<Instant>,
+    incarnation: Option<Incarnation>,
+}
+
+/// One peer as `/v1/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRow {
+    pub id: NodeId,
+    pub connected: bool,
+    /// Milliseconds since its last message; None: never since start.
+    pub last_contact_ms_ago: Option<u64>,
+    /// None: not heard yet, or a node of an earlier version.
+    pub incarnation: Option<Incarnation>,
 }
 
 impl PeerTable {
     pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
-        PeerTable { peers: Mutex::new(peers.into_iter().map(|p| (p, (false, None))).collect()) }
+        PeerTable { peers: Mutex::new(peers.into_iter().map(|p| (p, PeerState::default())).collect()) }
     }
 
     pub fn set_up(&self, peer: &NodeId, up: bool) {
         if let Ok(mut m) = self.peers.lock() {
-            m.entry(peer.clone()).or_default().0 = up;
+            m.entry(peer.clone()).or_default().up = up;
         }
     }
 
     pub fn received(&self, peer: &NodeId) {
         if let Ok(mut m) = self.peers.lock() {
-            m.entry(peer.clone()).or_default().1 = Some(Instant::now());
+            m.entry(peer.clone()).or_default().last = Some(Instant::now());
         }
     }
 
-    /// (peer, connected, milliseconds since its last message).
-    pub fn snapshot(&self) -> Vec<(NodeId, bool, Option<u64>)> {
+    /// Records the incarnation `peer`'s hello named; returns the one it
+    /// replaces if they differ (the peer lost its state since).
+    pub fn hello(&self, peer: &NodeId, incarnation: Option<Incarnation>) -> Option<Incarnation> {
+        let Ok(mut m) = self.peers.lock() else { return None };
+        let entry = m.entry(peer.clone()).or_default();
+        let before = entry.incarnation;
+        if incarnation.is_some() {
+            entry.incarnation = incarnation;
+        }
+        before.filter(|b| incarnation.is_some_and(|now| now != *b))
+    }
+
+    pub fn snapshot(&self) -> Vec<PeerRow> {
         let Ok(m) = self.peers.lock() else { return Vec::new() };
-        m.iter().map(|(p, (up, last))| (p.clone(), *up, last.map(|t| t.elapsed().as_millis() as u64))).collect()
+        m.iter()
+            .map(|(p, s)| PeerRow {
+                id: p.clone(),
+                connected: s.up,
+                last_contact_ms_ago: s.last.map(|t| t.elapsed().as_millis() as u64),
+                incarnation: s.incarnation,
+            })
+            .collect()
     }
 }
 
@@ -108,6 +145,17 @@ impl tcp::Events for Reporter {
 
     fn tls_reloaded(&self, ok: bool) {
         tcp::Events::tls_reloaded(&*self.metrics, ok);
+    }
+
+    fn peer_hello(&self, peer: &NodeId, incarnation: Option<Incarnation>) {
+        if let (Some(before), Some(now)) = (self.peers.hello(peer, incarnation), incarnation) {
+            warn!(
+                peer = %peer,
+                incarnation = %now,
+                before = %before,
+                "peer answers as a new identity: its state file was lost or replaced since it last connected"
+            );
+        }
     }
 
     fn peer_up(&self, peer: &NodeId, up: bool) {

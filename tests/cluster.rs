@@ -174,8 +174,9 @@ fn three_nodes_elect_exactly_one_leader() {
     let (_, token, _) = c.wait_for_leader(Duration::from_secs(10), None);
     assert!(token >= 1);
     c.wait_for_proofs(100, Some(token));
+    // Connected, and its hello named its incarnation.
     let connected = |status: &str, peer: &str| {
-        status.contains(&format!("{{\"connected\":true,\"id\":\"{peer}\",\"last_contact_ms_ago\":"))
+        status.contains(&format!("{{\"connected\":true,\"id\":\"{peer}\",\"incarnation\":\""))
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -214,6 +215,51 @@ fn kill_9_of_the_leader_elects_another_with_a_higher_token() {
     }
     c.check();
     eprintln!("failover after kill -9 at lease_ttl {TTL:?}: {failovers:?}");
+}
+
+/// The incarnation `api`'s /v1/status shows for itself, or for `peer`.
+fn incarnation(api: &str, peer: Option<&str>) -> Option<String> {
+    let (_, status) = get(api, "/v1/status")?;
+    let from = match peer {
+        Some(p) => status.find(&format!("\"id\":\"{p}\""))?,
+        // Keys are sorted: this node's own comes before "peers".
+        None => status.find("\"incarnation\":")?,
+    };
+    let at = status[from..].find("\"incarnation\":\"")? + from + 15;
+    status.get(at..at + 32).map(str::to_string)
+}
+
+/// A node whose data dir is lost comes back as a new identity (DESIGN
+/// §2b): a new incarnation, which its peers learn from its hello and log.
+#[test]
+fn a_node_that_lost_its_data_dir_is_seen_by_its_peers_as_a_new_identity() {
+    let mut c = Cluster::start(3, "wiped");
+    c.wait_for_leader(Duration::from_secs(10), None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        match (incarnation(&c.nodes[0].api, Some("n3")), incarnation(&c.nodes[2].api, None)) {
+            (Some(seen), Some(own)) if seen == own => break own,
+            _ => assert!(Instant::now() < deadline, "n1 never learnt n3's incarnation:\n{}", c.describe()),
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    c.kill9(2);
+    std::fs::remove_dir_all(c.dir.join("n3")).expect("lose n3's data dir");
+    c.spawn(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        match (incarnation(&c.nodes[0].api, Some("n3")), incarnation(&c.nodes[2].api, None)) {
+            (Some(seen), Some(own)) if seen == own && own != before => break own,
+            _ => assert!(Instant::now() < deadline, "n1 never saw n3's new incarnation:\n{}", c.describe()),
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let log = std::fs::read_to_string(c.log_path(0)).expect("n1's log");
+    assert!(
+        log.lines().any(|l| l.contains("peer answers as a new identity") && l.contains(&after) && l.contains(&before)),
+        "{log}"
+    );
+    c.check();
 }
 
 #[test]

@@ -67,6 +67,9 @@ fn frame_seeds() -> Seeds {
     seeds.insert("seed-stream-partial", [&100u32.to_be_bytes()[..], &[7; 10]].concat());
     seeds.insert("seed-stream-empty-frame", 0u32.to_be_bytes().to_vec());
     seeds.insert("seed-payload-hello", hello[4..].to_vec());
+    let incarnation = Incarnation(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+    let hello_2 = encoded(&Hello::with_incarnation("pg", &NodeId::new("a"), incarnation));
+    seeds.insert("seed-payload-hello-2", hello_2[4..].to_vec());
     seeds.insert("seed-payload-stranger", b"GET /v1/leader HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n".to_vec());
     let names = [
         "seed-payload-prevote-request",
@@ -258,6 +261,8 @@ fn the_seeds_exercise_what_they_are_named_for() {
     let frames = frame_seeds();
     let hello = frame::check_hello(&frames["seed-payload-hello"], "pg", |id| id.as_str() == "a").expect("hello");
     assert_eq!(hello.node_id, NodeId::new("a"));
+    let hello = frame::check_hello(&frames["seed-payload-hello-2"], "pg", |id| id.as_str() == "a").expect("hello");
+    assert_eq!((hello.version, hello.incarnation.is_some()), (2, true));
     for (name, payload) in frames.iter().filter(|(n, _)| n.starts_with("seed-payload-") && !n.contains("hello")) {
         assert_eq!(frame::decode_envelope(payload).is_ok(), !name.ends_with("stranger"), "{name}");
     }

@@ -13,6 +13,9 @@
 //!
 //! The state file has moved on: it now holds the node's incarnation
 //! (`tests/fixtures/state-incarnation/`), a field earlier versions ignore.
+//! So has the hello: version 2 adds the incarnation (`tests/fixtures/
+//! hello-2/`); this version still writes version 1, exactly, to a peer of
+//! an earlier version.
 //! A protocol-1 state file is still read, and gains an incarnation on the
 //! first start of this version.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -122,7 +125,13 @@ fn protocol_1_frames_decode_as_written() {
         .expect("the hello is accepted");
     assert_eq!(
         hello,
-        Hello { magic: 0x4C48_4C44, version: 1, cluster_id: "pg-main".into(), node_id: NodeId::new("pg-0") }
+        Hello {
+            magic: 0x4C48_4C44,
+            version: 1,
+            cluster_id: "pg-main".into(),
+            node_id: NodeId::new("pg-0"),
+            incarnation: None
+        }
     );
     for (name, expected) in messages() {
         let got = decode_envelope(payload(&fixture(name))).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -164,4 +173,16 @@ fn state_files_with_an_incarnation_read_back_as_written() {
 #[test]
 fn this_version_writes_exactly_the_state_file_with_an_incarnation() {
     assert_eq!(storage::encode(&state_2_identity(), &state()), fixture_2("state"));
+}
+
+/// The hello of version 2 (with the incarnation), frozen the same way.
+#[test]
+fn the_hello_of_version_2_reads_back_and_is_written_exactly() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello-2/hello");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let expected =
+        Hello::with_incarnation("pg-main", &NodeId::new("pg-0"), state_2_identity().incarnation.expect("set"));
+    let hello = check_hello(payload(&bytes), "pg-main", |id| id.as_str().starts_with("pg-")).expect("accepted");
+    assert_eq!(hello, expected);
+    assert_eq!(encode(&expected).expect("encodes"), bytes);
 }

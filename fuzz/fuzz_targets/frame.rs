@@ -24,9 +24,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use leasehold::core::{Envelope, NodeId, PROTOCOL_VERSION};
+use leasehold::core::{Envelope, NodeId};
 use leasehold::transport::frame::{
-    check_hello, decode, decode_envelope, encode, FrameError, FrameReader, Hello, HELLO_MAGIC, MAX_FRAME_BYTES,
+    check_hello, decode, decode_envelope, encode, FrameError, FrameReader, Hello, HELLO_MAGIC, HELLO_VERSION,
+    MAX_FRAME_BYTES,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -185,7 +186,8 @@ fn check_handshake(payload: &[u8]) {
         Ok(hello) => {
             assert_eq!(plain.as_ref(), Ok(&hello));
             assert_eq!(hello.magic, HELLO_MAGIC);
-            assert_eq!(hello.version, PROTOCOL_VERSION);
+            assert!((1..=HELLO_VERSION).contains(&hello.version));
+            assert_eq!(hello.incarnation.is_some(), hello.version == 2, "an incarnation in version 2 only");
             assert_eq!(hello.cluster_id, CLUSTER);
             assert!(is_voter(&hello.node_id));
             let frame = encode(&hello).expect("a hello encodes");
@@ -202,22 +204,22 @@ fn check_handshake(payload: &[u8]) {
         }
         Err(FrameError::Malformed(_)) => assert!(plain.is_err(), "a hello that decodes is not malformed"),
         Err(FrameError::Version(v)) => {
-            let hello = plain.expect("a version refusal decoded the hello");
-            assert_eq!((hello.magic, hello.version), (HELLO_MAGIC, v));
-            assert_ne!(v, PROTOCOL_VERSION);
+            // Refused on the two leading fields, before the rest is parsed.
+            assert!(!(1..=HELLO_VERSION).contains(&v));
+            let leads = (1..=payload.len()).any(|k| decode::<(u32, u32)>(&payload[..k]) == Ok((HELLO_MAGIC, v)));
+            assert!(leads, "a version refusal read the magic and version {v}");
         }
         Err(FrameError::ClusterId(c)) => {
             let hello = plain.expect("a cluster refusal decoded the hello");
-            assert_eq!((hello.magic, hello.version), (HELLO_MAGIC, PROTOCOL_VERSION));
+            assert_eq!(hello.magic, HELLO_MAGIC);
+            assert!((1..=HELLO_VERSION).contains(&hello.version));
             assert_eq!(hello.cluster_id, c);
             assert_ne!(c, CLUSTER);
         }
         Err(FrameError::UnknownPeer(id)) => {
             let hello = plain.expect("a peer refusal decoded the hello");
-            assert_eq!(
-                (hello.magic, hello.version, hello.cluster_id.as_str()),
-                (HELLO_MAGIC, PROTOCOL_VERSION, CLUSTER)
-            );
+            assert_eq!((hello.magic, hello.cluster_id.as_str()), (HELLO_MAGIC, CLUSTER));
+            assert!((1..=HELLO_VERSION).contains(&hello.version));
             assert_eq!(hello.node_id, id);
             assert!(!is_voter(&id));
         }

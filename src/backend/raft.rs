@@ -81,6 +81,7 @@ pub async fn start(
                 node_id: config.node.node_id.clone(),
                 peers: config.peers.clone(),
                 tls: prepared.peer_tls,
+                incarnation: prepared.claimed.identity.incarnation,
             };
             let started = Transport::start(cfg, listener, inbound_tx, reporter.clone());
             Some(started.map_err(|e| format!("--listen-peer {addr}: {e}"))?)

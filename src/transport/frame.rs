@@ -2,6 +2,13 @@
 //! a postcard payload, a hard size cap, and the handshake ([`Hello`]) that
 //! opens every connection in each direction.
 //!
+//! The hello has two versions. Version 1 (protocol 1's, byte for byte) names
+//! the cluster and the node; version 2 adds the node's incarnation (DESIGN
+//! §2b). A node answers a hello in the version it was greeted in, and dials
+//! in version 2 first, falling back to 1 for a peer that closes on it (a
+//! node of an earlier version refuses any hello but 1). The messages after
+//! the hello are the same in both.
+//!
 //! Why postcard: the messages are small structs with a few integers and short
 //! strings; postcard (serde, varint integers, length-prefixed strings, a
 //! documented stable format) encodes a heartbeat in a few dozen bytes, and
@@ -11,9 +18,13 @@
 //! Must not: allocate more than [`MAX_FRAME_BYTES`] for a frame a peer
 //! announces, or accept trailing bytes after a payload.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
 
-use crate::core::{Envelope, NodeId, PROTOCOL_VERSION};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::core::{Envelope, Incarnation, NodeId, PROTOCOL_VERSION};
 
 /// No peer message comes near this; a larger announced length closes the
 /// connection before anything is allocated for it.
@@ -23,18 +34,76 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// (an HTTP request, a port scanner) is told apart from an old peer.
 pub const HELLO_MAGIC: u32 = 0x4C48_4C44;
 
-/// The first frame each side sends on a connection.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The newest hello this node speaks (with its incarnation).
+pub const HELLO_VERSION: u32 = 2;
+
+/// The first frame each side sends on a connection. On the wire: magic,
+/// version, cluster id, node id, and in version 2 the incarnation.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub magic: u32,
     pub version: u32,
     pub cluster_id: String,
     pub node_id: NodeId,
+    /// Version 2 only.
+    pub incarnation: Option<Incarnation>,
 }
 
 impl Hello {
+    /// A version-1 hello, as protocol 1 sends it.
     pub fn new(cluster_id: &str, node_id: &NodeId) -> Self {
-        Hello { magic: HELLO_MAGIC, version: PROTOCOL_VERSION, cluster_id: cluster_id.into(), node_id: node_id.clone() }
+        Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            node_id: node_id.clone(),
+            incarnation: None,
+        }
+    }
+
+    /// A version-2 hello, naming this node's incarnation.
+    pub fn with_incarnation(cluster_id: &str, node_id: &NodeId, incarnation: Incarnation) -> Self {
+        Hello { version: 2, incarnation: Some(incarnation), ..Hello::new(cluster_id, node_id) }
+    }
+}
+
+impl Serialize for Hello {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(if self.incarnation.is_some() { 5 } else { 4 })?;
+        t.serialize_element(&self.magic)?;
+        t.serialize_element(&self.version)?;
+        t.serialize_element(&self.cluster_id)?;
+        t.serialize_element(&self.node_id)?;
+        if let Some(i) = &self.incarnation {
+            t.serialize_element(i)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Hello {
+    /// Reads the incarnation only in version 2: a version-1 hello is four
+    /// fields, and [`decode`] refuses bytes left over.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Hello;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a leasehold hello")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Hello, A::Error> {
+                let magic = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let version: u32 = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let cluster_id = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(2, &self))?;
+                let node_id = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(3, &self))?;
+                let incarnation = match version {
+                    2 => Some(seq.next_element()?.ok_or_else(|| de::Error::invalid_length(4, &self))?),
+                    _ => None,
+                };
+                Ok(Hello { magic, version, cluster_id, node_id, incarnation })
+            }
+        }
+        d.deserialize_tuple(5, Fields)
     }
 }
 
@@ -48,7 +117,7 @@ pub enum FrameError {
     Malformed(String),
     #[error("not a leasehold peer (bad handshake magic)")]
     NotAPeer,
-    #[error("peer speaks protocol version {0}, this node {PROTOCOL_VERSION}")]
+    #[error("peer speaks hello version {0}, this node 1 to {HELLO_VERSION}")]
     Version(u32),
     #[error("peer belongs to cluster {0:?}")]
     ClusterId(String),
@@ -103,12 +172,15 @@ pub fn check_hello(payload: &[u8], cluster_id: &str, is_voter: impl Fn(&NodeId) 
         Ok((HELLO_MAGIC, _)) => {}
         _ => return Err(FrameError::NotAPeer),
     }
+    // The version next: a later version's hello is told apart as such, not
+    // as malformed, before its fields are parsed.
+    match postcard::take_from_bytes::<(u32, u32)>(payload) {
+        Ok(((_, version), _)) if !(1..=HELLO_VERSION).contains(&version) => return Err(FrameError::Version(version)),
+        _ => {}
+    }
     let hello: Hello = decode(payload)?;
     if hello.magic != HELLO_MAGIC {
         return Err(FrameError::NotAPeer);
-    }
-    if hello.version != PROTOCOL_VERSION {
-        return Err(FrameError::Version(hello.version));
     }
     if hello.cluster_id != cluster_id {
         return Err(FrameError::ClusterId(hello.cluster_id));
@@ -192,6 +264,36 @@ mod tests {
         assert_eq!(check_hello(&frames[0], "pg", voters).expect("hello").node_id, NodeId::new("a"));
         assert_eq!(decode_envelope(&frames[1]).expect("envelope"), envelope());
         assert_eq!(r.buffered(), 0);
+    }
+
+    /// Version 1 is protocol 1's hello byte for byte; version 2 carries the
+    /// incarnation; each decodes only whole, and a version 2 without its
+    /// incarnation (or a version 1 with one) is malformed.
+    #[test]
+    fn hellos_of_both_versions_round_trip_and_only_whole() {
+        let inc = Incarnation(0x0f1e_2d3c_4b5a_6978_8796_a5b4_c3d2_e1f0);
+        let one = Hello::new("pg", &NodeId::new("a"));
+        let two = Hello::with_incarnation("pg", &NodeId::new("a"), inc);
+        let p1 = encode(&one).expect("encode")[4..].to_vec();
+        let p2 = encode(&two).expect("encode")[4..].to_vec();
+        assert_eq!(check_hello(&p1, "pg", voters), Ok(one.clone()));
+        assert_eq!(check_hello(&p2, "pg", voters), Ok(two.clone()));
+        // The version is the byte after the magic's varint.
+        let at = postcard::to_allocvec(&HELLO_MAGIC).expect("encode").len();
+        assert_eq!((p1[at], p2[at]), (1, 2));
+        let mut extended = p1.clone();
+        extended[at] = 2;
+        assert_eq!(&p2[..p1.len()], &extended[..], "version 2 is version 1 and the incarnation");
+        for cut in 0..p2.len() {
+            assert!(check_hello(&p2[..cut], "pg", voters).is_err(), "cut at {cut}");
+        }
+        let mut v1_with_more = p2.clone();
+        v1_with_more[at] = 1;
+        assert!(matches!(check_hello(&v1_with_more, "pg", voters), Err(FrameError::Malformed(_))));
+        assert!(matches!(check_hello(&extended, "pg", voters), Err(FrameError::Malformed(_))), "2 without incarnation");
+        let mut v3 = p2.clone();
+        v3[at] = 3;
+        assert_eq!(check_hello(&v3, "pg", voters), Err(FrameError::Version(3)));
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! on that connection; it receives on the connections its peers dial to it.
 //! Both sides open with a [`Hello`]; anything that is not a valid hello and
 //! then valid frames from that very peer closes the connection and is counted.
+//! The acceptor answers in the hello version it was greeted in; the dialer
+//! greets in version 2 (with this node's incarnation) and, if the peer
+//! closes without answering, as a node of an earlier version does, in
+//! version 1 on its next attempt (see [`super::frame`]).
 //!
 //! With peer TLS ([`super::tls`]) every connection, in both directions, is a
 //! mutually authenticated TLS 1.3 session before the hello; a failed
@@ -32,7 +36,7 @@ use super::frame::{self, check_hello, FrameError, FrameReader, Hello};
 use super::tls::{self, PeerTls};
 use crate::clock::boottime_now;
 use crate::core::rng::SplitMix64;
-use crate::core::{Envelope, NodeId};
+use crate::core::{Envelope, Incarnation, NodeId};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,6 +56,9 @@ pub trait Events: Send + Sync + 'static {
     fn received(&self, _peer: &NodeId) {}
     /// The peer TLS files changed: now in use (true), or refused (false).
     fn tls_reloaded(&self, _ok: bool) {}
+    /// A connection with `peer` opened: its hello named this incarnation
+    /// (None: a hello of version 1, from a node of an earlier version).
+    fn peer_hello(&self, _peer: &NodeId, _incarnation: Option<Incarnation>) {}
 }
 
 /// The `reason` under which refused TLS handshakes are counted.
@@ -65,6 +72,9 @@ pub struct TransportConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// Mutual TLS on every connection; None: plain TCP.
     pub tls: Option<Arc<PeerTls>>,
+    /// This node's incarnation, for hellos of version 2; None: version 1
+    /// only.
+    pub incarnation: Option<Incarnation>,
 }
 
 struct Ctx {
@@ -75,6 +85,23 @@ struct Ctx {
 impl Ctx {
     fn is_peer(&self, id: &NodeId) -> bool {
         *id != self.cfg.node_id && self.cfg.peers.contains_key(id)
+    }
+
+    /// This node's hello in `version` (1 if it has no incarnation).
+    fn hello(&self, version: u32) -> Hello {
+        match self.cfg.incarnation {
+            Some(inc) if version >= 2 => Hello::with_incarnation(&self.cfg.cluster_id, &self.cfg.node_id, inc),
+            _ => Hello::new(&self.cfg.cluster_id, &self.cfg.node_id),
+        }
+    }
+
+    /// The hello version this node dials in first.
+    fn newest_hello(&self) -> u32 {
+        if self.cfg.incarnation.is_some() {
+            frame::HELLO_VERSION
+        } else {
+            1
+        }
     }
 }
 
@@ -146,7 +173,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, inbound: mpsc::Sender
                 Err(Closed::TlsAlert(e)) => {
                     warn!(address = %addr, error = %e, "a peer refused this node's certificate")
                 }
-                Ok(()) | Err(Closed::Io) => {}
+                Ok(()) | Err(Closed::Io | Closed::NoHello) => {}
             }
             drop(slot);
         });
@@ -162,6 +189,10 @@ enum Closed {
     /// node (counted there, not here).
     TlsAlert(String),
     Io,
+    /// The peer closed the connection after this node's hello without
+    /// answering: a node of an earlier version refusing a newer hello (or
+    /// one that stopped just then).
+    NoHello,
 }
 
 impl From<FrameError> for Closed {
@@ -251,7 +282,8 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
     if let (Some(cert), Some(addr)) = (&client_cert, ctx.cfg.peers.get(&hello.node_id)) {
         tls::certificate_names(cert, addr).map_err(|e| Closed::Tls(format!("hello as {}: {e}", hello.node_id)))?;
     }
-    let mine = frame::encode(&Hello::new(&ctx.cfg.cluster_id, &ctx.cfg.node_id))?;
+    ctx.events.peer_hello(&hello.node_id, hello.incarnation);
+    let mine = frame::encode(&ctx.hello(hello.version))?;
     timeout(WRITE_TIMEOUT, stream.write_all(&mine)).await.map_err(|_| Closed::Io)??;
     loop {
         let payload = read_frame(&mut stream, &mut reader, &mut buf).await?;
@@ -275,10 +307,14 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
     // The last TLS failure logged: a peer that keeps failing the same way is
     // logged once per streak, not at every redial (each is still counted).
     let mut logged: Option<String> = None;
+    // The hello version of the next attempt: the newest first; version 1
+    // after a peer closed on it; the newest again after any connection.
+    let mut version = ctx.newest_hello();
     loop {
-        let failure = match dial(&peer, &addr, &ctx).await {
+        let failure = match dial(&peer, &addr, &ctx, version).await {
             Ok(mut stream) => {
                 logged = None;
+                version = ctx.newest_hello();
                 let up_at = tokio::time::Instant::now();
                 ctx.events.peer_up(&peer, true);
                 let done = pump(&mut stream, &mut queue).await;
@@ -303,6 +339,16 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
             }
             Err(Closed::TlsAlert(e)) => Some(("a peer refused this node's certificate", e)),
             Err(Closed::Io) => None,
+            Err(Closed::NoHello) if version > 1 => {
+                // Most likely a node of an earlier version: greet it in
+                // version 1 at once, without a backoff.
+                version = 1;
+                continue;
+            }
+            Err(Closed::NoHello) => {
+                version = ctx.newest_hello();
+                None
+            }
         };
         if let Some((what, e)) = failure {
             if logged.as_deref() != Some(e.as_str()) {
@@ -316,22 +362,27 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
     }
 }
 
-async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx) -> Result<Box<dyn Conn>, Closed> {
+async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx, version: u32) -> Result<Box<dyn Conn>, Closed> {
     let stream = timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| Closed::Io)??;
     let _ = stream.set_nodelay(true);
     let mut stream: Box<dyn Conn> = match &ctx.cfg.tls {
         Some(tls) => connect_tls(tls, addr, stream).await?,
         None => Box::new(stream),
     };
-    let mine = frame::encode(&Hello::new(&ctx.cfg.cluster_id, &ctx.cfg.node_id))?;
+    let mine = frame::encode(&ctx.hello(version))?;
     timeout(WRITE_TIMEOUT, stream.write_all(&mine)).await.map_err(|_| Closed::Io)??;
     let mut reader = FrameReader::default();
     let mut buf = vec![0u8; 1024];
-    let payload =
-        timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &mut reader, &mut buf)).await.map_err(|_| Closed::Io)??;
+    let payload = match timeout(HANDSHAKE_TIMEOUT, read_frame(&mut stream, &mut reader, &mut buf)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(Closed::Io)) => return Err(Closed::NoHello),
+        Ok(Err(other)) => return Err(other),
+        Err(_) => return Err(Closed::Io),
+    };
     // The node answering at this address must be the peer we meant.
     let hello = check_hello(&payload, &ctx.cfg.cluster_id, |id| id == peer)?;
     debug_assert_eq!(&hello.node_id, peer);
+    ctx.events.peer_hello(peer, hello.incarnation);
     Ok(stream)
 }
 
@@ -374,8 +425,12 @@ mod tests {
     struct Recorded {
         rejected: Mutex<Vec<&'static str>>,
         up: Mutex<Vec<(NodeId, bool)>>,
+        hellos: Mutex<Vec<(NodeId, Option<Incarnation>)>>,
     }
     impl Events for Recorded {
+        fn peer_hello(&self, peer: &NodeId, incarnation: Option<Incarnation>) {
+            self.hellos.lock().expect("lock").push((peer.clone(), incarnation));
+        }
         fn rejected(&self, reason: &'static str) {
             self.rejected.lock().expect("lock").push(reason);
         }
@@ -420,6 +475,11 @@ mod tests {
 
     type Pair = (Transport, mpsc::Receiver<Envelope>, Transport, mpsc::Receiver<Envelope>, Arc<Recorded>);
 
+    /// Node `me`'s incarnation in these tests.
+    fn incarnation(me: &str) -> Incarnation {
+        Incarnation(0x1000 + u128::from(me.as_bytes()[0]))
+    }
+
     async fn pair() -> Pair {
         pair_with(None, None).await
     }
@@ -433,12 +493,88 @@ mod tests {
             node_id: NodeId::new(me),
             peers: peers.clone(),
             tls,
+            incarnation: Some(incarnation(me)),
         };
         let (ta, ra) = mpsc::channel(16);
         let (tb, rb) = mpsc::channel(16);
         let a = Transport::start(cfg("a", tls_a), la, ta, events.clone()).expect("start a");
         let b = Transport::start(cfg("b", tls_b), lb, tb, events.clone()).expect("start b");
         (a, ra, b, rb, events)
+    }
+
+    /// The first frame on `s`, and the reader holding what came after it.
+    async fn read_hello(s: &mut TcpStream) -> (Vec<u8>, FrameReader) {
+        let mut reader = FrameReader::default();
+        let mut buf = vec![0u8; 1024];
+        let read = timeout(Duration::from_secs(5), read_frame(s, &mut reader, &mut buf)).await;
+        (read.expect("in time").ok().expect("a hello"), reader)
+    }
+
+    /// Two nodes of this version greet each other in version 2 and learn
+    /// each other's incarnation, on the connections of both directions.
+    #[tokio::test]
+    async fn nodes_of_this_version_greet_in_version_2_and_learn_each_others_incarnation() {
+        let (_a, _ra, _b, _rb, events) = pair().await;
+        let seen = |peer: &str| (NodeId::new(peer), Some(incarnation(peer)));
+        eventually("four hellos", || events.hellos.lock().expect("lock").len() >= 4).await;
+        let hellos = events.hellos.lock().expect("lock").clone();
+        assert_eq!(hellos.iter().filter(|h| **h == seen("a")).count(), 2, "{hellos:?}");
+        assert_eq!(hellos.iter().filter(|h| **h == seen("b")).count(), 2, "{hellos:?}");
+    }
+
+    /// b is a node of protocol 1: it refuses any hello but version 1 by
+    /// closing the connection. a greets it in version 2, then in version 1,
+    /// with exactly protocol 1's bytes, and its messages get through.
+    #[tokio::test]
+    async fn a_node_of_an_earlier_version_is_greeted_in_version_1_after_it_closes() {
+        let (la, lb, peers) = two_listeners().await;
+        let events = Arc::new(Recorded::default());
+        let cfg = TransportConfig {
+            cluster_id: "pg".into(),
+            node_id: NodeId::new("a"),
+            peers,
+            tls: None,
+            incarnation: Some(incarnation("a")),
+        };
+        let (ta, _ra) = mpsc::channel(16);
+        let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
+        let (mut s, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("dialled").expect("accept");
+        let (hello, _) = read_hello(&mut s).await;
+        assert_eq!(check_hello(&hello, "pg", |_| true).expect("hello").version, 2);
+        drop(s); // what a node of protocol 1 does with it
+        let (mut s, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("redialled").expect("accept");
+        let (hello, mut reader) = read_hello(&mut s).await;
+        let v1 = frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode");
+        assert_eq!(hello, v1[4..].to_vec(), "protocol 1's hello, byte for byte");
+        s.write_all(&frame::encode(&Hello::new("pg", &NodeId::new("b"))).expect("encode")).await.expect("answer");
+        a.send(envelope("a", "b", 7));
+        let mut buf = vec![0u8; 1024];
+        let got = timeout(Duration::from_secs(5), read_frame(&mut s, &mut reader, &mut buf)).await;
+        let msg = frame::decode_envelope(&got.expect("in time").ok().expect("a frame")).expect("an envelope");
+        assert_eq!(msg, envelope("a", "b", 7));
+        assert!(events.hellos.lock().expect("lock").contains(&(NodeId::new("b"), None)));
+    }
+
+    /// A node of protocol 1 dials in version 1 and is answered in version 1,
+    /// byte for byte, and its messages are delivered.
+    #[tokio::test]
+    async fn a_dialer_of_an_earlier_version_is_answered_in_version_1() {
+        let (a, mut ra, _b, _rb, events) = pair().await;
+        let mut s = TcpStream::connect(a.local_addr()).await.expect("connect");
+        s.write_all(&frame::encode(&Hello::new("pg", &NodeId::new("b"))).expect("encode")).await.expect("hello");
+        let mut reader = FrameReader::default();
+        let mut buf = vec![0u8; 1024];
+        let answer = timeout(Duration::from_secs(5), read_frame(&mut s, &mut reader, &mut buf)).await;
+        let v1 = frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode");
+        assert_eq!(answer.expect("in time").ok().expect("an answer"), v1[4..].to_vec());
+        s.write_all(&frame::encode(&envelope("b", "a", 9)).expect("encode")).await.expect("send");
+        loop {
+            let got = timeout(Duration::from_secs(5), ra.recv()).await.expect("delivered").expect("open");
+            if got == envelope("b", "a", 9) {
+                break;
+            }
+        }
+        assert!(events.hellos.lock().expect("lock").contains(&(NodeId::new("b"), None)));
     }
 
     #[tokio::test]
@@ -474,7 +610,8 @@ mod tests {
         // of writing it into the dead one.
         let (la, lb, peers) = two_listeners().await;
         let events = Arc::new(Recorded::default());
-        let cfg = TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers, tls: None };
+        let cfg =
+            TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers, tls: None, incarnation: None };
         let (ta, _ra) = mpsc::channel(16);
         let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
         let accept_hello = || async {
@@ -678,6 +815,7 @@ mod tests {
                     node_id: NodeId::new("a"),
                     peers,
                     tls: Some(load(&na, &ca.cert)),
+                    incarnation: None,
                 };
                 let (ta, _ra) = mpsc::channel(16);
                 let _a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
