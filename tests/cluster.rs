@@ -35,30 +35,10 @@ impl Cluster {
     fn start_with(n: usize, name: &str, ttl: Duration) -> Cluster {
         let dir = std::env::temp_dir().join(format!("leasehold-cluster-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
-        let peers: Vec<String> = ids.iter().map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
-        let peers = peers.join(",");
-        let nodes = ids
-            .iter()
-            .map(|id| {
-                let api = format!("127.0.0.1:{}", free_port());
-                let args = vec![
-                    "--node-id".into(),
-                    id.clone(),
-                    "--peers".into(),
-                    peers.clone(),
-                    "--listen-api".into(),
-                    api.clone(),
-                    "--listen-metrics".into(),
-                    format!("127.0.0.1:{}", free_port()),
-                    "--data-dir".into(),
-                    dir.join(id).to_string_lossy().into_owned(),
-                    "--lease-ttl".into(),
-                    format!("{}ms", ttl.as_millis()),
-                ];
-                let metrics = args[args.iter().position(|a| a == "--listen-metrics").expect("flag") + 1].clone();
-                Node { api, metrics, args, child: None }
-            })
+        let nodes = layout(n, &dir, ttl)
+            .nodes
+            .into_iter()
+            .map(|l| Node { api: l.api, metrics: l.metrics, args: l.args, child: None })
             .collect();
         let mut c = Cluster { nodes, dir, observer: None };
         for i in 0..n {

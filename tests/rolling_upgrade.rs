@@ -166,28 +166,10 @@ fn a_group_of_the_previous_version_keeps_electing_through_a_rolling_upgrade_and_
     let dir = std::env::temp_dir().join(format!("leasehold-upgrade-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let peers: Vec<String> = (1..=3).map(|i| format!("n{i}=127.0.0.1:{}", free_port())).collect();
-    let peers = peers.join(",");
-    let nodes = (1..=3)
-        .map(|i| {
-            let id = format!("n{i}");
-            let api = format!("127.0.0.1:{}", free_port());
-            let args = vec![
-                "--node-id".into(),
-                id.clone(),
-                "--peers".into(),
-                peers.clone(),
-                "--listen-api".into(),
-                api.clone(),
-                "--listen-metrics".into(),
-                format!("127.0.0.1:{}", free_port()),
-                "--data-dir".into(),
-                dir.join(&id).to_string_lossy().into_owned(),
-                "--lease-ttl".into(),
-                format!("{}ms", TTL.as_millis()),
-            ];
-            Node { log: dir.join(format!("{id}.log")), id, api, args, child: None }
-        })
+    let nodes = layout(3, &dir, TTL)
+        .nodes
+        .into_iter()
+        .map(|l| Node { log: dir.join(format!("{}.log", l.id)), id: l.id, api: l.api, args: l.args, child: None })
         .collect();
     let mut g = Group { nodes, dir, observer: None };
     for n in &mut g.nodes {

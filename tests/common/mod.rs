@@ -21,6 +21,50 @@ pub fn free_port() -> u16 {
     leasehold::local::free_port().expect("a free loopback port")
 }
 
+/// A group of `n` sidecars on loopback: `--peers` (n1..nN on free ports)
+/// and, for each, its API address, its metrics address and its arguments
+/// (data dir `dir/<id>`, the given lease).
+pub struct Layout {
+    pub peers: String,
+    pub nodes: Vec<NodeLayout>,
+}
+
+pub struct NodeLayout {
+    pub id: String,
+    pub api: String,
+    pub metrics: String,
+    pub args: Vec<String>,
+}
+
+pub fn layout(n: usize, dir: &std::path::Path, lease_ttl: Duration) -> Layout {
+    let ids: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+    let peers: Vec<String> = ids.iter().map(|id| format!("{id}=127.0.0.1:{}", free_port())).collect();
+    let peers = peers.join(",");
+    let nodes = ids
+        .into_iter()
+        .map(|id| {
+            let api = format!("127.0.0.1:{}", free_port());
+            let metrics = format!("127.0.0.1:{}", free_port());
+            let args = vec![
+                "--node-id".into(),
+                id.clone(),
+                "--peers".into(),
+                peers.clone(),
+                "--listen-api".into(),
+                api.clone(),
+                "--listen-metrics".into(),
+                metrics.clone(),
+                "--data-dir".into(),
+                dir.join(&id).to_string_lossy().into_owned(),
+                "--lease-ttl".into(),
+                format!("{}ms", lease_ttl.as_millis()),
+            ];
+            NodeLayout { id, api, metrics, args }
+        })
+        .collect();
+    Layout { peers, nodes }
+}
+
 /// One GET over a fresh connection; None if the node does not answer.
 pub fn get(api: &str, path: &str) -> Option<(u16, String)> {
     leasehold::http::get(api, path, Duration::from_millis(700))
