@@ -182,7 +182,7 @@ pub fn describe_leader(v: &Value) -> String {
 }
 
 fn describe_status(v: &Value) -> String {
-    format!(
+    let mut out = format!(
         "{}\nrole {}, term {}, promise {} ms, healthy {}, storage ok {}",
         describe_leader(&v["leader"]),
         v["role"].as_str().unwrap_or("?"),
@@ -190,7 +190,26 @@ fn describe_status(v: &Value) -> String {
         v["promise_remaining_ms"],
         v["healthy"],
         v["storage_ok"]
-    )
+    );
+    if let Some(inc) = v["incarnation"].as_str() {
+        out += &format!("\nincarnation {inc}");
+    }
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let contact = match p["last_contact_ms_ago"].as_u64() {
+            Some(ms) => format!("last message {ms} ms ago"),
+            None => "never heard since start".into(),
+        };
+        let incarnation = match p["incarnation"].as_str() {
+            Some(i) => format!("incarnation {i}"),
+            None => "incarnation unknown".into(),
+        };
+        out += &format!(
+            "\npeer {}: {}, {contact}, {incarnation}",
+            p["id"].as_str().unwrap_or("?"),
+            if p["connected"].as_bool() == Some(true) { "connected" } else { "not connected" },
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -207,5 +226,26 @@ mod tests {
         assert_eq!(describe_leader(&follower), "n1 leads (fencing token 7); n2 follows");
         let none = json!({"node_id":"n2","leader_id":null,"fencing_token":null,"term":3});
         assert_eq!(describe_leader(&none), "no leader known to n2 (term 3)");
+    }
+
+    #[test]
+    fn status_names_this_node_and_each_peer_with_its_incarnation() {
+        let status = json!({
+            "leader": {"node_id":"n2","leader_id":"n1","is_leader":false,"fencing_token":7,"term":7},
+            "role": "follower", "promise_remaining_ms": 900, "healthy": true, "storage_ok": true,
+            "incarnation": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "peers": [
+                {"id":"n1","connected":true,"last_contact_ms_ago":12,"incarnation":"5f0c1d2e3b4a5968778899aabbccddee"},
+                {"id":"n3","connected":false,"last_contact_ms_ago":null,"incarnation":null}
+            ]
+        });
+        assert_eq!(
+            describe_status(&status),
+            "n1 leads (fencing token 7); n2 follows\n\
+             role follower, term 7, promise 900 ms, healthy true, storage ok true\n\
+             incarnation 0f1e2d3c4b5a69788796a5b4c3d2e1f0\n\
+             peer n1: connected, last message 12 ms ago, incarnation 5f0c1d2e3b4a5968778899aabbccddee\n\
+             peer n3: not connected, never heard since start, incarnation unknown"
+        );
     }
 }
