@@ -132,6 +132,7 @@ impl Config {
             max_clock_drift: a.max_clock_drift,
             priority: a.priority,
             advertise,
+            mode: core::Mode::Static,
         };
         node.validate()?;
         let health_check = match (&a.health_check_url, &a.health_check_exec) {

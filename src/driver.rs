@@ -246,6 +246,7 @@ mod tests {
             max_clock_drift: 0.01,
             priority: 1,
             advertise: "solo:5432".into(),
+            mode: core::Mode::Static,
         }
     }
 

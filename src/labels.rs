@@ -19,6 +19,9 @@ pub mod reason {
     pub const STALE_TERM: &str = "stale_term";
     pub const CONFLICTING_LEADER: &str = "conflicting_leader";
     pub const TERM_TOO_FAR: &str = "term_too_far";
+    /// A message of another group of the same cluster id (a group created
+    /// again, DESIGN §2b).
+    pub const OTHER_GROUP: &str = "other_group";
     /// A peer connection over the transport's cap.
     pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
     /// A refused TLS handshake.
@@ -26,7 +29,7 @@ pub mod reason {
     /// The etcd backend was handed a token not above one it saw before.
     pub const TOKEN_REGRESSED: &str = "token_regressed";
 
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         OVERSIZE,
         MALFORMED,
         NOT_A_PEER,
@@ -37,6 +40,7 @@ pub mod reason {
         STALE_TERM,
         CONFLICTING_LEADER,
         TERM_TOO_FAR,
+        OTHER_GROUP,
         TOO_MANY_CONNECTIONS,
         TLS,
         TOKEN_REGRESSED,

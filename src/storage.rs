@@ -300,7 +300,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Identity, HardState), String> {
         voters: body.voters.iter().map(NodeId::new).collect(),
         incarnation,
     };
-    Ok((identity, HardState { term: Term(body.term), voted_for: body.voted_for.map(NodeId::new) }))
+    Ok((identity, HardState::new(Term(body.term), body.voted_for.map(NodeId::new))))
 }
 
 /// Parses a state file's framing and state line. Never panics, whatever the bytes.
@@ -398,7 +398,7 @@ mod tests {
     }
 
     fn hs(term: u64, vote: Option<&str>) -> HardState {
-        HardState { term: Term(term), voted_for: vote.map(NodeId::new) }
+        HardState::new(Term(term), vote.map(NodeId::new))
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn single_node_group_leads_only_once_its_term_is_durable() {
     let first = n.step(at(0), Input::Tick);
     assert!(first.persist.is_none() && first.wake_at < at(400));
     let out = n.step(at(400), Input::Tick);
-    let hs = HardState { term: Term(1), voted_for: Some(id("a")) };
+    let hs = HardState::new(Term(1), Some(id("a")));
     assert_eq!(out.persist, Some(hs.clone()));
     assert!(out.send_now.is_empty() && out.send_after_persist.is_empty());
     let view = out.view.expect("view changed");
@@ -51,7 +51,7 @@ fn vote_requests_wait_for_the_persist_of_the_new_term() {
 
     let grant = msg("b", "a", 0, Body::PreVoteResponse { next_term: Term(1), granted: true });
     let out = n.step(at(401), Input::Message(grant));
-    assert_eq!(out.persist, Some(HardState { term: Term(1), voted_for: Some(id("a")) }));
+    assert_eq!(out.persist, Some(HardState::new(Term(1), Some(id("a")))));
     assert!(out.send_now.is_empty(), "nothing may leave before the vote for itself is durable");
     let expected: Vec<Envelope> =
         ["b", "c"].iter().map(|to| msg("a", to, 1, Body::VoteRequest { transfer_from: None })).collect();
@@ -66,7 +66,7 @@ fn a_granted_vote_is_persisted_before_it_is_sent_and_promises() {
     assert_eq!(
         out,
         Outputs {
-            persist: Some(HardState { term: Term(1), voted_for: Some(id("a")) }),
+            persist: Some(HardState::new(Term(1), Some(id("a")))),
             send_after_persist: vec![msg("b", "a", 1, Body::VoteResponse { granted: true })],
             send_now: vec![],
             view: out.view.clone(),
@@ -112,12 +112,12 @@ fn persist_failure_stops_campaigning_until_a_write_succeeds() {
 fn a_node_at_the_last_term_never_campaigns_and_keeps_its_vote() {
     // A term near the end is reached one step at a time (a jump of more
     // than MAX_TERM_AHEAD is refused: see the next test).
-    let near_end = HardState { term: Term(u64::MAX - 1), voted_for: None };
+    let near_end = HardState::new(Term(u64::MAX - 1), None);
     let mut n = Node::new(config("a", &["a", "b", "c"]), Some(near_end), boot(), 7).expect("valid config");
     let hb = msg("b", "a", u64::MAX, Body::Heartbeat { round: 1, leader_address: "b".into() });
     let out = n.step(at(1), Input::Message(hb));
-    assert_eq!(out.persist, Some(HardState { term: Term(u64::MAX), voted_for: None }));
-    let out = n.step(at(1), Input::Persisted(HardState { term: Term(u64::MAX), voted_for: None }));
+    assert_eq!(out.persist, Some(HardState::new(Term(u64::MAX), None)));
+    let out = n.step(at(1), Input::Persisted(HardState::new(Term(u64::MAX), None)));
     let _ = out;
     let out = n.step(at(60_000), Input::Tick);
     assert!(out.send_now.is_empty() && out.persist.is_none(), "no campaign at term u64::MAX");

@@ -32,6 +32,9 @@ fn envelope(body: Body) -> Envelope {
         to: NodeId::new("b"),
         term: Term(42),
         body,
+        from_incarnation: None,
+        to_incarnation: None,
+        group: None,
     }
 }
 
@@ -94,7 +97,7 @@ fn state(cluster: &str, node: &str, voters: &[&str], term: u64, vote: Option<&st
         voters: voters.iter().map(|v| NodeId::new(*v)).collect(),
         incarnation: None,
     };
-    storage::encode(&identity, &HardState { term: Term(term), voted_for: vote.map(NodeId::new) })
+    storage::encode(&identity, &HardState::new(Term(term), vote.map(NodeId::new)))
 }
 
 /// A state file with this node's incarnation.
@@ -105,7 +108,7 @@ fn state_2(term: u64, vote: Option<&str>) -> Vec<u8> {
         voters: ["a", "b", "c"].into_iter().map(NodeId::new).collect(),
         incarnation: Some(Incarnation(0x0123_4567_89ab_cdef_0011_2233_4455_6677)),
     };
-    storage::encode(&identity, &HardState { term: Term(term), voted_for: vote.map(NodeId::new) })
+    storage::encode(&identity, &HardState::new(Term(term), vote.map(NodeId::new)))
 }
 
 fn state_file_seeds() -> Seeds {

@@ -17,7 +17,7 @@ mod common;
 use common::steps::*;
 
 fn hs(term: u64, voted_for: Option<&str>) -> HardState {
-    HardState { term: Term(term), voted_for: voted_for.map(id) }
+    HardState::new(Term(term), voted_for.map(id))
 }
 
 fn campaigned(out: &Outputs) -> Option<(Term, bool)> {

@@ -168,6 +168,9 @@ impl Harness {
             to: self.world().id(to).clone(),
             term: Term(0),
             body: Body::TimeoutNow,
+            from_incarnation: None,
+            to_incarnation: None,
+            group: None,
         };
         for (idx, w) in words.iter().enumerate() {
             let Some((k, v)) = w.split_once('=') else {

@@ -552,6 +552,9 @@ fn a_replayed_message_of_an_old_term_changes_nothing_and_is_counted() {
         to: NodeId::new("n1"),
         term: Term(t),
         body: Body::VoteRequest { transfer_from: None },
+        from_incarnation: None,
+        to_incarnation: None,
+        group: None,
     };
     s.write_all(&encode(&Hello::new("leasehold", &NodeId::new("n2"))).expect("hello")).expect("send");
     s.write_all(&encode(&vote(5)).expect("frame")).expect("send");

@@ -45,7 +45,7 @@ fn state_identity() -> Identity {
 }
 
 fn state() -> HardState {
-    HardState { term: Term(7), voted_for: Some(NodeId::new("pg-1")) }
+    HardState::new(Term(7), Some(NodeId::new("pg-1")))
 }
 
 fn token_identity() -> Identity {
@@ -53,7 +53,7 @@ fn token_identity() -> Identity {
 }
 
 fn tokens() -> HardState {
-    HardState { term: Term(41_000_017), voted_for: None }
+    HardState::new(Term(41_000_017), None)
 }
 
 fn envelope(body: Body) -> Envelope {
@@ -64,6 +64,9 @@ fn envelope(body: Body) -> Envelope {
         to: NodeId::new("pg-1"),
         term: Term(7),
         body,
+        from_incarnation: None,
+        to_incarnation: None,
+        group: None,
     }
 }
 

@@ -7,7 +7,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeId, Term};
+use super::membership::{Configuration, GroupUid, Proposal};
+use super::{Incarnation, NodeId, Term};
 
 /// Version of the peer protocol. A peer speaking another version is rejected.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -23,6 +24,17 @@ pub struct Envelope {
     /// sender has not durably adopted).
     pub term: Term,
     pub body: Body,
+    /// Managed groups only (DESIGN §2b): the sender's incarnation, the
+    /// addressee's as the sender last heard it, and the sender's group.
+    /// Static groups leave them `None`. Not yet on the wire: the version-1
+    /// frame has no room for them, and a managed node is not wired to
+    /// sockets yet.
+    #[serde(skip)]
+    pub from_incarnation: Option<Incarnation>,
+    #[serde(skip)]
+    pub to_incarnation: Option<Incarnation>,
+    #[serde(skip)]
+    pub group: Option<GroupUid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +72,29 @@ pub enum Body {
     },
     /// The leader has ended its lease and asks the addressee to campaign now.
     TimeoutNow,
+    // Managed groups only (DESIGN §2b). Appended, so that the variants
+    // above keep their numbers on the wire.
+    /// "I hold no configuration": sent by a node without one to every
+    /// desired member, each heartbeat interval. `desired` digests the
+    /// desired set it reads; `pending` names the genesis it accepted and
+    /// has neither completed nor withdrawn.
+    Announce {
+        desired: u64,
+        pending: Option<GroupUid>,
+    },
+    /// The sender persisted its acceptance of `proposal`, with its
+    /// wall-clock reading in microseconds since 1970. The lowest desired
+    /// name proposes a genesis (rule 9) by sending its own acceptance.
+    Accept {
+        proposal: Proposal,
+        wall_micros: u64,
+    },
+    /// The configuration the sender holds, sent to a node that holds none
+    /// (a blank node joins as a learner; a listed one takes it as the
+    /// certificate that its genesis completed).
+    Config {
+        config: Configuration,
+    },
 }
 
 impl Body {
@@ -72,6 +107,9 @@ impl Body {
             Body::Heartbeat { .. } => "Heartbeat",
             Body::HeartbeatAck { .. } => "HeartbeatAck",
             Body::TimeoutNow => "TimeoutNow",
+            Body::Announce { .. } => "Announce",
+            Body::Accept { .. } => "Accept",
+            Body::Config { .. } => "Config",
         }
     }
 }
@@ -89,6 +127,8 @@ pub enum RejectReason {
     UnknownPeer,
     StaleTerm,
     ConflictingLeader,
+    /// Another group of the same cluster id (DESIGN §2b).
+    OtherGroup,
 }
 
 /// How far above its own term a node accepts a peer's term. Terms grow by
@@ -109,6 +149,7 @@ impl RejectReason {
             RejectReason::UnknownPeer => reason::UNKNOWN_PEER,
             RejectReason::StaleTerm => reason::STALE_TERM,
             RejectReason::ConflictingLeader => reason::CONFLICTING_LEADER,
+            RejectReason::OtherGroup => reason::OTHER_GROUP,
         }
     }
 }
@@ -135,6 +176,11 @@ impl fmt::Display for Envelope {
                 write!(f, "HeartbeatAck round={round} ok={ok} priority={priority} healthy={healthy}")
             }
             Body::TimeoutNow => write!(f, "TimeoutNow"),
+            Body::Announce { desired, pending } => write!(f, "Announce desired={desired:016x} pending={pending:?}"),
+            Body::Accept { proposal, wall_micros } => {
+                write!(f, "Accept group={} wall={wall_micros}", proposal.group)
+            }
+            Body::Config { config } => write!(f, "Config group={} stamp={:?}", config.group, config.stamp()),
         }
     }
 }

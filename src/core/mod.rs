@@ -12,6 +12,7 @@
 #[cfg(boundary_probe)]
 mod boundary_probe;
 pub mod lease;
+pub mod membership;
 pub mod message;
 mod node;
 pub mod outbox;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use membership::{Configuration, GroupUid, Identity, MemberState, Mode, Proposal};
 pub use message::{Body, Envelope, RejectReason, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 pub use node::Node;
 
@@ -115,11 +117,23 @@ impl std::str::FromStr for Incarnation {
     }
 }
 
-/// What must survive a crash: the term and the vote cast in it.
+/// What must survive a crash: the term and the vote cast in it, and in a
+/// managed group the voted-for incarnation and the membership state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     pub term: Term,
     pub voted_for: Option<NodeId>,
+    /// Managed groups only: which incarnation of `voted_for`.
+    pub voted_incarnation: Option<Incarnation>,
+    /// Managed groups only.
+    pub members: Option<Box<MemberState>>,
+}
+
+impl HardState {
+    /// A static group's state: a term and the vote cast in it.
+    pub fn new(term: Term, voted_for: Option<NodeId>) -> Self {
+        HardState { term, voted_for, ..HardState::default() }
+    }
 }
 
 /// Configuration of one node of the group.
@@ -138,6 +152,9 @@ pub struct Config {
     pub priority: u32,
     /// What other nodes report as `leader_address` while this node leads.
     pub advertise: String,
+    /// A static group (`voters` are the voters, by name) or an identity of
+    /// a managed one (`voters` are the desired members' names).
+    pub mode: Mode,
 }
 
 /// The shortest lease the core accepts.
@@ -322,6 +339,20 @@ pub enum Event {
     },
     StorageFault,
     StorageRecovered,
+    /// This managed node holds a configuration of `group` from now on,
+    /// as a voter or a learner.
+    ConfigurationHeld {
+        group: GroupUid,
+        voter: bool,
+    },
+    /// This node, the lowest desired name, proposed a genesis.
+    GenesisProposed {
+        group: GroupUid,
+    },
+    /// This identity withdrew its acceptance of a genesis, for good.
+    GenesisWithdrawn {
+        group: GroupUid,
+    },
     /// The leader got `peer`'s ack of a heartbeat round `rtt` after sending
     /// it (for `leasehold_peer_rtt_seconds`).
     AckRoundTrip {

@@ -173,7 +173,7 @@ mod tests {
     use crate::core::{Body, NodeId, Term, PROTOCOL_VERSION};
 
     fn state(term: u64, vote: Option<&str>) -> HardState {
-        HardState { term: Term(term), voted_for: vote.map(NodeId::new) }
+        HardState::new(Term(term), vote.map(NodeId::new))
     }
 
     fn msg(to: &str, term: u64) -> Envelope {
@@ -184,6 +184,9 @@ mod tests {
             to: NodeId::new(to),
             term: Term(term),
             body: Body::VoteResponse { granted: true },
+            from_incarnation: None,
+            to_incarnation: None,
+            group: None,
         }
     }
 

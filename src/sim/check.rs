@@ -573,6 +573,9 @@ mod tests {
             to: NodeId::new(to),
             term: Term(term),
             body: Body::VoteResponse { granted: true },
+            from_incarnation: None,
+            to_incarnation: None,
+            group: None,
         }
     }
 

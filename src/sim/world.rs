@@ -102,7 +102,7 @@ pub enum Verbosity {
 enum Ev {
     Deliver {
         to: usize,
-        msg: Envelope,
+        msg: Box<Envelope>,
     },
     Wake {
         node: usize,
@@ -347,7 +347,7 @@ impl World {
 
     fn process(&mut self, ev: Ev) {
         match ev {
-            Ev::Deliver { to, msg } => self.deliver(to, msg),
+            Ev::Deliver { to, msg } => self.deliver(to, *msg),
             Ev::Wake { node, incarnation, at_local } => {
                 let s = &self.slots[node];
                 if s.incarnation == incarnation && !s.paused && s.scheduled_wake == Some(at_local) {
@@ -390,6 +390,7 @@ impl World {
             max_clock_drift: self.cfg.max_clock_drift,
             priority: self.cfg.priorities[i],
             advertise: format!("{}:5432", self.slots[i].id),
+            mode: crate::core::Mode::Static,
         }
     }
 
@@ -536,7 +537,7 @@ impl World {
             let span = self.net.max_delay.saturating_sub(self.net.min_delay).as_nanos() as u64;
             let delay = self.net.min_delay.as_nanos() as u64 + self.rng.below(span + 1);
             self.note(Verbosity::Messages, |_| format!("send {msg}"));
-            self.schedule(self.now + delay.max(1), Ev::Deliver { to, msg: msg.clone() });
+            self.schedule(self.now + delay.max(1), Ev::Deliver { to, msg: Box::new(msg.clone()) });
         }
     }
 
@@ -782,5 +783,10 @@ fn fmt_event(e: &Event) -> String {
         Event::StorageFault => "storage fault".to_string(),
         Event::StorageRecovered => "storage recovered".to_string(),
         Event::AckRoundTrip { peer, rtt } => format!("ack from {peer} after {rtt:?}"),
+        Event::ConfigurationHeld { group, voter } => {
+            format!("holds the configuration of group {group} as a {}", if *voter { "voter" } else { "learner" })
+        }
+        Event::GenesisProposed { group } => format!("proposes the genesis of group {group}"),
+        Event::GenesisWithdrawn { group } => format!("withdraws from the genesis of group {group}"),
     }
 }

@@ -240,6 +240,9 @@ mod tests {
             to: NodeId::new("b"),
             term: Term(42),
             body: Body::Heartbeat { round: 7, leader_address: "10.0.0.1:5432".into() },
+            from_incarnation: None,
+            to_incarnation: None,
+            group: None,
         }
     }
 

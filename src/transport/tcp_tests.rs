@@ -31,6 +31,9 @@ fn envelope(from: &str, to: &str, round: u64) -> Envelope {
         to: NodeId::new(to),
         term: Term(3),
         body: Body::Heartbeat { round, leader_address: "x".into() },
+        from_incarnation: None,
+        to_incarnation: None,
+        group: None,
     }
 }
 

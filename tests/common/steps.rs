@@ -24,11 +24,27 @@ pub fn config(me: &str, voters: &[&str]) -> Config {
         max_clock_drift: 0.01,
         priority: 1,
         advertise: format!("{me}:5432"),
+        mode: leasehold::core::Mode::Static,
+    }
+}
+
+/// The envelope fields a static group leaves empty.
+fn unmanaged() -> Envelope {
+    Envelope {
+        version: PROTOCOL_VERSION,
+        cluster_id: String::new(),
+        from: id(""),
+        to: id(""),
+        term: Term(0),
+        body: Body::TimeoutNow,
+        from_incarnation: None,
+        to_incarnation: None,
+        group: None,
     }
 }
 
 pub fn msg(from: &str, to: &str, term: u64, body: Body) -> Envelope {
-    Envelope { version: PROTOCOL_VERSION, cluster_id: "c".into(), from: id(from), to: id(to), term: Term(term), body }
+    Envelope { version: PROTOCOL_VERSION, cluster_id: "c".into(), from: id(from), to: id(to), term: Term(term), body, ..unmanaged() }
 }
 
 /// The instant every node in these tests boots.

@@ -39,7 +39,7 @@ impl TokenFile {
     /// Writes `token` durably, off the async threads; returns the fsync time.
     pub async fn store(&self, token: u64) -> Result<Duration, String> {
         let (file, identity) = (self.file.clone(), self.identity.clone());
-        let hs = HardState { term: Term(token), voted_for: None };
+        let hs = HardState::new(Term(token), None);
         match tokio::task::spawn_blocking(move || file.store(&identity, &hs)).await {
             Ok(Ok(fsync)) => Ok(fsync),
             Ok(Err(e)) => Err(e.to_string()),

@@ -55,11 +55,12 @@ impl Node {
             return;
         }
         let leader_lease = self.leader_lease;
-        let voters = self.cfg.voters.len();
+        let voters = self.voter_count();
+        let counts = self.counts(m);
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
-        if !ok || round > l.round {
+        if !ok || round > l.round || !counts {
             return;
         }
         let report = l.peers.entry(m.from.clone()).or_insert(PeerReport {
@@ -110,7 +111,11 @@ impl Node {
                 if target == self.cfg.node_id {
                     return Err(AdminError::SelfTarget(target));
                 }
-                if !self.cfg.voters.contains(&target) {
+                let voter = match self.configuration() {
+                    Some(c) => c.incarnation_of(&target).is_some(),
+                    None => self.cfg.voters.contains(&target),
+                };
+                if !voter {
                     return Err(AdminError::UnknownPeer(target));
                 }
                 if self.best_peer(now, |p| *p == target).is_none() {
@@ -137,10 +142,11 @@ impl Node {
         };
         // Rule 2: votes are acks of the VoteRequest's send time, so the lease
         // starts at the moment of winning.
-        extend_lease(&mut state, self.cfg.voters.len(), self.leader_lease);
+        extend_lease(&mut state, self.voter_count(), self.leader_lease);
         self.role = RoleState::Leader(Box::new(state));
         self.lost_elections = 0;
-        self.leader = Some(KnownLeader { id: self.cfg.node_id.clone(), address: self.cfg.advertise.clone() });
+        let incarnation = self.my_incarnation();
+        self.leader = Some(KnownLeader { id: self.cfg.node_id.clone(), incarnation, address: self.cfg.advertise.clone() });
         self.out.events.push(Event::ElectionWon { term: self.hard.term });
         self.broadcast_heartbeat(now);
     }
@@ -165,7 +171,7 @@ impl Node {
     pub(super) fn broadcast_heartbeat(&mut self, now: Nanos) {
         let ttl = self.cfg.lease_ttl;
         let interval = self.cfg.heartbeat_interval;
-        let voters = self.cfg.voters.len();
+        let voters = self.voter_count();
         let leader_lease = self.leader_lease;
         let RoleState::Leader(l) = &mut self.role else {
             return;
@@ -182,7 +188,7 @@ impl Node {
         let me = self.cfg.node_id.clone();
         // The leader's own ack of the round: it will not vote for anyone else
         // for a lease_ttl from now.
-        self.promise_to(now, me);
+        self.promise_to(now, me, self.my_incarnation());
         let address = self.cfg.advertise.clone();
         self.broadcast(|_| Body::Heartbeat { round, leader_address: address.clone() });
     }

@@ -7,27 +7,38 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 mod leader;
+mod members;
+mod vote;
 
 use leader::LeaderState;
+use members::Members;
 
 use super::lease::{self, quorum};
 use super::message::{Body, Envelope, RejectReason, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 use super::rng::SplitMix64;
 use super::{
-    Config, ConfigError, Event, HardState, Input, LeaderView, Nanos, NodeId, Outputs, Rejection, Role, StepDownReason,
-    Term,
+    Config, ConfigError, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, NodeId, Outputs, Rejection,
+    Role, StepDownReason, Term,
 };
 
 /// A promise (rule 1): not to vote for anyone but `to` before `until`.
+/// In a managed group `to` is an identity: its incarnation too.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Promise {
     until: Nanos,
-    to: Option<NodeId>,
+    to: Option<(NodeId, Option<Incarnation>)>,
+}
+
+impl Promise {
+    fn is_to(&self, name: &NodeId, incarnation: Option<Incarnation>) -> bool {
+        self.to.as_ref().is_some_and(|(n, i)| n == name && *i == incarnation)
+    }
 }
 
 #[derive(Clone, Debug)]
 struct KnownLeader {
     id: NodeId,
+    incarnation: Option<Incarnation>,
     address: String,
 }
 
@@ -74,6 +85,8 @@ pub struct Node {
     persist_asked: Option<Nanos>,
     persist_latency: Duration,
     published: Option<LeaderView>,
+    /// Managed groups: what this node knows of the other members.
+    members: Members,
     out: Outputs,
 }
 
@@ -90,7 +103,10 @@ impl Node {
     pub fn new(cfg: Config, durable: Option<HardState>, now: Nanos, rng_seed: u64) -> Result<Node, ConfigError> {
         cfg.validate()?;
         let leader_lease = lease::leader_lease(cfg.lease_ttl, lease::drift_ppm(cfg.max_clock_drift));
-        let hard = durable.unwrap_or_default();
+        let mut hard = durable.unwrap_or_default();
+        if matches!(cfg.mode, Mode::Managed { .. }) && hard.members.is_none() {
+            hard.members = Some(Box::default());
+        }
         let boot_promise_until = now.plus(cfg.lease_ttl);
         let mut node = Node {
             cfg,
@@ -112,9 +128,11 @@ impl Node {
             persist_asked: None,
             persist_latency: Duration::ZERO,
             published: None,
+            members: Members::default(),
             out: Outputs::default(),
         };
         node.election_due = boot_promise_until.plus(node.jitter());
+        node.restore_membership(now);
         Ok(node)
     }
 
@@ -200,8 +218,8 @@ impl Node {
 
     fn wake_at(&self) -> Nanos {
         match &self.role {
-            RoleState::Follower if self.is_eligible() => self.election_due,
-            RoleState::Follower => Nanos::NEVER,
+            RoleState::Follower if self.is_eligible() && self.is_voter() => self.election_due,
+            RoleState::Follower => self.membership_wake(),
             RoleState::PreCandidate { deadline, .. } | RoleState::Candidate { deadline, .. } => *deadline,
             RoleState::Leader(l) => match &l.abdicated {
                 Some(a) => a.deadline,
@@ -217,13 +235,18 @@ impl Node {
             self.reject(&m, reason);
             return;
         }
+        if self.on_membership_message(now, &m) {
+            return;
+        }
         // A vote request that would break a promise is ignored outright, term
         // included: adopting its term would depose a leader whose lease this
         // node is protecting (Raft thesis §4.2.3).
         // The promise check uses the term before any adoption (rule 8's
         // transfer exception is relative to the term the promise was made in).
         let vote_allowed = match &m.body {
-            Body::VoteRequest { transfer_from } => self.may_vote_for(now, &m.from, transfer_from.as_ref(), m.term),
+            Body::VoteRequest { transfer_from } => {
+                self.may_vote_for(now, &m.from, m.from_incarnation, transfer_from.as_ref(), m.term)
+            }
             _ => false,
         };
         if matches!(m.body, Body::VoteRequest { .. }) && m.term > self.hard.term && !vote_allowed {
@@ -244,6 +267,7 @@ impl Node {
                 self.on_heartbeat_ack(now, &m, round, ok, priority, healthy)
             }
             Body::TimeoutNow => self.on_timeout_now(now, &m),
+            Body::Announce { .. } | Body::Accept { .. } | Body::Config { .. } => {}
         }
     }
 
@@ -257,6 +281,8 @@ impl Node {
             Some(RejectReason::WrongAddressee)
         } else if m.from == self.cfg.node_id || !self.cfg.voters.contains(&m.from) {
             Some(RejectReason::UnknownPeer)
+        } else if let Some(reason) = self.invalid_membership(m) {
+            Some(reason)
         } else if self.too_far_ahead(m.term)
             || matches!(m.body, Body::PreVoteRequest { next_term } | Body::PreVoteResponse { next_term, .. } if self.too_far_ahead(next_term))
         {
@@ -267,128 +293,21 @@ impl Node {
     }
 
     fn too_far_ahead(&self, term: Term) -> bool {
-        term.0 > self.hard.term.0.saturating_add(MAX_TERM_AHEAD)
+        term.0 > self.term_base().0.saturating_add(MAX_TERM_AHEAD)
     }
 
     fn reject(&mut self, m: &Envelope, reason: RejectReason) {
         self.out.rejected.push(Rejection { from: m.from.clone(), reason });
     }
 
-    fn on_pre_vote_request(&mut self, now: Nanos, m: &Envelope, next_term: Term) {
-        // Rule 4: granted only if the voter's promise has expired (or is to
-        // this very candidate) and the candidate's term would not be stale.
-        let granted = next_term > self.hard.term
-            && m.term < next_term
-            && self.may_vote_for(now, &m.from, None, next_term)
-            && !self.pre_vote_held_for_another(now, &m.from, next_term);
-        if granted {
-            self.pre_vote_hold = Some((next_term, m.from.clone(), now.plus(self.cfg.heartbeat_interval)));
-            if self.yields_pre_vote_to(&m.from, next_term) {
-                self.out.events.push(Event::PreVoteFailed { next_term });
-                self.become_follower(now);
-            }
-        }
-        self.send(m.from.clone(), Body::PreVoteResponse { next_term, granted });
-    }
-
-    /// Liveness only (pre-votes bind nothing): a pre-candidate that grants
-    /// the pre-vote of a rival for the same term with a smaller node id gives
-    /// up its own. Two pre-candidates that ask each other at once would
-    /// otherwise both win their pre-votes, both campaign and split the real
-    /// vote, which costs a whole vote round; their turns
-    /// (`succession_delay`) keep them apart only while both processes run
-    /// on time, and a stalled machine or a throttled container wakes them
-    /// together. The one with the smaller id still grants the other: if its
-    /// own round is stuck (its requests lost), it does not hold back a
-    /// rival that can win.
-    fn yields_pre_vote_to(&self, candidate: &NodeId, next_term: Term) -> bool {
-        match &self.role {
-            RoleState::PreCandidate { next_term: mine, .. } => *mine == next_term && *candidate < self.cfg.node_id,
-            _ => false,
-        }
-    }
-
-    /// Liveness only (pre-votes bind nothing): for one heartbeat interval
-    /// after granting a pre-vote for a term, a node endorses no other
-    /// candidate for that term. Otherwise every pre-candidate that asks
-    /// within a round trip of the promises expiring wins its pre-vote, and
-    /// they split the real vote.
-    fn pre_vote_held_for_another(&self, now: Nanos, candidate: &NodeId, next_term: Term) -> bool {
-        self.pre_vote_hold.as_ref().is_some_and(|(t, c, until)| *t >= next_term && c != candidate && now < *until)
-    }
-
-    fn on_pre_vote_response(&mut self, now: Nanos, m: &Envelope, next_term: Term, granted: bool) {
-        let voters = self.cfg.voters.len();
-        let RoleState::PreCandidate { next_term: want, granted: votes, refused, .. } = &mut self.role else {
-            return;
-        };
-        if next_term != *want {
-            return;
-        }
-        if !granted {
-            // Once a win is impossible, give up now rather than at the
-            // deadline, so the retry comes a jitter later, not a timeout.
-            refused.insert(m.from.clone());
-            if voters - refused.len() < quorum(voters) {
-                self.out.events.push(Event::PreVoteFailed { next_term });
-                self.become_follower(now);
-            }
-            return;
-        }
-        votes.insert(m.from.clone());
-        if votes.len() < quorum(self.cfg.voters.len()) {
-            return;
-        }
-        // Re-check rule 1 at the moment of campaigning: a promise made to
-        // another node since the pre-vote began forbids voting for itself.
-        if self.may_campaign(now) {
-            self.become_candidate(now, None);
-        } else {
-            self.become_follower(now);
-        }
-    }
-
-    fn on_vote_request(&mut self, now: Nanos, m: &Envelope, allowed_by_promise: bool) {
-        if m.term < self.hard.term {
-            self.reject(m, RejectReason::StaleTerm);
-            self.send(m.from.clone(), Body::VoteResponse { granted: false });
-            return;
-        }
-        let free = self.hard.voted_for.is_none() || self.hard.voted_for.as_ref() == Some(&m.from);
-        let granted = free && self.storage_ok && allowed_by_promise;
-        if granted {
-            if self.hard.voted_for.is_none() {
-                self.hard.voted_for = Some(m.from.clone());
-                self.request_persist();
-            }
-            // The vote is a promise (rule 1): a pending pre-vote of this
-            // node's own must not turn into a campaign that breaks it.
-            if matches!(self.role, RoleState::PreCandidate { .. }) {
-                self.become_follower(now);
-            }
-            self.promise_to(now, m.from.clone());
-        }
-        self.send(m.from.clone(), Body::VoteResponse { granted });
-    }
-
-    fn on_vote_response(&mut self, now: Nanos, m: &Envelope, granted: bool) {
-        if m.term < self.hard.term {
-            self.reject(m, RejectReason::StaleTerm);
-            return;
-        }
-        let RoleState::Candidate { granted: votes, .. } = &mut self.role else {
-            return;
-        };
-        if granted {
-            votes.insert(m.from.clone());
-            self.maybe_win(now);
-        }
-    }
-
     fn on_heartbeat(&mut self, now: Nanos, m: &Envelope, round: u64, leader_address: String) {
         if m.term < self.hard.term {
             self.reject(m, RejectReason::StaleTerm);
             self.send(m.from.clone(), self.ack_body(now, round, false));
+            return;
+        }
+        if !self.counts(m) {
+            // Only a voter of this node's configuration leads it.
             return;
         }
         if matches!(self.role, RoleState::Leader(_)) {
@@ -400,9 +319,9 @@ impl Node {
         if !matches!(self.role, RoleState::Follower) {
             self.become_follower(now);
         }
-        self.leader = Some(KnownLeader { id: m.from.clone(), address: leader_address });
+        self.leader = Some(KnownLeader { id: m.from.clone(), incarnation: m.from_incarnation, address: leader_address });
         self.lost_elections = 0;
-        self.promise_to(now, m.from.clone());
+        self.promise_to(now, m.from.clone(), m.from_incarnation);
         self.send(m.from.clone(), self.ack_body(now, round, true));
     }
 
@@ -423,10 +342,12 @@ impl Node {
         // Only from the leader this node follows in this very term, and only
         // if its promise is still to that leader (or has expired): a vote
         // granted to another candidate since is a promise too.
-        let from_leader = self.leader.as_ref().is_some_and(|l| l.id == m.from) && m.term == self.hard.term;
-        let promise_allows = now >= self.promise.until || self.promise.to.as_ref() == Some(&m.from);
+        let from_leader = self.leader.as_ref().is_some_and(|l| l.id == m.from && l.incarnation == m.from_incarnation)
+            && m.term == self.hard.term;
+        let promise_allows = now >= self.promise.until || self.promise.is_to(&m.from, m.from_incarnation);
         if from_leader
             && promise_allows
+            && self.is_voter()
             && self.is_eligible()
             && self.has_next_term()
             && now >= self.boot_promise_until
@@ -482,9 +403,10 @@ impl Node {
     // ---- timers -------------------------------------------------------
 
     fn on_timers(&mut self, now: Nanos) {
+        self.on_membership_timers(now);
         match &self.role {
             RoleState::Follower => {
-                if now >= self.election_due {
+                if now >= self.election_due && self.is_voter() {
                     if self.may_campaign(now) {
                         self.become_pre_candidate(now);
                     } else {
@@ -541,8 +463,7 @@ impl Node {
             self.leader = None;
         }
         self.role = RoleState::Follower;
-        let me = &self.cfg.node_id;
-        let gate = if self.promise.to.as_ref() == Some(me) { now } else { self.promise.until.max(now) };
+        let gate = if self.promised_self() { now } else { self.promise.until.max(now) };
         self.election_due = gate.max(self.boot_promise_until).max(self.own_lease_until).plus(self.jitter());
     }
 
@@ -564,7 +485,7 @@ impl Node {
         self.role = RoleState::PreCandidate { next_term, granted, refused: BTreeSet::new(), deadline };
         self.out.events.push(Event::PreVoteStarted { next_term });
         self.broadcast(|_| Body::PreVoteRequest { next_term });
-        if quorum(self.cfg.voters.len()) == 1 {
+        if quorum(self.voter_count()) == 1 {
             self.become_candidate(now, None);
         }
     }
@@ -576,9 +497,10 @@ impl Node {
         let me = self.cfg.node_id.clone();
         self.hard.term = self.hard.term.next();
         self.hard.voted_for = Some(me.clone());
+        self.hard.voted_incarnation = self.my_incarnation();
         self.request_persist();
         self.leader = None;
-        self.promise_to(now, me.clone());
+        self.promise_to(now, me.clone(), self.my_incarnation());
         let mut granted = BTreeSet::new();
         granted.insert(me);
         self.role = RoleState::Candidate { granted, sent_at: now, deadline: now.plus(self.vote_timeout()) };
@@ -594,7 +516,7 @@ impl Node {
         let RoleState::Candidate { granted, sent_at, .. } = &self.role else {
             return;
         };
-        if granted.len() < quorum(self.cfg.voters.len()) || self.durable.term != self.hard.term {
+        if granted.len() < quorum(self.voter_count()) || self.durable.term != self.hard.term {
             return;
         }
         // A majority gathered only after the votes' lease ran out (a paused
@@ -619,6 +541,7 @@ impl Node {
         let old = self.hard.term;
         self.hard.term = term;
         self.hard.voted_for = None;
+        self.hard.voted_incarnation = None;
         self.request_persist();
         self.leader = None;
         if let Some(reason) = stepped_down {
@@ -638,28 +561,43 @@ impl Node {
     /// rule 7, with rule 8's single exception: a transfer vote whose
     /// TimeoutNow came from the very leader this node promised, for the term
     /// right after the one it promised in.
-    fn may_vote_for(&self, now: Nanos, candidate: &NodeId, transfer_from: Option<&NodeId>, term: Term) -> bool {
+    ///
+    /// The transfer exception compares names: the TimeoutNow came from the
+    /// one leader of the term the promise was made in (the candidate
+    /// checked its identity), so the name is enough to tell it.
+    fn may_vote_for(
+        &self,
+        now: Nanos,
+        candidate: &NodeId,
+        incarnation: Option<Incarnation>,
+        transfer_from: Option<&NodeId>,
+        term: Term,
+    ) -> bool {
         if now < self.boot_promise_until {
             return false;
         }
-        if now >= self.promise.until {
+        if now >= self.promise.until || self.promise.is_to(candidate, incarnation) {
             return true;
         }
         match &self.promise.to {
-            Some(to) if to == candidate => true,
-            Some(to) => transfer_from == Some(to) && term == self.hard.term.next(),
+            Some((to, _)) => transfer_from == Some(to) && term == self.hard.term.next(),
             None => false,
         }
     }
 
+    /// Is this node's promise to itself (its own candidacy or leadership)?
+    fn promised_self(&self) -> bool {
+        self.promise.is_to(&self.cfg.node_id, self.my_incarnation())
+    }
+
     fn may_campaign(&self, now: Nanos) -> bool {
-        let me = &self.cfg.node_id;
         self.is_eligible()
+            && self.is_voter()
             && self.has_next_term()
             && self.storage_ok
             && now >= self.boot_promise_until
             && now >= self.own_lease_until
-            && (now >= self.promise.until || self.promise.to.as_ref() == Some(me))
+            && (now >= self.promise.until || self.promised_self())
     }
 
     /// A term of u64::MAX has no successor: campaigning would reuse the term
@@ -672,12 +610,12 @@ impl Node {
         self.cfg.priority > 0 && self.healthy
     }
 
-    fn promise_to(&mut self, now: Nanos, to: NodeId) {
+    fn promise_to(&mut self, now: Nanos, to: NodeId, incarnation: Option<Incarnation>) {
         let until = now.plus(self.cfg.lease_ttl).max(self.promise.until);
         if matches!(self.role, RoleState::Follower) {
             self.election_due = until.plus(self.succession_delay(&to));
         }
-        self.promise = Promise { until, to: Some(to) };
+        self.promise = Promise { until, to: Some((to, incarnation)) };
     }
 
     /// How long after the end of its promise to `to` a follower campaigns.
@@ -703,6 +641,13 @@ impl Node {
     }
 
     fn send(&mut self, to: NodeId, body: Body) {
+        let incarnation = self.incarnation_of(&to);
+        self.send_to(to, incarnation, body);
+    }
+
+    /// Sends to one life of `to` (managed groups; `None` in a static one).
+    fn send_to(&mut self, to: NodeId, to_incarnation: Option<Incarnation>, body: Body) {
+        let managed = matches!(self.cfg.mode, Mode::Managed { .. });
         let m = Envelope {
             version: PROTOCOL_VERSION,
             cluster_id: self.cfg.cluster_id.clone(),
@@ -710,6 +655,9 @@ impl Node {
             to,
             term: self.hard.term,
             body,
+            from_incarnation: self.my_incarnation(),
+            to_incarnation: to_incarnation.filter(|_| managed),
+            group: self.configuration().map(|c| c.group),
         };
         if self.hard == self.durable {
             self.out.send_now.push(m);

@@ -1,0 +1,146 @@
+//! Identities, configurations and genesis (DESIGN §2b; docs/safety.md,
+//! "Membership"). Types only: what a managed node persists about the group
+//! and what its messages carry. The rules that use them live in
+//! `node/members.rs`.
+//!
+//! A node runs in one of two [`Mode`]s. A **static** group is today's
+//! `--peers` list, matched by name (rule 11 treats it as the configuration
+//! `(0, 0, names)`). A **managed** node is an identity `(name,
+//! incarnation)`: it holds no configuration until a genesis completes or a
+//! member hands it one, votes only as a listed identity, and counts only
+//! listed identities' votes and acks.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Incarnation, NodeId, Term};
+
+/// One life of one node: a name and the incarnation drawn with its first
+/// state file. Everything a managed node votes for, promises, counts or
+/// hands over to is matched by identity, never by name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: NodeId,
+    pub incarnation: Incarnation,
+}
+
+impl Identity {
+    pub fn new(name: NodeId, incarnation: Incarnation) -> Self {
+        Identity { name, incarnation }
+    }
+}
+
+impl fmt::Display for Identity {
+    /// The name and the first eight hex digits of the incarnation.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{:08x}", self.name, (self.incarnation.0 >> 96) as u32)
+    }
+}
+
+/// The group a configuration belongs to, drawn at genesis. Two groups of
+/// one cluster id (a group created again) never mix their messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupUid(pub u128);
+
+impl fmt::Display for GroupUid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// A configuration: who votes, stamped `(cterm, epoch)`. Configurations
+/// are ordered by `cterm`, then `epoch`; equal stamps with other voters are
+/// incomparable (docs/safety.md, rule 1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub group: GroupUid,
+    pub cterm: Term,
+    pub epoch: u64,
+    pub voters: BTreeSet<Identity>,
+    /// The first term of the group (the genesis floor, rule 9): no term at
+    /// or below it is ever campaigned for.
+    pub floor: Term,
+}
+
+impl Configuration {
+    pub fn stamp(&self) -> (Term, u64) {
+        (self.cterm, self.epoch)
+    }
+
+    pub fn lists(&self, who: &Identity) -> bool {
+        self.voters.contains(who)
+    }
+
+    /// The listed incarnation of `name`, if `name` is a voter.
+    pub fn incarnation_of(&self, name: &NodeId) -> Option<Incarnation> {
+        self.voters.iter().find(|v| v.name == *name).map(|v| v.incarnation)
+    }
+
+    /// A short digest of the stamp and the voters, for logs and the checker.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        eat(&self.group.0.to_le_bytes());
+        eat(&self.cterm.0.to_le_bytes());
+        eat(&self.epoch.to_le_bytes());
+        for v in &self.voters {
+            eat(v.name.as_str().as_bytes());
+            eat(&v.incarnation.0.to_le_bytes());
+        }
+        h
+    }
+}
+
+/// Which membership rules a node follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The `--peers` list, by name (DESIGN §2; rule 11's static group).
+    Static,
+    /// An identity of a managed group (DESIGN §2b).
+    Managed { incarnation: Incarnation },
+}
+
+/// A genesis proposal (rule 9): the identities of every desired member,
+/// each reported blank, and a fresh group uid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub group: GroupUid,
+    pub voters: BTreeSet<Identity>,
+}
+
+impl Proposal {
+    /// The configuration the proposal makes once every listed identity
+    /// accepted it, with the largest wall-clock reading among the
+    /// acceptances as its floor.
+    pub fn configuration(&self, floor: Term) -> Configuration {
+        Configuration { group: self.group, cterm: Term(0), epoch: 1, voters: self.voters.clone(), floor }
+    }
+}
+
+/// What a managed node persists about membership.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// The configuration this node holds. `None` while blank.
+    pub config: Option<Configuration>,
+    /// The genesis this identity accepted and has neither completed nor
+    /// withdrawn, with its own wall-clock reading (microseconds since
+    /// 1970) sent in its acceptance.
+    pub accepted: Option<(Proposal, u64)>,
+    /// Geneses this identity withdrew from: refused for good.
+    pub withdrawn: BTreeSet<GroupUid>,
+}
+
+impl MemberState {
+    /// Blank, for genesis: no configuration, and no genesis accepted and
+    /// still open.
+    pub fn is_blank(&self) -> bool {
+        self.config.is_none() && self.accepted.is_none()
+    }
+}

@@ -1,0 +1,421 @@
+//! The managed-group half of [`Node`] (DESIGN §2b; docs/safety.md,
+//! "Membership", rules 1, 6, 8 and 9): who counts as a voter, blank nodes,
+//! learners and genesis. A static group (rule 11) passes through every
+//! function here unchanged: all of `--peers` vote, matched by name.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Node;
+use crate::core::membership::{Configuration, GroupUid, Identity, MemberState, Mode, Proposal};
+use crate::core::message::{Body, Envelope, RejectReason};
+use crate::core::{Event, Incarnation, Nanos, NodeId, Term};
+
+/// What a node without a configuration last heard from a desired member.
+#[derive(Clone, Debug)]
+pub(super) struct Announced {
+    incarnation: Incarnation,
+    desired: u64,
+    pending: Option<GroupUid>,
+    at: Nanos,
+}
+
+/// A managed node's view of the others, in memory only.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Members {
+    /// The incarnation last heard from each name: the addressee's
+    /// incarnation of what this node sends it.
+    seen: BTreeMap<NodeId, Incarnation>,
+    announced: BTreeMap<NodeId, Announced>,
+    /// The acceptances collected for the genesis this node accepted.
+    acceptances: BTreeMap<Identity, u64>,
+    /// When this node accepted (or, after a restart, found) that genesis.
+    accepted_at: Nanos,
+    next_announce: Nanos,
+    /// The driver's last wall-clock reading, microseconds since 1970.
+    wall_micros: u64,
+}
+
+/// How long an accepted genesis may stay incomplete before this identity
+/// withdraws from it, in leases.
+const WITHDRAW_AFTER_LEASES: u32 = 6;
+
+impl Node {
+    pub(super) fn me(&self) -> Option<Identity> {
+        match self.cfg.mode {
+            Mode::Static => None,
+            Mode::Managed { incarnation } => Some(Identity::new(self.cfg.node_id.clone(), incarnation)),
+        }
+    }
+
+    pub(super) fn my_incarnation(&self) -> Option<Incarnation> {
+        match self.cfg.mode {
+            Mode::Static => None,
+            Mode::Managed { incarnation } => Some(incarnation),
+        }
+    }
+
+    fn managed(&self) -> bool {
+        matches!(self.cfg.mode, Mode::Managed { .. })
+    }
+
+    fn member_state(&self) -> Option<&MemberState> {
+        self.hard.members.as_deref()
+    }
+
+    fn member_state_mut(&mut self) -> &mut MemberState {
+        self.hard.members.get_or_insert_with(Box::default)
+    }
+
+    /// The configuration this node holds (managed groups only).
+    pub fn configuration(&self) -> Option<&Configuration> {
+        self.member_state().and_then(|s| s.config.as_ref())
+    }
+
+    /// How many votes make a majority's worth of voters.
+    pub(super) fn voter_count(&self) -> usize {
+        match self.cfg.mode {
+            Mode::Static => self.cfg.voters.len(),
+            Mode::Managed { .. } => self.configuration().map_or(0, |c| c.voters.len()),
+        }
+    }
+
+    /// Is this node a voter of what it holds? A learner, or a blank node,
+    /// never votes or campaigns (rules 1 and 8).
+    pub fn is_voter(&self) -> bool {
+        match self.me() {
+            None => true,
+            Some(me) => self.configuration().is_some_and(|c| c.lists(&me)),
+        }
+    }
+
+    /// Does a vote or ack in `m` count? In a managed group only a listed
+    /// identity's (rules 1 and 5): never a learner's, a removed voter's, or
+    /// another incarnation's of a listed name.
+    pub(super) fn counts(&self, m: &Envelope) -> bool {
+        if !self.managed() {
+            return true;
+        }
+        let Some(inc) = m.from_incarnation else { return false };
+        self.configuration().is_some_and(|c| c.lists(&Identity::new(m.from.clone(), inc)))
+    }
+
+    /// The incarnation to address `name` by: the one this node's
+    /// configuration lists, else the one last heard.
+    pub(super) fn incarnation_of(&self, name: &NodeId) -> Option<Incarnation> {
+        self.configuration().and_then(|c| c.incarnation_of(name)).or_else(|| self.members.seen.get(name).copied())
+    }
+
+    /// Envelope checks of a managed group: the sender names its
+    /// incarnation, a message meant for another life of this node is not
+    /// for it, and another group's messages are refused.
+    pub(super) fn invalid_membership(&self, m: &Envelope) -> Option<RejectReason> {
+        let mine = self.my_incarnation()?;
+        if m.from_incarnation.is_none() {
+            return Some(RejectReason::UnknownPeer);
+        }
+        if m.to_incarnation.is_some_and(|to| to != mine) {
+            return Some(RejectReason::WrongAddressee);
+        }
+        match (self.configuration(), m.group) {
+            (Some(c), Some(g)) if c.group != g => Some(RejectReason::OtherGroup),
+            _ => None,
+        }
+    }
+
+    /// The term floor `term_too_far` is measured from: a node's term, or
+    /// in a managed group its own wall clock, so that a blank node does not
+    /// refuse the terms of a group whose genesis floor is a wall-clock
+    /// reading (rule 9).
+    pub(super) fn term_base(&self) -> Term {
+        if self.managed() {
+            self.hard.term.max(Term(self.members.wall_micros))
+        } else {
+            self.hard.term
+        }
+    }
+
+    /// The driver's wall clock, in microseconds since 1970: read for the
+    /// genesis floor (rule 9). Only a managed group uses it.
+    pub fn observe_wall_clock(&mut self, micros: u64) {
+        self.members.wall_micros = self.members.wall_micros.max(micros);
+    }
+
+    /// Handles the membership messages; returns false for any other, which
+    /// the caller handles if this node holds a configuration (a node that
+    /// holds none takes part in nothing else).
+    pub(super) fn on_membership_message(&mut self, now: Nanos, m: &Envelope) -> bool {
+        if !self.managed() {
+            return matches!(m.body, Body::Announce { .. } | Body::Accept { .. } | Body::Config { .. });
+        }
+        if let Some(inc) = m.from_incarnation {
+            self.members.seen.insert(m.from.clone(), inc);
+        }
+        match &m.body {
+            Body::Announce { desired, pending } => {
+                self.on_announce(now, m, *desired, *pending);
+                true
+            }
+            Body::Accept { proposal, wall_micros } => {
+                self.on_accept(now, m, proposal, *wall_micros);
+                true
+            }
+            Body::Config { config } => {
+                self.on_config(now, m, config);
+                true
+            }
+            // A node that holds no configuration votes, acks and follows
+            // no one (rule 8: it persists a configuration before it acks).
+            _ => self.configuration().is_none(),
+        }
+    }
+
+    fn sender(m: &Envelope) -> Option<Identity> {
+        m.from_incarnation.map(|inc| Identity::new(m.from.clone(), inc))
+    }
+
+    fn on_announce(&mut self, now: Nanos, m: &Envelope, desired: u64, pending: Option<GroupUid>) {
+        let Some(who) = Self::sender(m) else { return };
+        self.members
+            .announced
+            .insert(m.from.clone(), Announced { incarnation: who.incarnation, desired, pending, at: now });
+        if let Some(config) = self.configuration().cloned() {
+            self.send(m.from.clone(), Body::Config { config });
+            return;
+        }
+        // A listed name that answers with another incarnation has lost its
+        // state: the genesis that lists its old self can never complete.
+        let stale = self
+            .member_state()
+            .and_then(|s| s.accepted.as_ref())
+            .is_some_and(|(p, _)| p.voters.iter().any(|v| v.name == who.name && v.incarnation != who.incarnation));
+        if stale {
+            self.withdraw(now);
+        }
+    }
+
+    fn on_accept(&mut self, now: Nanos, m: &Envelope, proposal: &Proposal, wall_micros: u64) {
+        let Some(who) = Self::sender(m) else { return };
+        if let Some(config) = self.configuration().cloned() {
+            // A listed identity that has not completed: this configuration
+            // is its certificate.
+            if config.group == proposal.group && config.lists(&who) {
+                self.send(m.from.clone(), Body::Config { config });
+            }
+            return;
+        }
+        let Some(me) = self.me() else { return };
+        if !proposal.voters.contains(&who) {
+            return;
+        }
+        let state = self.member_state().cloned().unwrap_or_default();
+        match &state.accepted {
+            Some((mine, _)) if mine.group == proposal.group => {}
+            Some(_) => return,
+            None => {
+                if !self.may_accept(&state, proposal, &me) {
+                    return;
+                }
+                self.accept(now, proposal.clone());
+            }
+        }
+        self.members.acceptances.insert(who, wall_micros);
+        self.maybe_complete(now);
+    }
+
+    /// Rule 9: a blank identity accepts a genesis only if it lists this
+    /// very identity, names exactly the desired members, and was not
+    /// withdrawn from.
+    fn may_accept(&self, state: &MemberState, proposal: &Proposal, me: &Identity) -> bool {
+        let names: BTreeSet<&NodeId> = proposal.voters.iter().map(|v| &v.name).collect();
+        state.is_blank()
+            && !state.withdrawn.contains(&proposal.group)
+            && proposal.voters.contains(me)
+            && names.len() == proposal.voters.len()
+            && names.into_iter().eq(self.cfg.voters.iter())
+    }
+
+    /// Persists this identity's acceptance, then sends it to every listed
+    /// identity (after the write: the messages wait for it).
+    fn accept(&mut self, now: Nanos, proposal: Proposal) {
+        let wall = self.members.wall_micros;
+        let me = self.me().expect("managed");
+        self.member_state_mut().accepted = Some((proposal.clone(), wall));
+        self.request_persist();
+        self.members.acceptances = BTreeMap::from([(me, wall)]);
+        self.members.accepted_at = now;
+        self.send_acceptance(&proposal, wall);
+    }
+
+    fn send_acceptance(&mut self, proposal: &Proposal, wall_micros: u64) {
+        let me = self.me();
+        for v in &proposal.voters {
+            if Some(v) != me.as_ref() {
+                let body = Body::Accept { proposal: proposal.clone(), wall_micros };
+                self.send_to(v.name.clone(), Some(v.incarnation), body);
+            }
+        }
+    }
+
+    /// Complete once every listed identity's acceptance is here: hold the
+    /// genesis configuration, its floor the largest wall-clock reading
+    /// among the acceptances, persisted before anything acts on it.
+    fn maybe_complete(&mut self, now: Nanos) {
+        let Some((proposal, _)) = self.member_state().and_then(|s| s.accepted.clone()) else { return };
+        if !proposal.voters.iter().all(|v| self.members.acceptances.contains_key(v)) {
+            return;
+        }
+        let floor = Term(self.members.acceptances.values().copied().max().unwrap_or(0));
+        let config = proposal.configuration(floor);
+        self.hold(now, config);
+    }
+
+    /// Holds `config` from now on, persisted before anything acts on it;
+    /// a configuration's floor is also a term floor (rule 2).
+    fn hold(&mut self, now: Nanos, config: Configuration) {
+        let group = config.group;
+        let floor = config.floor;
+        let state = self.member_state_mut();
+        state.accepted = None;
+        state.config = Some(config);
+        if self.hard.term < floor {
+            self.hard.term = floor;
+            self.hard.voted_for = None;
+            self.hard.voted_incarnation = None;
+        }
+        self.request_persist();
+        self.members.acceptances.clear();
+        let voter = self.is_voter();
+        self.out.events.push(Event::ConfigurationHeld { group, voter });
+        self.become_follower(now);
+    }
+
+    fn on_config(&mut self, now: Nanos, m: &Envelope, config: &Configuration) {
+        match self.configuration() {
+            Some(mine) if mine.group != config.group => {
+                self.reject(m, RejectReason::OtherGroup);
+                return;
+            }
+            // Only geneses exist so far; the configuration register (rules
+            // 2 to 5) is the next step.
+            Some(_) => return,
+            None => {}
+        }
+        let Some(me) = self.me() else { return };
+        let state = self.member_state().cloned().unwrap_or_default();
+        if config.lists(&me) {
+            // The certificate of a genesis this identity accepted: every
+            // listed identity accepted, or the sender would not hold it.
+            // Withdrawn from, or never accepted: refused for good.
+            let mine = state.accepted.as_ref().is_some_and(|(p, _)| p.group == config.group);
+            if mine {
+                self.hold(now, config.clone());
+            }
+            return;
+        }
+        // A learner of a group that exists (rule 8). An open acceptance of
+        // another genesis is withdrawn in the same write.
+        if state.accepted.is_some() {
+            self.withdraw(now);
+        }
+        if state.withdrawn.contains(&config.group) {
+            return;
+        }
+        self.hold(now, config.clone());
+    }
+
+    /// Persists that this identity refuses the genesis it accepted, for
+    /// good. Only before it persisted the completion (rule 9): a completed
+    /// genesis has `accepted` cleared.
+    fn withdraw(&mut self, _now: Nanos) {
+        let state = self.member_state_mut();
+        let Some((p, _)) = state.accepted.take() else { return };
+        state.withdrawn.insert(p.group);
+        self.request_persist();
+        self.members.acceptances.clear();
+        self.out.events.push(Event::GenesisWithdrawn { group: p.group });
+    }
+
+    /// The timers of a node that holds no configuration: announce itself,
+    /// resend an open acceptance, propose a genesis, or withdraw one that
+    /// has waited too long.
+    pub(super) fn on_membership_timers(&mut self, now: Nanos) {
+        if !self.managed() || self.configuration().is_some() || now < self.members.next_announce {
+            return;
+        }
+        self.members.next_announce = now.plus(self.cfg.heartbeat_interval);
+        let state = self.member_state().cloned().unwrap_or_default();
+        if let Some((proposal, wall)) = &state.accepted {
+            if now >= self.members.accepted_at.plus(self.cfg.lease_ttl * WITHDRAW_AFTER_LEASES) {
+                self.withdraw(now);
+            } else {
+                self.send_acceptance(proposal, *wall);
+            }
+        }
+        let pending = self.member_state().and_then(|s| s.accepted.as_ref()).map(|(p, _)| p.group);
+        let desired = self.desired_digest();
+        let peers: Vec<NodeId> = self.cfg.voters.iter().filter(|v| **v != self.cfg.node_id).cloned().collect();
+        for peer in peers {
+            self.send(peer, Body::Announce { desired, pending });
+        }
+        self.maybe_propose(now);
+    }
+
+    /// The lowest desired name proposes, once every other desired member
+    /// announced itself blank, recently, with the same desired set (rule 9).
+    fn maybe_propose(&mut self, now: Nanos) {
+        let Some(me) = self.me() else { return };
+        let blank = self.member_state().is_none_or(|s| s.is_blank());
+        if !blank || self.cfg.voters.first() != Some(&me.name) {
+            return;
+        }
+        let desired = self.desired_digest();
+        let fresh = self.cfg.lease_ttl;
+        let mut voters = BTreeSet::from([me.clone()]);
+        for name in self.cfg.voters.iter().filter(|v| **v != me.name) {
+            match self.members.announced.get(name) {
+                Some(a) if a.desired == desired && a.pending.is_none() && now.since(a.at) <= fresh => {
+                    voters.insert(Identity::new(name.clone(), a.incarnation));
+                }
+                _ => return,
+            }
+        }
+        let group = GroupUid(u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64()));
+        self.out.events.push(Event::GenesisProposed { group });
+        self.accept(now, Proposal { group, voters });
+        self.maybe_complete(now);
+    }
+
+    /// A digest of the desired set's names, so that members reading
+    /// different sets never agree on a genesis.
+    fn desired_digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for name in &self.cfg.voters {
+            for b in name.as_str().bytes().chain([0]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// When the membership timers next need a step.
+    pub(super) fn membership_wake(&self) -> Nanos {
+        if self.managed() && self.configuration().is_none() {
+            self.members.next_announce
+        } else {
+            Nanos::NEVER
+        }
+    }
+
+    /// After a restart with a genesis accepted and not complete: its
+    /// acceptance is resent and the withdrawal clock starts again.
+    pub(super) fn restore_membership(&mut self, now: Nanos) {
+        if let Some(me) = self.me() {
+            let state = self.member_state_mut();
+            if let Some((_, wall)) = state.accepted.clone() {
+                self.members.acceptances.insert(me, wall);
+            }
+            self.members.accepted_at = now;
+        }
+    }
+}
