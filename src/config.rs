@@ -133,6 +133,7 @@ impl Config {
             priority: a.priority,
             advertise,
             mode: core::Mode::Static,
+            broken: core::Broken::default(),
         };
         node.validate()?;
         let health_check = match (&a.health_check_url, &a.health_check_exec) {

@@ -247,6 +247,7 @@ mod tests {
             priority: 1,
             advertise: "solo:5432".into(),
             mode: core::Mode::Static,
+            broken: core::Broken::default(),
         }
     }
 

@@ -21,6 +21,14 @@ enum Break {
     SendBeforePersist,
     /// A node that starts with no state file takes no boot promise.
     BlankBootWithoutPromise,
+    /// With --membership: a wiped node keeps its incarnation.
+    WipedKeepsIncarnation,
+    /// With --membership: learners vote, and votes and acks are matched by
+    /// name instead of identity.
+    LearnersVote,
+    /// With --membership: a genesis completes on a majority of
+    /// acceptances.
+    GenesisMajority,
 }
 
 /// Deterministic simulation of a leasehold group under faults.
@@ -50,6 +58,11 @@ struct Args {
     /// mix, to replay a seed as it ran before they were part of it.
     #[arg(long)]
     no_wipes: bool,
+    /// A managed group (DESIGN §2b): the nodes start blank and form the
+    /// group by genesis; a wiped node is a new identity and joins as a
+    /// learner. Off: a static group of names.
+    #[arg(long)]
+    membership: bool,
     /// Stop at the first seed with a violation.
     #[arg(long)]
     stop_on_violation: bool,
@@ -71,7 +84,11 @@ fn main() -> ExitCode {
         fsync_lies: args.breakage == Some(Break::FsyncLies),
         send_before_persist: args.breakage == Some(Break::SendBeforePersist),
         blank_boot_without_promise: args.breakage == Some(Break::BlankBootWithoutPromise),
+        wiped_keeps_incarnation: args.breakage == Some(Break::WipedKeepsIncarnation),
+        learners_vote: args.breakage == Some(Break::LearnersVote),
+        genesis_majority: args.breakage == Some(Break::GenesisMajority),
     };
+    opts.membership = args.membership;
     opts.wipes = !args.no_wipes;
     if args.trace {
         opts.verbosity = Verbosity::Messages;
@@ -99,7 +116,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     let (p50, p90) = (totals.ratio_quantile(0.5), totals.ratio_quantile(0.9));
     println!(
-        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) wiped_votes={} seeds_per_sec={:.0}",
+        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) wiped_votes={} stuck={} seeds_per_sec={:.0}",
         totals.seeds,
         totals.leaderships,
         totals.failover_ratios.len(),
@@ -111,6 +128,7 @@ fn main() -> ExitCode {
         totals.safety,
         totals.liveness,
         totals.wiped_votes,
+        totals.stuck,
         totals.seeds as f64 / secs.max(1e-9)
     );
     if totals.safety > 0 {
@@ -135,11 +153,15 @@ struct Totals {
     liveness: u64,
     /// Seeds with a violation of the known open hole only.
     wiped_votes: u64,
+    /// Managed groups: seeds with no leader after the heal because no
+    /// configuration had a majority of its voters left (see `SeedReport`).
+    stuck: u64,
 }
 
 impl Totals {
     fn add(&mut self, r: &SeedReport) {
         self.seeds += 1;
+        self.stuck += u64::from(r.stuck);
         self.leaderships += r.leaderships;
         self.failover_ratios.extend(r.failovers.iter().map(|f| *f as f64 / r.lease_ttl_ns as f64));
         self.worst_failover = self.worst_failover.max(r.failovers.iter().copied().max().unwrap_or(0));
@@ -187,11 +209,17 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::FsyncLies => "fsync-lies",
             Break::SendBeforePersist => "send-before-persist",
             Break::BlankBootWithoutPromise => "blank-boot-without-promise",
+            Break::WipedKeepsIncarnation => "wiped-keeps-incarnation",
+            Break::LearnersVote => "learners-vote",
+            Break::GenesisMajority => "genesis-majority",
         };
         replay.push_str(&format!(" --break {name}"));
     }
     if args.no_wipes {
         replay.push_str(" --no-wipes");
+    }
+    if args.membership {
+        replay.push_str(" --membership");
     }
     println!("  replay: {replay} --trace");
 }

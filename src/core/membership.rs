@@ -98,6 +98,19 @@ impl Configuration {
     }
 }
 
+/// Membership rules broken on purpose: the simulator's negative controls
+/// (docs/testing.md), each of which its checker must catch. Nothing else
+/// sets them; the command line has no way to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Broken {
+    /// A learner votes, and candidates and leaders count any incarnation
+    /// of a listed name (acks and votes matched by name, rules 1 and 5).
+    pub learners_vote: bool,
+    /// A genesis completes on a majority of acceptances, not all of them
+    /// (rule 9).
+    pub genesis_majority: bool,
+}
+
 /// Which membership rules a node follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use membership::{Configuration, GroupUid, Identity, MemberState, Mode, Proposal};
+pub use membership::{Broken, Configuration, GroupUid, Identity, MemberState, Mode, Proposal};
 pub use message::{Body, Envelope, RejectReason, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 pub use node::Node;
 
@@ -155,6 +155,8 @@ pub struct Config {
     /// A static group (`voters` are the voters, by name) or an identity of
     /// a managed one (`voters` are the desired members' names).
     pub mode: Mode,
+    /// Rules broken on purpose, for the simulator's negative controls only.
+    pub broken: Broken,
 }
 
 /// The shortest lease the core accepts.

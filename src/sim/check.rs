@@ -8,7 +8,7 @@ use std::fmt;
 
 use std::time::Duration;
 
-use crate::core::{Body, Envelope, LeaderView, Nanos, NodeId, Role, Term};
+use crate::core::{Body, Configuration, Envelope, GroupUid, Incarnation, LeaderView, Nanos, NodeId, Role, Term};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Invariant {
@@ -41,6 +41,18 @@ pub enum Invariant {
     /// incarnations (DESIGN §2b) close it. Every other violation, and
     /// `promise-kept` always, is reported as itself.
     WipedVote,
+    /// Managed groups: a blank node booted with an incarnation that was
+    /// used before (a wiped node must be a new identity).
+    IncarnationReused,
+    /// Managed groups: a node that is not a voter of the configuration it
+    /// holds granted a vote, campaigned or led (learners never do).
+    LearnerActed,
+    /// Managed groups: two configurations with one stamp and group but
+    /// other voters.
+    OneConfigPerStamp,
+    /// Managed groups: one identity held configurations of two groups
+    /// (it acted under two geneses).
+    GenesisOnce,
 }
 
 impl Invariant {
@@ -62,6 +74,10 @@ impl Invariant {
             Invariant::PromiseKept => "promise-kept",
             Invariant::Liveness => "liveness",
             Invariant::WipedVote => "wiped-vote",
+            Invariant::IncarnationReused => "incarnation-reused",
+            Invariant::LearnerActed => "learner-acted",
+            Invariant::OneConfigPerStamp => "one-config-per-stamp",
+            Invariant::GenesisOnce => "genesis-once",
         }
     }
 }
@@ -98,6 +114,8 @@ pub struct LeaseRecord {
 pub struct Promise {
     pub at: Nanos,
     pub to: NodeId,
+    /// Managed groups: the incarnation of `to` (promises bind identities).
+    pub to_inc: Option<Incarnation>,
     pub term: Term,
 }
 
@@ -110,7 +128,9 @@ pub struct Checker {
     highest_token_started: Option<Term>,
     token_seen: BTreeMap<usize, Term>,
     term_sent: BTreeMap<usize, Term>,
-    votes: BTreeMap<(usize, Term), NodeId>,
+    /// The vote each identity cast per term: (node, incarnation or 0,
+    /// term) -> candidate.
+    votes: BTreeMap<(usize, u128, Term), NodeId>,
     /// Each node's latest promise that left it: its local time, to whom, and
     /// the term it was made in.
     promises: BTreeMap<usize, Promise>,
@@ -129,6 +149,15 @@ pub struct Checker {
     /// Each node's index, by name (learned from what it sends).
     index_of: BTreeMap<NodeId, usize>,
     lease_ttl: Duration,
+    /// Managed groups: a wiped node is a new identity, so what a wipe
+    /// makes possible is no longer a known hole but a failure.
+    pub managed: bool,
+    /// Every identity that booted blank.
+    lives: BTreeSet<(NodeId, Incarnation)>,
+    /// The digest of each configuration stamp seen, per group.
+    stamps: BTreeMap<(GroupUid, Term, u64), u64>,
+    /// The group each identity held a configuration of.
+    group_of: BTreeMap<(NodeId, Incarnation), GroupUid>,
     pub violations: Vec<Violation>,
 }
 
@@ -146,7 +175,7 @@ impl Checker {
     /// A violation that the known hole explains (`known_open`) is reported
     /// as [`Invariant::WipedVote`], any other as itself.
     fn violate_unless_wiped(&mut self, at_ns: u64, invariant: Invariant, known_open: bool, detail: String) {
-        if known_open {
+        if known_open && !self.managed {
             let detail = format!("{} after a wipe: {detail}", invariant.name());
             self.violate(at_ns, Invariant::WipedVote, detail);
         } else {
@@ -303,8 +332,15 @@ impl Checker {
     }
 
     /// The node decided a promise at its local time `local`, in `term`.
-    pub fn on_promise_decided(&mut self, node: usize, local: Nanos, to: &NodeId, term: Term) {
-        self.tentative.insert(node, Promise { at: local, to: to.clone(), term });
+    pub fn on_promise_decided(
+        &mut self,
+        node: usize,
+        local: Nanos,
+        to: &NodeId,
+        to_inc: Option<Incarnation>,
+        term: Term,
+    ) {
+        self.tentative.insert(node, Promise { at: local, to: to.clone(), to_inc, term });
     }
 
     /// The node's latest promise, decided or sent.
@@ -318,9 +354,9 @@ impl Checker {
     /// A message carrying a promise left the node: an ok ack or a vote (to
     /// its addressee), a VoteRequest or heartbeat (to itself). `local` is the
     /// node's local time at the step that made the promise.
-    pub fn on_promise(&mut self, node: usize, local: Nanos, to: &NodeId, term: Term) {
+    pub fn on_promise(&mut self, node: usize, local: Nanos, to: &NodeId, to_inc: Option<Incarnation>, term: Term) {
         if self.promises.get(&node).is_none_or(|p| p.at <= local) {
-            self.promises.insert(node, Promise { at: local, to: to.clone(), term });
+            self.promises.insert(node, Promise { at: local, to: to.clone(), to_inc, term });
         }
         // The decided promise is on the wire now, unless a later decision
         // replaced it.
@@ -340,7 +376,7 @@ impl Checker {
         node: usize,
         name: &NodeId,
         local: Nanos,
-        candidate: &NodeId,
+        (candidate, candidate_inc): (&NodeId, Option<Incarnation>),
         term: Term,
         transfer_from: Option<&NodeId>,
     ) {
@@ -360,7 +396,8 @@ impl Checker {
             self.tentative.remove(&node);
             return;
         }
-        if p.to != *candidate && local < p.at.plus(self.lease_ttl) {
+        let same = p.to == *candidate && p.to_inc == candidate_inc;
+        if !same && local < p.at.plus(self.lease_ttl) {
             let detail = format!(
                 "{name} voted for {candidate} {:?} after promising {} in term {} (lease_ttl {:?})",
                 local.since(p.at),
@@ -404,13 +441,14 @@ impl Checker {
             *sent = m.term;
         }
         if let Body::VoteResponse { granted: true } = m.body {
-            match self.votes.get(&(node, m.term)) {
+            let life = m.from_incarnation.map_or(0, |i| i.0);
+            match self.votes.get(&(node, life, m.term)) {
                 Some(c) if *c != m.to => {
                     let detail = format!("{} voted for {} and {} in term {}", m.from, c, m.to, m.term);
                     self.violate_unless_wiped(t, Invariant::OneVotePerTerm, below_forgotten, detail);
                 }
                 _ => {
-                    self.votes.insert((node, m.term), m.to.clone());
+                    self.votes.insert((node, life, m.term), m.to.clone());
                 }
             }
         }
@@ -426,6 +464,47 @@ impl Checker {
         self.token_seen.remove(&node);
         let forgotten = self.forgotten.entry(node).or_default();
         *forgotten = (*forgotten).max(lost_term);
+    }
+
+    /// A node booted blank as identity `(name, life)`: never one seen before.
+    pub fn on_blank_boot(&mut self, t: u64, node: usize, name: &NodeId, life: Incarnation) {
+        if !self.lives.insert((name.clone(), life)) {
+            let detail = format!("node #{node} ({name}) booted blank with incarnation {life}, used before");
+            self.violate(t, Invariant::IncarnationReused, detail);
+        }
+    }
+
+    /// How many groups some identity held durably.
+    pub fn groups_formed(&self) -> usize {
+        self.group_of.values().collect::<BTreeSet<_>>().len()
+    }
+
+    pub fn learner_acted(&mut self, t: u64, detail: String) {
+        self.violate(t, Invariant::LearnerActed, detail);
+    }
+
+    /// Identity `(name, life)` holds configuration `c` from now on.
+    pub fn on_configuration_held(&mut self, t: u64, name: &NodeId, life: Incarnation, c: &Configuration) {
+        let digest = c.digest();
+        let stamp = (c.group, c.cterm, c.epoch);
+        match self.stamps.get(&stamp) {
+            Some(d) if *d != digest => {
+                let detail = format!("group {} stamp ({}, {}) names two voter sets", c.group, c.cterm, c.epoch);
+                self.violate(t, Invariant::OneConfigPerStamp, detail);
+            }
+            _ => {
+                self.stamps.insert(stamp, digest);
+            }
+        }
+        match self.group_of.get(&(name.clone(), life)) {
+            Some(g) if *g != c.group => {
+                let detail = format!("{name} ({life}) held group {g}, then group {}", c.group);
+                self.violate(t, Invariant::GenesisOnce, detail);
+            }
+            _ => {
+                self.group_of.insert((name.clone(), life), c.group);
+            }
+        }
     }
 
     /// Liveness failed: no leader within `bound_ns` after the heal at `heal_at`.
@@ -521,19 +600,19 @@ mod tests {
     fn voting_for_another_while_promised_is_a_violation_unless_it_is_a_transfer() {
         let (n1, n2, n3) = (NodeId::new("n1"), NodeId::new("n2"), NodeId::new("n3"));
         let mut c = Checker::new(Duration::from_secs(1));
-        c.on_promise(2, Nanos(100 * MS), &n1, Term(1));
-        c.check_vote(0, 2, &n3, Nanos(900 * MS), &n1, Term(2), None);
+        c.on_promise(2, Nanos(100 * MS), &n1, None, Term(1));
+        c.check_vote(0, 2, &n3, Nanos(900 * MS), (&n1, None), Term(2), None);
         assert!(c.violations.is_empty(), "voting for the promised node is allowed");
-        c.check_vote(0, 2, &n3, Nanos(1_200 * MS), &n2, Term(2), None);
+        c.check_vote(0, 2, &n3, Nanos(1_200 * MS), (&n2, None), Term(2), None);
         assert!(c.violations.is_empty(), "the promise has expired");
-        c.on_promise(2, Nanos(2_000 * MS), &n1, Term(4));
+        c.on_promise(2, Nanos(2_000 * MS), &n1, None, Term(4));
         c.on_abdicate(0, &n1, Term(4));
-        c.check_vote(0, 2, &n3, Nanos(2_500 * MS), &n2, Term(5), Some(&n1));
+        c.check_vote(0, 2, &n3, Nanos(2_500 * MS), (&n2, None), Term(5), Some(&n1));
         assert!(c.violations.is_empty(), "a transfer vote after n1 handed over in term 4 is allowed");
         // A transfer claimed from a leader that never handed over in the
         // term before the vote's is no excuse.
-        c.on_promise(2, Nanos(3_000 * MS), &n1, Term(6));
-        c.check_vote(7, 2, &n3, Nanos(3_500 * MS), &n2, Term(7), Some(&n1));
+        c.on_promise(2, Nanos(3_000 * MS), &n1, None, Term(6));
+        c.check_vote(7, 2, &n3, Nanos(3_500 * MS), (&n2, None), Term(7), Some(&n1));
         assert_eq!(c.violations[0].invariant, Invariant::PromiseKept);
     }
 
@@ -545,23 +624,23 @@ mod tests {
     fn a_transfer_vote_may_break_a_promise_made_to_the_leader_in_an_earlier_term() {
         let (n2, n3, n4) = (NodeId::new("n2"), NodeId::new("n3"), NodeId::new("n4"));
         let mut c = Checker::new(Duration::from_secs(1));
-        c.on_promise(3, Nanos(100 * MS), &n2, Term(14));
+        c.on_promise(3, Nanos(100 * MS), &n2, None, Term(14));
         c.on_abdicate(1, &n2, Term(15));
-        c.check_vote(0, 3, &n4, Nanos(190 * MS), &n3, Term(16), Some(&n2));
+        c.check_vote(0, 3, &n4, Nanos(190 * MS), (&n3, None), Term(16), Some(&n2));
         assert!(c.violations.is_empty(), "{:?}", c.violations);
         // A hand-over in a term before the promise's does not excuse it: a
         // promise to n2 made in term 16 may back n2's lease of term 16.
         let mut c = Checker::new(Duration::from_secs(1));
         c.on_abdicate(1, &n2, Term(15));
-        c.on_promise(3, Nanos(100 * MS), &n2, Term(16));
-        c.check_vote(0, 3, &n4, Nanos(190 * MS), &n3, Term(16), Some(&n2));
+        c.on_promise(3, Nanos(100 * MS), &n2, None, Term(16));
+        c.check_vote(0, 3, &n4, Nanos(190 * MS), (&n3, None), Term(16), Some(&n2));
         assert_eq!(c.violations[0].invariant, Invariant::PromiseKept);
         // Nor does a hand-over in a term other than the one right before the
         // vote's: that TimeoutNow cannot have started this campaign.
         let mut c = Checker::new(Duration::from_secs(1));
-        c.on_promise(3, Nanos(100 * MS), &n2, Term(14));
+        c.on_promise(3, Nanos(100 * MS), &n2, None, Term(14));
         c.on_abdicate(1, &n2, Term(14));
-        c.check_vote(0, 3, &n4, Nanos(190 * MS), &n3, Term(16), Some(&n2));
+        c.check_vote(0, 3, &n4, Nanos(190 * MS), (&n3, None), Term(16), Some(&n2));
         assert_eq!(c.violations[0].invariant, Invariant::PromiseKept);
     }
 
@@ -608,12 +687,12 @@ mod tests {
     fn a_promise_lost_in_a_crash_before_it_left_binds_nothing() {
         let (n1, n2, n3) = (NodeId::new("n1"), NodeId::new("n2"), NodeId::new("n3"));
         let mut c = Checker::new(Duration::from_secs(1));
-        c.on_promise_decided(2, Nanos(100 * MS), &n1, Term(1));
+        c.on_promise_decided(2, Nanos(100 * MS), &n1, None, Term(1));
         c.on_crash(2);
-        c.check_vote(0, 2, &n3, Nanos(200 * MS), &n2, Term(2), None);
+        c.check_vote(0, 2, &n3, Nanos(200 * MS), (&n2, None), Term(2), None);
         assert!(c.violations.is_empty());
-        c.on_promise_decided(2, Nanos(300 * MS), &n1, Term(1));
-        c.check_vote(0, 2, &n3, Nanos(400 * MS), &n2, Term(2), None);
+        c.on_promise_decided(2, Nanos(300 * MS), &n1, None, Term(1));
+        c.check_vote(0, 2, &n3, Nanos(400 * MS), (&n2, None), Term(2), None);
         assert_eq!(c.violations[0].invariant, Invariant::PromiseKept, "a decided promise binds before it is sent");
     }
 }

@@ -21,6 +21,9 @@ pub struct SeedOptions {
     /// Some crashes lose the node's state file too (a wipe). Off replays a
     /// seed as it ran before wipes were part of the fault mix.
     pub wipes: bool,
+    /// A managed group (DESIGN §2b): nodes start blank and form the group
+    /// by genesis; a wipe makes a new identity, which joins as a learner.
+    pub membership: bool,
     pub verbosity: Verbosity,
 }
 
@@ -32,6 +35,7 @@ impl SeedOptions {
             max_clock_drift: 0.01,
             breakage: Breakage::default(),
             wipes: true,
+            membership: false,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -49,6 +53,14 @@ pub struct SeedReport {
     /// Time from the heal to the first leader, true ns.
     pub time_to_leader_after_heal: Option<u64>,
     pub liveness_bound_ns: u64,
+    /// Managed groups: no leader after the heal, excused because no
+    /// configuration has a majority of its voters alive and holding it
+    /// (wiped voters wait for their replacement; an identity that withdrew
+    /// from a genesis that completed elsewhere waits for the operator).
+    pub stuck: bool,
+    /// Managed groups: how many groups were formed (a genesis undone by
+    /// wipes and formed again counts twice).
+    pub geneses: usize,
     pub lease_ttl_ns: u64,
     pub trace_hash: u64,
     pub events: u64,
@@ -111,8 +123,16 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
     let d = opts.clock_drift.min(0.9);
     let ttl_ns = ttl_ms * MS;
     let scaled = (4.0 * ttl_ns as f64 * (1.0 + d) / (1.0 - d)) as u64;
-    let liveness_bound =
+    let mut liveness_bound =
         scaled + 20 * fsync_max.as_nanos() as u64 + 20 * (min_delay + lease_ttl / 20).as_nanos() as u64;
+    if opts.membership {
+        // A genesis left open by the faults is withdrawn from after six
+        // leases and proposed again.
+        liveness_bound += 10 * ttl_ns;
+    }
+    // Wall clocks within 5ms of true time, from a stream of their own.
+    let mut wall = SplitMix64::new(seed ^ 0x00FA_11C1_0C4E);
+    let wall_skew_us = (0..n).map(|_| wall.below(10_001) as i64 - 5_000).collect();
     let cfg = WorldConfig {
         nodes: n,
         lease_ttl,
@@ -125,6 +145,8 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
         fsync_min,
         fsync_max,
         breakage: opts.breakage,
+        membership: opts.membership,
+        wall_skew_us,
         seed,
     };
     Params { lease_ttl, cfg, fault_phase, liveness_bound }
@@ -188,6 +210,9 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     world.verbosity = opts.verbosity;
     let wipe_chance = if opts.wipes { WIPE_CHANCE } else { 0.0 };
     schedule_faults(&mut world, &mut rng, seed, wipe_chance, ttl, p.fault_phase);
+    if opts.membership && opts.wipes {
+        schedule_genesis_wipes(&mut world, seed, ttl);
+    }
     let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
     schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
     let heal_at = p.fault_phase;
@@ -200,7 +225,8 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     world.at(heal_at, Box::new(move |w: &mut World| heal(w, calm)));
     world.run_until(heal_at + p.liveness_bound);
     let time_to_leader = world.leader_seen_since_heal().map(|t| t - heal_at);
-    if time_to_leader.is_none() {
+    let stuck = time_to_leader.is_none() && opts.membership && !world.electable();
+    if time_to_leader.is_none() && !stuck {
         world.checker.liveness_failed(heal_at, p.liveness_bound);
     }
     // Keep going a little after the bound so that late safety violations of
@@ -215,6 +241,8 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         failovers: world.failovers.clone(),
         time_to_leader_after_heal: time_to_leader,
         liveness_bound_ns: p.liveness_bound,
+        stuck,
+        geneses: world.checker.groups_formed(),
         lease_ttl_ns: ttl,
         trace_hash: world.trace_hash(),
         events: world.events_processed,
@@ -342,6 +370,25 @@ fn fault(kind: u64, node: usize, span: u64, n: usize, wipe: bool) -> Action {
             w.net.loss = loss;
             w.net.duplicate = dup;
         }),
+    }
+}
+
+/// Wipes while the group forms: in half the seeds, one to two nodes lose
+/// their state within the first three leases (a genesis takes about a
+/// heartbeat; its first election waits for the boot promise), and come
+/// back blank a random time later.
+fn schedule_genesis_wipes(world: &mut World, seed: u64, ttl: u64) {
+    let mut rng = SplitMix64::new(seed ^ 0x6E4E_5150_1FE5);
+    if !rng.chance(0.5) {
+        return;
+    }
+    let n = world.nodes() as u64;
+    for _ in 0..1 + rng.below(2) {
+        let node = rng.below(n) as usize;
+        let at = rng.below(3 * ttl);
+        let back = at + 1 + rng.below(2 * ttl);
+        world.at(at, Box::new(move |w: &mut World| w.wipe(node)));
+        world.at(back, Box::new(move |w: &mut World| w.restart(node)));
     }
 }
 

@@ -13,8 +13,13 @@ use super::clock::Clock;
 use crate::core::outbox::{Held, Outbox};
 use crate::core::rng::SplitMix64;
 use crate::core::{
-    AdminRequest, Body, Config, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, NodeId, Outputs, Role,
+    AdminRequest, Body, Broken, Config, Envelope, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, Node,
+    NodeId, Outputs, Role,
 };
+
+/// The simulated wall clock's reading at true time zero, in microseconds
+/// since 1970 (2023-11-14): genesis floors are wall-clock readings.
+pub const WALL_EPOCH_US: u64 = 1_700_000_000_000_000;
 
 /// Deliberate violations of the driver contract, to show the checker bites.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,6 +35,14 @@ pub struct Breakage {
     /// With wipes, such a node may vote while a lease still rests on an ack
     /// it gave before its state was lost.
     pub blank_boot_without_promise: bool,
+    /// A node that lost its state file draws no new incarnation: it comes
+    /// back as its old identity with its memory gone (managed groups).
+    pub wiped_keeps_incarnation: bool,
+    /// The core's [`Broken::learners_vote`]: learners vote, and votes and
+    /// acks are matched by name.
+    pub learners_vote: bool,
+    /// The core's [`Broken::genesis_majority`].
+    pub genesis_majority: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +79,13 @@ pub struct WorldConfig {
     pub fsync_min: Duration,
     pub fsync_max: Duration,
     pub breakage: Breakage,
+    /// Managed groups (DESIGN §2b): every node starts blank, with an
+    /// incarnation, and the group forms by genesis; a wipe makes a new
+    /// identity. Off: a static group of names.
+    pub membership: bool,
+    /// Each node's wall clock, as an offset from true time in
+    /// microseconds (NTP-grade: a few milliseconds).
+    pub wall_skew_us: Vec<i64>,
     pub seed: u64,
 }
 
@@ -84,6 +104,8 @@ impl WorldConfig {
             fsync_min: Duration::from_millis(1),
             fsync_max: Duration::from_millis(1),
             breakage: Breakage::default(),
+            membership: false,
+            wall_skew_us: vec![0; nodes],
             seed,
         }
     }
@@ -147,6 +169,9 @@ impl Ord for Scheduled {
 
 struct Slot {
     id: NodeId,
+    /// The incarnation of the node's state file (managed groups): a wipe
+    /// draws a new one.
+    life: Incarnation,
     node: Option<Node>,
     incarnation: u64,
     paused: bool,
@@ -171,6 +196,7 @@ pub struct World {
     seq: u64,
     cfg: WorldConfig,
     rng: SplitMix64,
+    lives: SplitMix64,
     slots: Vec<Slot>,
     queue: BinaryHeap<Scheduled>,
     actions: BTreeMap<usize, Action>,
@@ -195,11 +221,15 @@ impl World {
     pub fn new(cfg: WorldConfig) -> World {
         let voters: BTreeSet<NodeId> = (1..=cfg.nodes).map(|i| NodeId::new(format!("n{i}"))).collect();
         let mut rng = SplitMix64::new(cfg.seed ^ 0x05EE_D0F1_EA5E);
+        // Incarnations come from a stream of their own, so that a static
+        // group's seeds run as they did before identities existed.
+        let mut lives = SplitMix64::new(cfg.seed ^ 0x011F_E5EE_D000);
         let slots = voters
             .iter()
             .enumerate()
             .map(|(i, id)| Slot {
                 id: id.clone(),
+                life: draw_incarnation(&mut lives),
                 node: None,
                 incarnation: 0,
                 paused: false,
@@ -215,11 +245,13 @@ impl World {
             })
             .collect();
         let net = cfg.net.clone();
-        let checker = Checker::new(cfg.lease_ttl);
+        let mut checker = Checker::new(cfg.lease_ttl);
+        checker.managed = cfg.membership;
         let mut world = World {
             now: 0,
             seq: 0,
             rng: SplitMix64::new(rng.next_u64()),
+            lives,
             cfg,
             slots,
             queue: BinaryHeap::new(),
@@ -281,6 +313,29 @@ impl World {
     }
     pub fn disk(&self, i: usize) -> Option<&HardState> {
         self.slots[i].disk.as_ref()
+    }
+
+    /// Managed groups: could the group elect? True if some configuration
+    /// has a majority of its voters alive as the identity it lists and
+    /// holding it, one of them able to lead (priority above 0), or if no
+    /// node holds any (a genesis can still form).
+    pub fn electable(&self) -> bool {
+        let held: Vec<&crate::core::Configuration> =
+            self.slots.iter().filter_map(|s| s.node.as_ref().and_then(|n| n.configuration())).collect();
+        if held.is_empty() {
+            return true;
+        }
+        held.iter().any(|c| {
+            let holding: Vec<usize> = (0..self.slots.len())
+                .filter(|&i| {
+                    let s = &self.slots[i];
+                    c.lists(&crate::core::Identity::new(s.id.clone(), s.life))
+                        && s.node.as_ref().and_then(|n| n.configuration()).is_some_and(|h| h.group == c.group)
+                })
+                .collect();
+            holding.len() >= crate::core::lease::quorum(c.voters.len())
+                && holding.iter().any(|&i| self.cfg.priorities[i] > 0)
+        })
     }
 
     /// From now on, note the first instant a live node holds a lease.
@@ -380,6 +435,16 @@ impl World {
 
     // ---- processes ----------------------------------------------------
 
+    pub fn incarnation(&self, i: usize) -> Incarnation {
+        self.slots[i].life
+    }
+
+    /// Node `i`'s wall clock now, in microseconds since 1970.
+    pub fn wall_micros(&self, i: usize) -> u64 {
+        let skew = self.cfg.wall_skew_us.get(i).copied().unwrap_or(0);
+        (WALL_EPOCH_US + self.now / 1_000).saturating_add_signed(skew)
+    }
+
     fn node_config(&self, i: usize) -> Config {
         Config {
             cluster_id: "sim".to_string(),
@@ -390,7 +455,11 @@ impl World {
             max_clock_drift: self.cfg.max_clock_drift,
             priority: self.cfg.priorities[i],
             advertise: format!("{}:5432", self.slots[i].id),
-            mode: crate::core::Mode::Static,
+            mode: if self.cfg.membership { Mode::Managed { incarnation: self.slots[i].life } } else { Mode::Static },
+            broken: Broken {
+                learners_vote: self.cfg.breakage.learners_vote,
+                genesis_majority: self.cfg.breakage.genesis_majority,
+            },
         }
     }
 
@@ -406,6 +475,13 @@ impl World {
         };
         self.slots[i].outbox =
             if self.cfg.breakage.send_before_persist { Outbox::sending_before_persist() } else { Outbox::new() };
+        if self.cfg.membership && disk.is_none() {
+            // The incarnation is written with the first state file, before
+            // the node opens a socket (`StateFile::claim`): a crash from
+            // here on keeps it.
+            self.checker.on_blank_boot(self.now, i, &self.slots[i].id, self.slots[i].life);
+            self.slots[i].disk = Some(HardState { members: Some(Box::default()), ..HardState::default() });
+        }
         match Node::new(cfg, disk, boot_at, seed) {
             Ok(node) => self.slots[i].node = Some(node),
             Err(e) => panic!("simulated node config rejected: {e}"),
@@ -440,6 +516,9 @@ impl World {
         self.crash(i);
         let lost_term = self.slots[i].disk.take().map(|d| d.term).unwrap_or_default();
         self.checker.on_wipe(i, lost_term);
+        if !self.cfg.breakage.wiped_keeps_incarnation {
+            self.slots[i].life = draw_incarnation(&mut self.lives);
+        }
         self.note(Verbosity::Events, |w| format!("{} lost its state file", w.slots[i].id));
     }
 
@@ -519,11 +598,11 @@ impl World {
         self.checker.on_send(self.now, from, &msg);
         match &msg.body {
             Body::VoteResponse { granted: true } | Body::HeartbeatAck { ok: true, .. } => {
-                self.checker.on_promise(from, made_at, &msg.to, msg.term)
+                self.checker.on_promise(from, made_at, &msg.to, msg.to_incarnation, msg.term)
             }
             // A campaign or a heartbeat round is a promise to itself.
             Body::VoteRequest { .. } | Body::Heartbeat { .. } => {
-                self.checker.on_promise(from, made_at, &msg.from, msg.term)
+                self.checker.on_promise(from, made_at, &msg.from, msg.from_incarnation, msg.term)
             }
             _ => {}
         }
@@ -573,8 +652,13 @@ impl World {
             },
             _ => None,
         };
+        let wall = self.wall_micros(i);
         let Some(node) = self.slots[i].node.as_mut() else { return };
+        node.observe_wall_clock(wall);
         let out = node.step(local, input);
+        if self.cfg.membership {
+            self.check_membership(i, &out);
+        }
         self.check_promises(i, local, &out, transfer_from.as_ref());
         self.apply(i, out);
     }
@@ -584,12 +668,13 @@ impl World {
     /// one that a crash loses before its message leaves never existed.
     fn check_promises(&mut self, i: usize, local: Nanos, out: &Outputs, transfer_from: Option<&NodeId>) {
         let me = self.slots[i].id.clone();
+        let my_life = self.cfg.membership.then_some(self.slots[i].life);
         for e in &out.events {
             match e {
                 Event::ElectionStarted { transfer, term } => {
                     let from = if *transfer { transfer_from } else { None };
-                    self.checker.check_vote(self.now, i, &me, local, &me, *term, from);
-                    self.checker.on_promise_decided(i, local, &me, *term);
+                    self.checker.check_vote(self.now, i, &me, local, (&me, my_life), *term, from);
+                    self.checker.on_promise_decided(i, local, &me, my_life, *term);
                 }
                 Event::TransferStarted { term, .. } => self.checker.on_abdicate(i, &me, *term),
                 _ => {}
@@ -598,12 +683,37 @@ impl World {
         for m in out.send_now.iter().chain(&out.send_after_persist) {
             match &m.body {
                 Body::VoteResponse { granted: true } => {
-                    self.checker.check_vote(self.now, i, &me, local, &m.to, m.term, transfer_from);
-                    self.checker.on_promise_decided(i, local, &m.to, m.term);
+                    let to = (&m.to, m.to_incarnation);
+                    self.checker.check_vote(self.now, i, &me, local, to, m.term, transfer_from);
+                    self.checker.on_promise_decided(i, local, &m.to, m.to_incarnation, m.term);
                 }
-                Body::HeartbeatAck { ok: true, .. } => self.checker.on_promise_decided(i, local, &m.to, m.term),
-                Body::Heartbeat { .. } => self.checker.on_promise_decided(i, local, &me, m.term),
+                Body::HeartbeatAck { ok: true, .. } => {
+                    self.checker.on_promise_decided(i, local, &m.to, m.to_incarnation, m.term)
+                }
+                Body::Heartbeat { .. } => self.checker.on_promise_decided(i, local, &me, my_life, m.term),
                 _ => {}
+            }
+        }
+    }
+
+    /// The membership invariant a step can break: learners never grant,
+    /// campaign or lead.
+    fn check_membership(&mut self, i: usize, out: &Outputs) {
+        let Some(node) = self.slots[i].node.as_ref() else { return };
+        // Judged from what the node holds, not from the node's own answer.
+        let life = self.slots[i].life;
+        let me = crate::core::Identity::new(self.slots[i].id.clone(), life);
+        let voter = node.configuration().is_some_and(|c| c.lists(&me));
+        for m in out.send_now.iter().chain(&out.send_after_persist) {
+            let acts = match m.body {
+                Body::VoteResponse { granted } => granted,
+                Body::VoteRequest { .. } | Body::Heartbeat { .. } => true,
+                _ => false,
+            };
+            if acts && !voter {
+                let what = m.body.kind();
+                let detail = format!("{} ({life}) is not a voter of what it holds, and sent {what}", m.from);
+                self.checker.learner_acted(self.now, detail);
             }
         }
     }
@@ -697,6 +807,13 @@ impl World {
         if !lie {
             self.slots[i].disk = Some(written.state.clone());
         }
+        // One configuration per stamp and one genesis per identity, checked
+        // on what is durable: a configuration held only in memory, whose
+        // write failed, was never acted on.
+        if let Some(c) = written.state.members.as_ref().and_then(|m| m.config.as_ref()) {
+            let (id, life) = (self.slots[i].id.clone(), self.slots[i].life);
+            self.checker.on_configuration_held(self.now, &id, life, c);
+        }
         for Held { msg, made_at } in written.send {
             self.transmit(i, msg, made_at);
         }
@@ -750,6 +867,12 @@ impl World {
             }
         }
     }
+}
+
+/// A fresh incarnation: 128 random bits, never zero.
+fn draw_incarnation(rng: &mut SplitMix64) -> Incarnation {
+    let n = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+    Incarnation(n.max(1))
 }
 
 fn fmt_vote(hs: &HardState) -> String {

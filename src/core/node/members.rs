@@ -84,6 +84,7 @@ impl Node {
     pub fn is_voter(&self) -> bool {
         match self.me() {
             None => true,
+            Some(_) if self.cfg.broken.learners_vote => self.configuration().is_some(),
             Some(me) => self.configuration().is_some_and(|c| c.lists(&me)),
         }
     }
@@ -96,13 +97,17 @@ impl Node {
             return true;
         }
         let Some(inc) = m.from_incarnation else { return false };
+        if self.cfg.broken.learners_vote {
+            return self.configuration().is_some_and(|c| c.incarnation_of(&m.from).is_some());
+        }
         self.configuration().is_some_and(|c| c.lists(&Identity::new(m.from.clone(), inc)))
     }
 
-    /// The incarnation to address `name` by: the one this node's
-    /// configuration lists, else the one last heard.
+    /// The incarnation to address `name` by: the one last heard, else the
+    /// one this node's configuration lists. Only a message's reach depends
+    /// on it: what counts is the sender's incarnation, checked on arrival.
     pub(super) fn incarnation_of(&self, name: &NodeId) -> Option<Incarnation> {
-        self.configuration().and_then(|c| c.incarnation_of(name)).or_else(|| self.members.seen.get(name).copied())
+        self.members.seen.get(name).copied().or_else(|| self.configuration().and_then(|c| c.incarnation_of(name)))
     }
 
     /// Envelope checks of a managed group: the sender names its
@@ -179,7 +184,7 @@ impl Node {
             .announced
             .insert(m.from.clone(), Announced { incarnation: who.incarnation, desired, pending, at: now });
         if let Some(config) = self.configuration().cloned() {
-            self.send(m.from.clone(), Body::Config { config });
+            self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config });
             return;
         }
         // A listed name that answers with another incarnation has lost its
@@ -199,7 +204,7 @@ impl Node {
             // A listed identity that has not completed: this configuration
             // is its certificate.
             if config.group == proposal.group && config.lists(&who) {
-                self.send(m.from.clone(), Body::Config { config });
+                self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config });
             }
             return;
         }
@@ -261,7 +266,13 @@ impl Node {
     /// among the acceptances, persisted before anything acts on it.
     fn maybe_complete(&mut self, now: Nanos) {
         let Some((proposal, _)) = self.member_state().and_then(|s| s.accepted.clone()) else { return };
-        if !proposal.voters.iter().all(|v| self.members.acceptances.contains_key(v)) {
+        let accepted = proposal.voters.iter().filter(|v| self.members.acceptances.contains_key(v)).count();
+        let needed = if self.cfg.broken.genesis_majority {
+            crate::core::lease::quorum(proposal.voters.len())
+        } else {
+            proposal.voters.len()
+        };
+        if accepted < needed {
             return;
         }
         let floor = Term(self.members.acceptances.values().copied().max().unwrap_or(0));
