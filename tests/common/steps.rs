@@ -45,7 +45,15 @@ fn unmanaged() -> Envelope {
 }
 
 pub fn msg(from: &str, to: &str, term: u64, body: Body) -> Envelope {
-    Envelope { version: PROTOCOL_VERSION, cluster_id: "c".into(), from: id(from), to: id(to), term: Term(term), body, ..unmanaged() }
+    Envelope {
+        version: PROTOCOL_VERSION,
+        cluster_id: "c".into(),
+        from: id(from),
+        to: id(to),
+        term: Term(term),
+        body,
+        ..unmanaged()
+    }
 }
 
 /// The instant every node in these tests boots.

@@ -146,7 +146,8 @@ impl Node {
         self.role = RoleState::Leader(Box::new(state));
         self.lost_elections = 0;
         let incarnation = self.my_incarnation();
-        self.leader = Some(KnownLeader { id: self.cfg.node_id.clone(), incarnation, address: self.cfg.advertise.clone() });
+        self.leader =
+            Some(KnownLeader { id: self.cfg.node_id.clone(), incarnation, address: self.cfg.advertise.clone() });
         self.out.events.push(Event::ElectionWon { term: self.hard.term });
         self.broadcast_heartbeat(now);
     }

@@ -319,7 +319,8 @@ impl Node {
         if !matches!(self.role, RoleState::Follower) {
             self.become_follower(now);
         }
-        self.leader = Some(KnownLeader { id: m.from.clone(), incarnation: m.from_incarnation, address: leader_address });
+        self.leader =
+            Some(KnownLeader { id: m.from.clone(), incarnation: m.from_incarnation, address: leader_address });
         self.lost_elections = 0;
         self.promise_to(now, m.from.clone(), m.from_incarnation);
         self.send(m.from.clone(), self.ack_body(now, round, true));
