@@ -35,6 +35,7 @@ fn envelope(body: Body) -> Envelope {
         from_incarnation: None,
         to_incarnation: None,
         group: None,
+        config: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn group() -> Configuration {
         cterm: Term(0),
         epoch: 1,
         voters: [who("a", 1), who("b", 1), who("c", 1)].into_iter().collect(),
+        removed: BTreeSet::new(),
         floor: Term(FLOOR),
     }
 }
@@ -57,6 +58,7 @@ fn from(from: &str, life: u128, to: &str, term: u64, body: Body) -> Envelope {
     let mut m = msg(from, to, term, body);
     m.from_incarnation = Some(Incarnation(life));
     m.group = Some(GROUP);
+    m.config = Some(Box::new(group()));
     m
 }
 
@@ -131,7 +133,7 @@ fn a_blank_node_ignores_votes_and_heartbeats() {
 #[test]
 fn a_blank_node_joins_a_group_as_a_learner() {
     let mut b = managed("b", 2, None);
-    let out = deliver(&mut b, at(0), from("a", 1, "b", T, Body::Config { config: group() }));
+    let out = deliver(&mut b, at(0), from("a", 1, "b", T, Body::Config { config: Box::new(group()) }));
     assert_eq!(holds(&b), Some((GROUP, false)));
     assert!(out.events.contains(&Event::ConfigurationHeld { group: GROUP, voter: false }));
     assert_eq!(out.persist.as_ref().and_then(|p| p.members.as_ref()).and_then(|m| m.config.clone()), Some(group()));
@@ -165,8 +167,9 @@ fn proposal() -> Proposal {
 }
 
 fn accept(name: &str, to: &str, wall: u64) -> Envelope {
-    let mut m = from(name, 1, to, 0, Body::Accept { proposal: proposal(), wall_micros: wall });
+    let mut m = from(name, 1, to, 0, Body::Accept { proposal: Box::new(proposal()), wall_micros: wall });
     m.group = None;
+    m.config = None;
     m
 }
 
@@ -203,7 +206,7 @@ fn an_acceptance_is_withdrawn_when_a_listed_name_comes_back_as_another_identity(
     assert!(out.events.contains(&Event::GenesisWithdrawn { group: GROUP }));
     let withdrawn = b.hard_state().members.as_ref().map(|m| m.withdrawn.clone()).unwrap_or_default();
     assert!(withdrawn.contains(&GROUP) && b.hard_state().members.as_ref().is_some_and(|m| m.accepted.is_none()));
-    let _ = deliver(&mut b, at(2), from("a", 1, "b", T, Body::Config { config: group() }));
+    let _ = deliver(&mut b, at(2), from("a", 1, "b", T, Body::Config { config: Box::new(group()) }));
     assert_eq!(holds(&b), None, "a withdrawn identity never acts under that genesis");
     let _ = deliver(&mut b, at(3), accept("c", "b", FLOOR));
     assert!(b.hard_state().members.as_ref().is_some_and(|m| m.accepted.is_none()), "nor accepts it again");
@@ -214,8 +217,8 @@ fn an_acceptance_is_withdrawn_when_a_listed_name_comes_back_as_another_identity(
 #[test]
 fn a_static_group_ignores_membership_messages() {
     let mut b = node("b", None);
-    let out = deliver(&mut b, at(0), msg("a", "b", 0, Body::Config { config: group() }));
+    let out = deliver(&mut b, at(0), msg("a", "b", 0, Body::Config { config: Box::new(group()) }));
     assert!(out.persist.is_none() && sent(&out).is_empty());
-    let out = deliver(&mut b, at(0), msg("a", "b", 0, Body::Accept { proposal: proposal(), wall_micros: 1 }));
+    let out = deliver(&mut b, at(0), msg("a", "b", 0, Body::Accept { proposal: Box::new(proposal()), wall_micros: 1 }));
     assert!(out.persist.is_none() && sent(&out).is_empty());
 }

@@ -171,6 +171,7 @@ impl Harness {
             from_incarnation: None,
             to_incarnation: None,
             group: None,
+            config: None,
         };
         for (idx, w) in words.iter().enumerate() {
             let Some((k, v)) = w.split_once('=') else {

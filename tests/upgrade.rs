@@ -67,6 +67,7 @@ fn envelope(body: Body) -> Envelope {
         from_incarnation: None,
         to_incarnation: None,
         group: None,
+        config: None,
     }
 }
 

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use leasehold::core::Broken;
 use leasehold::sim::{run_seed, Breakage, Invariant, SeedOptions, SeedReport, Verbosity};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -29,6 +30,17 @@ enum Break {
     /// With --membership: a genesis completes on a majority of
     /// acceptances.
     GenesisMajority,
+    /// With --membership: a leader makes a change while another waits to
+    /// commit.
+    TwoChanges,
+    /// With --membership: a leader makes a change before its re-stamp is
+    /// committed.
+    ChangeBeforeStamp,
+    /// With --membership: configurations are ordered by epoch alone.
+    EpochOrder,
+    /// With --membership: the lease counts acks under the configuration
+    /// the leader won with, whatever its rounds carried.
+    LeaseUnderFirst,
 }
 
 /// Deterministic simulation of a leasehold group under faults.
@@ -85,8 +97,14 @@ fn main() -> ExitCode {
         send_before_persist: args.breakage == Some(Break::SendBeforePersist),
         blank_boot_without_promise: args.breakage == Some(Break::BlankBootWithoutPromise),
         wiped_keeps_incarnation: args.breakage == Some(Break::WipedKeepsIncarnation),
-        learners_vote: args.breakage == Some(Break::LearnersVote),
-        genesis_majority: args.breakage == Some(Break::GenesisMajority),
+        core: Broken {
+            learners_vote: args.breakage == Some(Break::LearnersVote),
+            genesis_majority: args.breakage == Some(Break::GenesisMajority),
+            two_changes: args.breakage == Some(Break::TwoChanges),
+            change_before_stamp: args.breakage == Some(Break::ChangeBeforeStamp),
+            epoch_order: args.breakage == Some(Break::EpochOrder),
+            lease_under_first: args.breakage == Some(Break::LeaseUnderFirst),
+        },
     };
     opts.membership = args.membership;
     opts.wipes = !args.no_wipes;
@@ -172,7 +190,7 @@ impl Totals {
         self.worst_heal = self.worst_heal.max(r.time_to_leader_after_heal.unwrap_or(0));
         if r.has_safety_violation() {
             self.safety += 1;
-        } else if r.violations.iter().any(|v| v.invariant == Invariant::Liveness) {
+        } else if r.violations.iter().any(|v| matches!(v.invariant, Invariant::Liveness | Invariant::Converges)) {
             self.liveness += 1;
         } else if !r.violations.is_empty() {
             self.wiped_votes += 1;
@@ -216,6 +234,10 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::WipedKeepsIncarnation => "wiped-keeps-incarnation",
             Break::LearnersVote => "learners-vote",
             Break::GenesisMajority => "genesis-majority",
+            Break::TwoChanges => "two-changes",
+            Break::ChangeBeforeStamp => "change-before-stamp",
+            Break::EpochOrder => "epoch-order",
+            Break::LeaseUnderFirst => "lease-under-first",
         };
         replay.push_str(&format!(" --break {name}"));
     }

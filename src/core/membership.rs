@@ -59,6 +59,8 @@ pub struct Configuration {
     pub cterm: Term,
     pub epoch: u64,
     pub voters: BTreeSet<Identity>,
+    /// Every identity ever removed (tombstones): never added again.
+    pub removed: BTreeSet<Identity>,
     /// The first term of the group (the genesis floor, rule 9): no term at
     /// or below it is ever campaigned for.
     pub floor: Term,
@@ -71,6 +73,24 @@ impl Configuration {
 
     pub fn lists(&self, who: &Identity) -> bool {
         self.voters.contains(who)
+    }
+
+    /// How `self` compares with `other` (docs/safety.md, rule 1): by
+    /// `(cterm, epoch)`; equal stamps with other voters, or another group,
+    /// are incomparable (`None`).
+    pub fn order(&self, other: &Configuration) -> Option<std::cmp::Ordering> {
+        if self.group != other.group {
+            return None;
+        }
+        match self.stamp().cmp(&other.stamp()) {
+            std::cmp::Ordering::Equal if self.voters != other.voters => None,
+            o => Some(o),
+        }
+    }
+
+    /// Is `self` strictly newer than `other`?
+    pub fn newer_than(&self, other: &Configuration) -> bool {
+        self.order(other) == Some(std::cmp::Ordering::Greater)
     }
 
     /// The listed incarnation of `name`, if `name` is a voter.
@@ -90,6 +110,7 @@ impl Configuration {
         eat(&self.group.0.to_le_bytes());
         eat(&self.cterm.0.to_le_bytes());
         eat(&self.epoch.to_le_bytes());
+        eat(&self.floor.0.to_le_bytes());
         for v in &self.voters {
             eat(v.name.as_str().as_bytes());
             eat(&v.incarnation.0.to_le_bytes());
@@ -109,6 +130,15 @@ pub struct Broken {
     /// A genesis completes on a majority of acceptances, not all of them
     /// (rule 9).
     pub genesis_majority: bool,
+    /// A leader proposes a change while another is pending (rule 4).
+    pub two_changes: bool,
+    /// A leader proposes a change before its re-stamp is committed (rule 4).
+    pub change_before_stamp: bool,
+    /// Configurations are ordered by epoch alone, the term ignored (rule 1).
+    pub epoch_order: bool,
+    /// The lease counts acks of any round under the configuration the
+    /// leader won with, whatever the rounds carried (rule 5).
+    pub lease_under_first: bool,
 }
 
 /// Which membership rules a node follows.
@@ -133,7 +163,14 @@ impl Proposal {
     /// accepted it, with the largest wall-clock reading among the
     /// acceptances as its floor.
     pub fn configuration(&self, floor: Term) -> Configuration {
-        Configuration { group: self.group, cterm: Term(0), epoch: 1, voters: self.voters.clone(), floor }
+        Configuration {
+            group: self.group,
+            cterm: Term(0),
+            epoch: 1,
+            voters: self.voters.clone(),
+            removed: BTreeSet::new(),
+            floor,
+        }
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Envelope {
     pub to_incarnation: Option<Incarnation>,
     #[serde(skip)]
     pub group: Option<GroupUid>,
+    /// Managed groups: the sender's latest configuration, on every message
+    /// once it holds one (rules 1, 2, 3, 5 and 7 of docs/safety.md read it).
+    #[serde(skip)]
+    pub config: Option<Box<Configuration>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,14 +90,14 @@ pub enum Body {
     /// wall-clock reading in microseconds since 1970. The lowest desired
     /// name proposes a genesis (rule 9) by sending its own acceptance.
     Accept {
-        proposal: Proposal,
+        proposal: Box<Proposal>,
         wall_micros: u64,
     },
     /// The configuration the sender holds, sent to a node that holds none
     /// (a blank node joins as a learner; a listed one takes it as the
     /// certificate that its genesis completed).
     Config {
-        config: Configuration,
+        config: Box<Configuration>,
     },
 }
 

@@ -347,6 +347,13 @@ pub enum Event {
         group: GroupUid,
         voter: bool,
     },
+    /// This leader made a configuration that adds or removes `who`
+    /// (rule 4), stamped `epoch` in its term.
+    MembershipChange {
+        who: Identity,
+        add: bool,
+        epoch: u64,
+    },
     /// This node, the lowest desired name, proposed a genesis.
     GenesisProposed {
         group: GroupUid,

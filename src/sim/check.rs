@@ -53,11 +53,15 @@ pub enum Invariant {
     /// Managed groups: one identity held configurations of two groups
     /// (it acted under two geneses).
     GenesisOnce,
+    /// Managed groups, liveness: after the heal, with every node up and
+    /// the desired set stable, the configuration did not come to list
+    /// every node's identity within the bound.
+    Converges,
 }
 
 impl Invariant {
     pub fn is_safety(self) -> bool {
-        !matches!(self, Invariant::Liveness | Invariant::WipedVote)
+        !matches!(self, Invariant::Liveness | Invariant::WipedVote | Invariant::Converges)
     }
     /// A hole that is known and reported, but does not fail a run yet.
     pub fn is_known_open(self) -> bool {
@@ -78,6 +82,7 @@ impl Invariant {
             Invariant::LearnerActed => "learner-acted",
             Invariant::OneConfigPerStamp => "one-config-per-stamp",
             Invariant::GenesisOnce => "genesis-once",
+            Invariant::Converges => "converges",
         }
     }
 }
@@ -507,6 +512,16 @@ impl Checker {
         }
     }
 
+    /// Membership did not converge within `bound_ns` of the heal.
+    pub fn membership_stuck(&mut self, heal_at: u64, bound_ns: u64) {
+        let detail = format!(
+            "the configuration does not list every node's identity {} after the heal at {}",
+            fmt_ns(bound_ns),
+            fmt_ns(heal_at)
+        );
+        self.violate(heal_at + bound_ns, Invariant::Converges, detail);
+    }
+
     /// Liveness failed: no leader within `bound_ns` after the heal at `heal_at`.
     pub fn liveness_failed(&mut self, heal_at: u64, bound_ns: u64) {
         let detail = format!("no leader within {} of the heal at {}", fmt_ns(bound_ns), fmt_ns(heal_at));
@@ -655,6 +670,7 @@ mod tests {
             from_incarnation: None,
             to_incarnation: None,
             group: None,
+            config: None,
         }
     }
 

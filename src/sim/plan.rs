@@ -232,6 +232,17 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     // Keep going a little after the bound so that late safety violations of
     // the healed group are seen too.
     world.run_until(heal_at + p.liveness_bound + 2 * ttl);
+    // Managed groups: with every node back and the desired set stable,
+    // the leader replaces each wiped voter (a removal and an add, each a
+    // commit round, the add after the new identity answered for two
+    // leases), so the configuration comes to list every node's identity.
+    if opts.membership && !stuck {
+        let bound = p.liveness_bound + (4 + 4 * opts.nodes as u64) * ttl;
+        world.run_until(heal_at + bound);
+        if !world.converged() {
+            world.checker.membership_stuck(heal_at, bound);
+        }
+    }
     let leaderships = count_leaderships(&world);
     SeedReport {
         seed,

@@ -10,12 +10,19 @@ use std::time::Duration;
 
 use super::check::{fmt_ns, Checker};
 use super::clock::Clock;
+
+mod fmt;
+mod members;
+mod observe;
+
 use crate::core::outbox::{Held, Outbox};
 use crate::core::rng::SplitMix64;
 use crate::core::{
     AdminRequest, Body, Broken, Config, Envelope, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, Node,
-    NodeId, Outputs, Role,
+    NodeId, Outputs,
 };
+use fmt::{fmt_event, fmt_vote};
+use members::draw_incarnation;
 
 /// The simulated wall clock's reading at true time zero, in microseconds
 /// since 1970 (2023-11-14): genesis floors are wall-clock readings.
@@ -38,11 +45,8 @@ pub struct Breakage {
     /// A node that lost its state file draws no new incarnation: it comes
     /// back as its old identity with its memory gone (managed groups).
     pub wiped_keeps_incarnation: bool,
-    /// The core's [`Broken::learners_vote`]: learners vote, and votes and
-    /// acks are matched by name.
-    pub learners_vote: bool,
-    /// The core's [`Broken::genesis_majority`].
-    pub genesis_majority: bool,
+    /// Rules of the core broken on purpose (managed groups).
+    pub core: Broken,
 }
 
 #[derive(Clone, Debug)]
@@ -315,29 +319,6 @@ impl World {
         self.slots[i].disk.as_ref()
     }
 
-    /// Managed groups: could the group elect? True if some configuration
-    /// has a majority of its voters alive as the identity it lists and
-    /// holding it, one of them able to lead (priority above 0), or if no
-    /// node holds any (a genesis can still form).
-    pub fn electable(&self) -> bool {
-        let held: Vec<&crate::core::Configuration> =
-            self.slots.iter().filter_map(|s| s.node.as_ref().and_then(|n| n.configuration())).collect();
-        if held.is_empty() {
-            return true;
-        }
-        held.iter().any(|c| {
-            let holding: Vec<usize> = (0..self.slots.len())
-                .filter(|&i| {
-                    let s = &self.slots[i];
-                    c.lists(&crate::core::Identity::new(s.id.clone(), s.life))
-                        && s.node.as_ref().and_then(|n| n.configuration()).is_some_and(|h| h.group == c.group)
-                })
-                .collect();
-            holding.len() >= crate::core::lease::quorum(c.voters.len())
-                && holding.iter().any(|&i| self.cfg.priorities[i] > 0)
-        })
-    }
-
     /// From now on, note the first instant a live node holds a lease.
     pub fn mark_heal(&mut self) {
         self.heal_at = Some(self.now);
@@ -456,10 +437,7 @@ impl World {
             priority: self.cfg.priorities[i],
             advertise: format!("{}:5432", self.slots[i].id),
             mode: if self.cfg.membership { Mode::Managed { incarnation: self.slots[i].life } } else { Mode::Static },
-            broken: Broken {
-                learners_vote: self.cfg.breakage.learners_vote,
-                genesis_majority: self.cfg.breakage.genesis_majority,
-            },
+            broken: self.cfg.breakage.core,
         }
     }
 
@@ -663,61 +641,6 @@ impl World {
         self.apply(i, out);
     }
 
-    /// Rule 1, checked at the step that decides a vote: is the voter free to
-    /// vote for that candidate? Promises count from the step that makes them;
-    /// one that a crash loses before its message leaves never existed.
-    fn check_promises(&mut self, i: usize, local: Nanos, out: &Outputs, transfer_from: Option<&NodeId>) {
-        let me = self.slots[i].id.clone();
-        let my_life = self.cfg.membership.then_some(self.slots[i].life);
-        for e in &out.events {
-            match e {
-                Event::ElectionStarted { transfer, term } => {
-                    let from = if *transfer { transfer_from } else { None };
-                    self.checker.check_vote(self.now, i, &me, local, (&me, my_life), *term, from);
-                    self.checker.on_promise_decided(i, local, &me, my_life, *term);
-                }
-                Event::TransferStarted { term, .. } => self.checker.on_abdicate(i, &me, *term),
-                _ => {}
-            }
-        }
-        for m in out.send_now.iter().chain(&out.send_after_persist) {
-            match &m.body {
-                Body::VoteResponse { granted: true } => {
-                    let to = (&m.to, m.to_incarnation);
-                    self.checker.check_vote(self.now, i, &me, local, to, m.term, transfer_from);
-                    self.checker.on_promise_decided(i, local, &m.to, m.to_incarnation, m.term);
-                }
-                Body::HeartbeatAck { ok: true, .. } => {
-                    self.checker.on_promise_decided(i, local, &m.to, m.to_incarnation, m.term)
-                }
-                Body::Heartbeat { .. } => self.checker.on_promise_decided(i, local, &me, my_life, m.term),
-                _ => {}
-            }
-        }
-    }
-
-    /// The membership invariant a step can break: learners never grant,
-    /// campaign or lead.
-    fn check_membership(&mut self, i: usize, out: &Outputs) {
-        let Some(node) = self.slots[i].node.as_ref() else { return };
-        // Judged from what the node holds, not from the node's own answer.
-        let life = self.slots[i].life;
-        let me = crate::core::Identity::new(self.slots[i].id.clone(), life);
-        let voter = node.configuration().is_some_and(|c| c.lists(&me));
-        for m in out.send_now.iter().chain(&out.send_after_persist) {
-            let acts = match m.body {
-                Body::VoteResponse { granted } => granted,
-                Body::VoteRequest { .. } | Body::Heartbeat { .. } => true,
-                _ => false,
-            };
-            if acts && !voter {
-                let what = m.body.kind();
-                let detail = format!("{} ({life}) is not a voter of what it holds, and sent {what}", m.from);
-                self.checker.learner_acted(self.now, detail);
-            }
-        }
-    }
-
     /// From now on, node `i`'s clock runs at `drift_ppm` from true time.
     pub fn set_clock_rate(&mut self, i: usize, drift_ppm: i64) {
         self.slots[i].clock.set_rate(self.now, drift_ppm);
@@ -844,72 +767,5 @@ impl World {
             self.schedule(at, Ev::PersistRetry { node: i, incarnation });
         }
         self.step(i, Input::PersistFailed);
-    }
-
-    fn on_view(&mut self, i: usize, view: LeaderView) {
-        let old = self.slots[i].view.replace(view.clone());
-        let changed =
-            old.as_ref().is_none_or(|o| (o.role, o.term, &o.leader_id) != (view.role, view.term, &view.leader_id));
-        if changed {
-            let id = self.slots[i].id.clone();
-            self.note(Verbosity::Events, |_| fmt_view(&id, &view));
-        }
-        let lease_end = view.lease_until.map(|u| self.slots[i].clock.to_true(u));
-        let was_leading = self.checker.lease_active_at(self.now);
-        self.checker.on_view(self.now, i, &view, lease_end);
-        let leading = view.role == Role::Leader && lease_end.is_some_and(|e| e > self.now);
-        if leading && self.heal_at.is_some() && self.leader_since_heal.is_none() {
-            self.leader_since_heal = Some(self.now);
-        }
-        if leading && !was_leading {
-            if let Some(from) = self.failover_from.take() {
-                self.failovers.push(self.now - from);
-            }
-        }
-    }
-}
-
-/// A fresh incarnation: 128 random bits, never zero.
-fn draw_incarnation(rng: &mut SplitMix64) -> Incarnation {
-    let n = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
-    Incarnation(n.max(1))
-}
-
-fn fmt_vote(hs: &HardState) -> String {
-    hs.voted_for.as_ref().map_or("none".to_string(), |v| v.to_string())
-}
-
-fn fmt_view(id: &NodeId, v: &LeaderView) -> String {
-    match v.role {
-        Role::Leader => format!("{id} is leader term={} token={}", v.term, v.term),
-        role => match &v.leader_id {
-            Some(l) => format!("{id} is {} term={} leader={l}", role.as_str(), v.term),
-            None => format!("{id} is {} term={} leader=none", role.as_str(), v.term),
-        },
-    }
-}
-
-fn fmt_event(e: &Event) -> String {
-    match e {
-        Event::PreVoteStarted { next_term } => format!("pre-vote for term {next_term}"),
-        Event::PreVoteFailed { next_term } => format!("pre-vote for term {next_term} failed"),
-        Event::ElectionStarted { term, transfer } => {
-            format!("campaigns for term {term}{}", if *transfer { " (transfer)" } else { "" })
-        }
-        Event::ElectionWon { term } => format!("won term {term}"),
-        Event::ElectionLost { term } => format!("lost term {term}"),
-        Event::SteppedDown { term, reason } => format!("stepped down from term {term}: {reason:?}"),
-        Event::TransferStarted { term, to } => match to {
-            Some(to) => format!("ends its lease of term {term} and hands over to {to}"),
-            None => format!("ends its lease of term {term} (no eligible peer)"),
-        },
-        Event::StorageFault => "storage fault".to_string(),
-        Event::StorageRecovered => "storage recovered".to_string(),
-        Event::AckRoundTrip { peer, rtt } => format!("ack from {peer} after {rtt:?}"),
-        Event::ConfigurationHeld { group, voter } => {
-            format!("holds the configuration of group {group} as a {}", if *voter { "voter" } else { "learner" })
-        }
-        Event::GenesisProposed { group } => format!("proposes the genesis of group {group}"),
-        Event::GenesisWithdrawn { group } => format!("withdraws from the genesis of group {group}"),
     }
 }

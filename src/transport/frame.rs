@@ -243,6 +243,7 @@ mod tests {
             from_incarnation: None,
             to_incarnation: None,
             group: None,
+            config: None,
         }
     }
 

@@ -34,6 +34,7 @@ fn envelope(from: &str, to: &str, round: u64) -> Envelope {
         from_incarnation: None,
         to_incarnation: None,
         group: None,
+        config: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn unmanaged() -> Envelope {
         from_incarnation: None,
         to_incarnation: None,
         group: None,
+        config: None,
     }
 }
 

@@ -2,6 +2,9 @@
 //! admin requests and hand-overs (DESIGN §2 rules 2, 5, 8, 9).
 
 use std::collections::{BTreeMap, VecDeque};
+
+use crate::core::membership::{Configuration, Identity};
+use crate::core::Incarnation;
 use std::time::Duration;
 
 use super::{KnownLeader, Node, RoleState};
@@ -38,6 +41,21 @@ pub(super) struct LeaderState {
     /// Set once this leader has ended its lease for a hand-over; it never
     /// holds a lease again in this term (rule 8).
     pub(super) abdicated: Option<Abdication>,
+    /// Managed groups: the configurations of this leadership in the order
+    /// made: the one it won with (round 0's), its re-stamp, then each
+    /// change (docs/safety.md, membership rules 3 and 4).
+    pub(super) made: Vec<Configuration>,
+    /// Which of `made` each round in `sent` carried.
+    pub(super) carried: VecDeque<(u64, usize)>,
+    /// The highest round each name acked, and as which incarnation.
+    pub(super) acked_life: BTreeMap<crate::core::NodeId, (u64, Incarnation)>,
+    /// The newest of `made` committed in this term.
+    pub(super) committed: Option<usize>,
+    /// When the change waiting to commit was made.
+    pub(super) change_since: Option<Nanos>,
+    /// Identities not listed that ack the rounds: since when without a
+    /// gap, and last (rule 8's "answered steadily").
+    pub(super) learners: BTreeMap<Identity, (Nanos, Nanos)>,
 }
 
 impl Node {
@@ -57,6 +75,13 @@ impl Node {
         let leader_lease = self.leader_lease;
         let voters = self.voter_count();
         let counts = self.counts(m);
+        let managed = self.me().is_some();
+        if ok && !counts && managed {
+            if let Some(inc) = m.from_incarnation {
+                self.note_learner(now, Identity::new(m.from.clone(), inc));
+            }
+            return;
+        }
         let RoleState::Leader(l) = &mut self.role else {
             return;
         };
@@ -81,8 +106,17 @@ impl Node {
         report.last_ack_round = report.last_ack_round.max(round);
         let acked = l.acked.entry(m.from.clone()).or_insert(0);
         *acked = (*acked).max(round);
+        if let Some(inc) = m.from_incarnation {
+            let life = l.acked_life.entry(m.from.clone()).or_insert((round, inc));
+            if round >= life.0 {
+                *life = (round, inc);
+            }
+        }
         let rtt = l.sent.iter().find(|(r, _)| *r == round).map(|(_, sent)| now.since(*sent));
-        if l.abdicated.is_none() {
+        if managed {
+            self.count_managed();
+            self.maybe_change(now);
+        } else if l.abdicated.is_none() {
             extend_lease(l, voters, leader_lease);
         }
         if let Some(rtt) = rtt {
@@ -100,6 +134,9 @@ impl Node {
         }
         if now >= l.lease_until {
             return Err(AdminError::NotLeader(None));
+        }
+        if self.change_pending() {
+            return Err(AdminError::Refused("a membership change is waiting to commit; try again".into()));
         }
         match req {
             AdminRequest::StepDown => {
@@ -127,9 +164,16 @@ impl Node {
         }
     }
 
-    pub(super) fn become_leader(&mut self, now: Nanos, vote_sent_at: Nanos, acked: BTreeMap<NodeId, u64>) {
+    pub(super) fn become_leader(
+        &mut self,
+        now: Nanos,
+        vote_sent_at: Nanos,
+        acked: BTreeMap<NodeId, u64>,
+        acked_life: BTreeMap<NodeId, (u64, Incarnation)>,
+    ) {
         let mut sent = VecDeque::new();
         sent.push_back((0, vote_sent_at));
+        let made = self.restamp();
         let mut state = LeaderState {
             round: 0,
             next_heartbeat: now,
@@ -139,11 +183,23 @@ impl Node {
             lease_until: Nanos::ZERO,
             elected_at: now,
             abdicated: None,
+            carried: if made.is_empty() { VecDeque::new() } else { VecDeque::from([(0, 0)]) },
+            made,
+            acked_life,
+            committed: None,
+            change_since: None,
+            learners: BTreeMap::new(),
         };
         // Rule 2: votes are acks of the VoteRequest's send time, so the lease
         // starts at the moment of winning.
-        extend_lease(&mut state, self.voter_count(), self.leader_lease);
+        let managed = self.me().is_some();
+        if !managed {
+            extend_lease(&mut state, self.voter_count(), self.leader_lease);
+        }
         self.role = RoleState::Leader(Box::new(state));
+        if managed {
+            self.count_managed();
+        }
         self.lost_elections = 0;
         let incarnation = self.my_incarnation();
         self.leader =
@@ -180,11 +236,20 @@ impl Node {
         l.round += 1;
         l.next_heartbeat = now.plus(interval);
         l.sent.push_back((l.round, now));
+        if !l.made.is_empty() {
+            l.carried.push_back((l.round, l.made.len() - 1));
+        }
         // Rounds sent more than a lease ago cannot extend the lease any more.
         while l.sent.len() > 1 && l.sent[0].1.plus(ttl) < now {
             l.sent.pop_front();
         }
-        extend_lease(l, voters, leader_lease);
+        let oldest = l.sent[0].0;
+        while l.carried.front().is_some_and(|(r, _)| *r < oldest) {
+            l.carried.pop_front();
+        }
+        if l.made.is_empty() {
+            extend_lease(l, voters, leader_lease);
+        }
         let round = l.round;
         let me = self.cfg.node_id.clone();
         // The leader's own ack of the round: it will not vote for anyone else
@@ -192,6 +257,9 @@ impl Node {
         self.promise_to(now, me, self.my_incarnation());
         let address = self.cfg.advertise.clone();
         self.broadcast(|_| Body::Heartbeat { round, leader_address: address.clone() });
+        if self.me().is_some() {
+            self.count_managed();
+        }
     }
 
     /// Rule 9: an unhealthy leader hands over to a healthy peer; a healthy
@@ -202,7 +270,7 @@ impl Node {
         let RoleState::Leader(l) = &self.role else {
             return;
         };
-        if l.abdicated.is_some() || now >= l.lease_until {
+        if l.abdicated.is_some() || now >= l.lease_until || self.change_pending() {
             return;
         }
         let settle = self.cfg.lease_ttl * 2;

@@ -24,7 +24,7 @@ pub(super) struct Announced {
 pub(super) struct Members {
     /// The incarnation last heard from each name: the addressee's
     /// incarnation of what this node sends it.
-    seen: BTreeMap<NodeId, Incarnation>,
+    pub(super) seen: BTreeMap<NodeId, Incarnation>,
     announced: BTreeMap<NodeId, Announced>,
     /// The acceptances collected for the genesis this node accepted.
     acceptances: BTreeMap<Identity, u64>,
@@ -103,11 +103,13 @@ impl Node {
         self.configuration().is_some_and(|c| c.lists(&Identity::new(m.from.clone(), inc)))
     }
 
-    /// The incarnation to address `name` by: the one last heard, else the
-    /// one this node's configuration lists. Only a message's reach depends
-    /// on it: what counts is the sender's incarnation, checked on arrival.
+    /// The incarnation to address `name` by: the one this node's
+    /// configuration lists, else the one last heard (a learner's). A
+    /// delayed message of a name's earlier life cannot turn a voter's
+    /// address back. Only a message's reach depends on it: what counts is
+    /// the sender's incarnation, checked on arrival.
     pub(super) fn incarnation_of(&self, name: &NodeId) -> Option<Incarnation> {
-        self.members.seen.get(name).copied().or_else(|| self.configuration().and_then(|c| c.incarnation_of(name)))
+        self.configuration().and_then(|c| c.incarnation_of(name)).or_else(|| self.members.seen.get(name).copied())
     }
 
     /// Envelope checks of a managed group: the sender names its
@@ -143,6 +145,18 @@ impl Node {
     /// genesis floor (rule 9). Only a managed group uses it.
     pub fn observe_wall_clock(&mut self, micros: u64) {
         self.members.wall_micros = self.members.wall_micros.max(micros);
+    }
+
+    /// A message meant for an earlier life of this node's name: answer
+    /// with an announcement, so that the sender learns this identity (a
+    /// leader replaces the old one, rule 8; a learner is reached at all).
+    pub(super) fn introduce(&mut self, m: &Envelope) {
+        if self.my_incarnation().is_none() || m.from_incarnation.is_none() {
+            return;
+        }
+        let desired = self.desired_digest();
+        let pending = self.member_state().and_then(|s| s.accepted.as_ref()).map(|(p, _)| p.group);
+        self.send_to(m.from.clone(), m.from_incarnation, Body::Announce { desired, pending });
     }
 
     /// Handles the membership messages; returns false for any other, which
@@ -184,7 +198,7 @@ impl Node {
             .announced
             .insert(m.from.clone(), Announced { incarnation: who.incarnation, desired, pending, at: now });
         if let Some(config) = self.configuration().cloned() {
-            self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config });
+            self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config: Box::new(config) });
             return;
         }
         // A listed name that answers with another incarnation has lost its
@@ -204,7 +218,7 @@ impl Node {
             // A listed identity that has not completed: this configuration
             // is its certificate.
             if config.group == proposal.group && config.lists(&who) {
-                self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config });
+                self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config: Box::new(config) });
             }
             return;
         }
@@ -214,7 +228,7 @@ impl Node {
         }
         let state = self.member_state().cloned().unwrap_or_default();
         match &state.accepted {
-            Some((mine, _)) if mine.group == proposal.group => {}
+            Some((mine, _)) if mine == proposal => {}
             Some(_) => return,
             None => {
                 if !self.may_accept(&state, proposal, &me) {
@@ -232,7 +246,10 @@ impl Node {
     /// withdrawn from.
     fn may_accept(&self, state: &MemberState, proposal: &Proposal, me: &Identity) -> bool {
         let names: BTreeSet<&NodeId> = proposal.voters.iter().map(|v| &v.name).collect();
-        state.is_blank()
+        // Without a wall-clock reading the floor could be 0, and a group
+        // created again would hand out tokens from 1 (rule 9).
+        self.members.wall_micros > 0
+            && state.is_blank()
             && !state.withdrawn.contains(&proposal.group)
             && proposal.voters.contains(me)
             && names.len() == proposal.voters.len()
@@ -255,7 +272,7 @@ impl Node {
         let me = self.me();
         for v in &proposal.voters {
             if Some(v) != me.as_ref() {
-                let body = Body::Accept { proposal: proposal.clone(), wall_micros };
+                let body = Body::Accept { proposal: Box::new(proposal.clone()), wall_micros };
                 self.send_to(v.name.clone(), Some(v.incarnation), body);
             }
         }
@@ -317,7 +334,9 @@ impl Node {
             // The certificate of a genesis this identity accepted: every
             // listed identity accepted, or the sender would not hold it.
             // Withdrawn from, or never accepted: refused for good.
-            let mine = state.accepted.as_ref().is_some_and(|(p, _)| p.group == config.group);
+            let mine = state.accepted.as_ref().is_some_and(|(p, _)| {
+                p.group == config.group && p.voters == config.voters && config.stamp() == (Term(0), 1)
+            });
             if mine {
                 self.hold(now, config.clone());
             }
@@ -376,7 +395,7 @@ impl Node {
     fn maybe_propose(&mut self, now: Nanos) {
         let Some(me) = self.me() else { return };
         let blank = self.member_state().is_none_or(|s| s.is_blank());
-        if !blank || self.cfg.voters.first() != Some(&me.name) {
+        if !blank || self.cfg.voters.first() != Some(&me.name) || self.members.wall_micros == 0 {
             return;
         }
         let desired = self.desired_digest();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 mod leader;
 mod members;
+mod register;
 mod vote;
 
 use leader::LeaderState;
@@ -233,6 +234,9 @@ impl Node {
     fn on_message(&mut self, now: Nanos, m: Envelope) {
         if let Some(reason) = self.invalid(&m) {
             self.reject(&m, reason);
+            if reason == RejectReason::WrongAddressee {
+                self.introduce(&m);
+            }
             return;
         }
         if self.on_membership_message(now, &m) {
@@ -256,6 +260,10 @@ impl Node {
         // request, which changes nothing at the voter.
         if m.term > self.hard.term && !matches!(m.body, Body::PreVoteRequest { .. }) {
             self.adopt_term(now, m.term);
+        }
+        // Membership rule 2: a newer configuration, likewise.
+        if !matches!(m.body, Body::PreVoteRequest { .. }) {
+            self.adopt_newer(now, &m);
         }
         match m.body.clone() {
             Body::PreVoteRequest { next_term } => self.on_pre_vote_request(now, &m, next_term),
@@ -303,6 +311,13 @@ impl Node {
     fn on_heartbeat(&mut self, now: Nanos, m: &Envelope, round: u64, leader_address: String) {
         if m.term < self.hard.term {
             self.reject(m, RejectReason::StaleTerm);
+            self.send(m.from.clone(), self.ack_body(now, round, false));
+            return;
+        }
+        if self.me().is_some() && self.carried_order(m) != Some(std::cmp::Ordering::Equal) {
+            // Membership rule 5: holding a newer configuration than the
+            // round carried (or one it cannot compare), this node does not
+            // ack; its answer carries its own.
             self.send(m.from.clone(), self.ack_body(now, round, false));
             return;
         }
@@ -375,6 +390,12 @@ impl Node {
             }
         }
         self.durable = hs;
+        if self.me().is_some() && matches!(self.role, RoleState::Leader(_)) {
+            // A configuration this leader made is durable now: it counts
+            // itself toward it (membership rule 3).
+            self.count_managed();
+            self.maybe_change(now);
+        }
         if !self.storage_ok {
             self.storage_ok = true;
             self.out.events.push(Event::StorageRecovered);
@@ -529,8 +550,12 @@ impl Node {
             return;
         }
         let sent_at = *sent_at;
-        let acked = granted.iter().filter(|v| **v != self.cfg.node_id).map(|v| (v.clone(), 0)).collect();
-        self.become_leader(now, sent_at, acked);
+        let voters: Vec<NodeId> = granted.iter().filter(|v| **v != self.cfg.node_id).cloned().collect();
+        let acked = voters.iter().map(|v| (v.clone(), 0)).collect();
+        // Votes count only from listed identities: the listed incarnation.
+        let acked_life =
+            voters.iter().filter_map(|v| Some((v.clone(), (0, self.configuration()?.incarnation_of(v)?)))).collect();
+        self.become_leader(now, sent_at, acked, acked_life);
     }
 
     fn adopt_term(&mut self, now: Nanos, term: Term) {
@@ -659,6 +684,7 @@ impl Node {
             from_incarnation: self.my_incarnation(),
             to_incarnation: to_incarnation.filter(|_| managed),
             group: self.configuration().map(|c| c.group),
+            config: self.configuration().cloned().map(Box::new),
         };
         if self.hard == self.durable {
             self.out.send_now.push(m);

@@ -2,6 +2,8 @@
 //! (DESIGN §2 rules 1, 4 and 7; in a managed group §2b rule 1, by
 //! identity).
 
+use std::cmp::Ordering;
+
 use super::{Node, RoleState};
 use crate::core::lease::quorum;
 use crate::core::message::{Body, Envelope, RejectReason};
@@ -15,6 +17,7 @@ impl Node {
             && m.term < next_term
             && self.is_voter()
             && self.counts(m)
+            && self.config_at_least_mine(m)
             && self.may_vote_for(now, &m.from, m.from_incarnation, None, next_term)
             && !self.pre_vote_held_for_another(now, &m.from, next_term);
         if granted {
@@ -95,7 +98,10 @@ impl Node {
         }
         let free = self.hard.voted_for.is_none()
             || (self.hard.voted_for.as_ref() == Some(&m.from) && self.hard.voted_incarnation == m.from_incarnation);
-        let granted = free && self.storage_ok && allowed_by_promise && self.is_voter() && self.counts(m);
+        // Membership rule 1: the candidate's configuration, adopted first
+        // if newer (rule 2, in `on_message`), must be exactly this node's.
+        let same_config = self.me().is_none() || self.carried_order(m) == Some(Ordering::Equal);
+        let granted = free && self.storage_ok && allowed_by_promise && self.is_voter() && self.counts(m) && same_config;
         if granted {
             if self.hard.voted_for.is_none() {
                 self.hard.voted_for = Some(m.from.clone());
@@ -117,7 +123,10 @@ impl Node {
             self.reject(m, RejectReason::StaleTerm);
             return;
         }
-        let counts = self.counts(m);
+        // A vote counts only from a voter that held this candidate's
+        // configuration when it answered (membership rule 1).
+        let same_config = self.me().is_none() || self.carried_order(m) == Some(Ordering::Equal);
+        let counts = self.counts(m) && same_config;
         let RoleState::Candidate { granted: votes, .. } = &mut self.role else {
             return;
         };
@@ -125,5 +134,11 @@ impl Node {
             votes.insert(m.from.clone());
             self.maybe_win(now);
         }
+    }
+
+    /// Membership rule 1 for a pre-vote: the candidate's configuration is
+    /// this node's or newer (a static group has none).
+    fn config_at_least_mine(&self, m: &Envelope) -> bool {
+        self.me().is_none() || matches!(self.carried_order(m), Some(Ordering::Equal | Ordering::Greater))
     }
 }
