@@ -1,9 +1,10 @@
 //! The simulator on managed groups (DESIGN §2b): nodes start blank and form
 //! their group by genesis, under every fault the static runs inject plus
-//! wipes while the group forms; a wiped node comes back as a new identity
-//! and joins as a learner. Every invariant holds with no exception (the
-//! static runs' known `wiped-vote` hole is a failure here), and each
-//! negative control is caught.
+//! wipes while the group forms and edits of the desired set that reach the
+//! nodes late, out of order or not at all; a wiped node comes back as a new
+//! identity, joins as a learner and replaces its old self. Every invariant
+//! holds with no exception (the static runs' known `wiped-vote` hole is a
+//! failure here), and the negative controls are caught.
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
 
 use leasehold::core::Broken;
@@ -17,10 +18,11 @@ fn managed(nodes: usize) -> SeedOptions {
 
 /// Runs the seeds; every one must be free of violations. Returns (seeds
 /// that formed their group more than once, seeds stuck with too few
-/// voters left, seeds whose liveness was judged).
+/// voters left, seeds whose liveness was judged), and checks that changes
+/// were made.
 fn assert_clean(nodes: usize, seeds: std::ops::Range<u64>) -> (u64, u64, u64) {
     let opts = managed(nodes);
-    let (mut regenesis, mut stuck, mut judged, mut leaderships) = (0, 0, 0, 0);
+    let (mut regenesis, mut stuck, mut judged, mut leaderships, mut changes) = (0, 0, 0, 0, 0);
     for seed in seeds.clone() {
         let r = run_seed(seed, &opts);
         assert!(
@@ -32,8 +34,11 @@ fn assert_clean(nodes: usize, seeds: std::ops::Range<u64>) -> (u64, u64, u64) {
         stuck += u64::from(r.stuck);
         judged += u64::from(!r.stuck);
         leaderships += r.leaderships;
+        changes += r.changes;
     }
-    assert!(leaderships as u64 > seeds.end - seeds.start, "only {leaderships} leaderships");
+    let count = seeds.end - seeds.start;
+    assert!(leaderships as u64 > count, "only {leaderships} leaderships");
+    assert!(changes > count, "only {changes} membership changes in {count} seeds");
     (regenesis, stuck, judged)
 }
 
@@ -41,15 +46,16 @@ fn assert_clean(nodes: usize, seeds: std::ops::Range<u64>) -> (u64, u64, u64) {
 fn two_thousand_seeds_of_three_managed_nodes_hold_every_invariant() {
     let (regenesis, stuck, judged) = assert_clean(3, 1..2001);
     // The fault mix must reach a genesis undone by wipes and formed again,
-    // and must leave most groups able to elect, so liveness is judged.
-    assert!(regenesis > 20, "only {regenesis} seeds formed their group again");
-    assert!(stuck > 0 && judged > 300, "stuck {stuck}, judged {judged}");
+    // and must leave enough groups able to elect that liveness and
+    // convergence are judged.
+    assert!(regenesis >= 10, "only {regenesis} seeds formed their group again");
+    assert!(stuck > 0 && judged > 600, "stuck {stuck}, judged {judged}");
 }
 
 #[test]
 fn one_thousand_seeds_of_five_managed_nodes_hold_every_invariant() {
     let (regenesis, _, judged) = assert_clean(5, 1..1001);
-    assert!(regenesis >= 1 && judged > 200, "regenesis {regenesis}, judged {judged}");
+    assert!(regenesis >= 1 && judged > 500, "regenesis {regenesis}, judged {judged}");
 }
 
 /// Seeds (of `1..=seeds`) whose run broke `invariant`.
@@ -89,4 +95,13 @@ fn learners_that_vote_are_caught() {
     let mut opts = managed(3);
     opts.breakage = Breakage { core: Broken { learners_vote: true, ..Broken::default() }, ..Breakage::default() };
     assert!(caught(&opts, 1000, &[Invariant::LearnerActed]).len() > 50);
+}
+
+/// A genesis that completes on a majority of acceptances: with the desired
+/// set edited while groups form, one stamp names two voter sets.
+#[test]
+fn a_genesis_on_a_majority_of_acceptances_is_caught() {
+    let mut opts = managed(3);
+    opts.breakage = Breakage { core: Broken { genesis_majority: true, ..Broken::default() }, ..Breakage::default() };
+    assert!(caught(&opts, 200, &[Invariant::OneConfigPerStamp]).len() > 50);
 }

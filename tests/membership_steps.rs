@@ -32,6 +32,7 @@ fn group() -> Configuration {
         epoch: 1,
         voters: [who("a", 1), who("b", 1), who("c", 1)].into_iter().collect(),
         removed: BTreeSet::new(),
+        generation: 0,
         floor: Term(FLOOR),
     }
 }
@@ -163,7 +164,7 @@ fn messages_of_another_group_are_refused() {
 // ---- rule 9: genesis --------------------------------------------------
 
 fn proposal() -> Proposal {
-    Proposal { group: GROUP, voters: group().voters }
+    Proposal { group: GROUP, voters: group().voters, generation: 0 }
 }
 
 fn accept(name: &str, to: &str, wall: u64) -> Envelope {
@@ -197,7 +198,6 @@ fn a_genesis_completes_only_with_every_acceptance() {
 
 /// b accepted a genesis listing c's first life; c announces itself in a
 /// second life: that genesis can never complete, and b withdraws, for good.
-/// The group's configuration, arriving later, is refused.
 #[test]
 fn an_acceptance_is_withdrawn_when_a_listed_name_comes_back_as_another_identity() {
     let mut b = managed("b", 1, None);
@@ -206,10 +206,17 @@ fn an_acceptance_is_withdrawn_when_a_listed_name_comes_back_as_another_identity(
     assert!(out.events.contains(&Event::GenesisWithdrawn { group: GROUP }));
     let withdrawn = b.hard_state().members.as_ref().map(|m| m.withdrawn.clone()).unwrap_or_default();
     assert!(withdrawn.contains(&GROUP) && b.hard_state().members.as_ref().is_some_and(|m| m.accepted.is_none()));
-    let _ = deliver(&mut b, at(2), from("a", 1, "b", T, Body::Config { config: Box::new(group()) }));
-    assert_eq!(holds(&b), None, "a withdrawn identity never acts under that genesis");
-    let _ = deliver(&mut b, at(3), accept("c", "b", FLOOR));
+    let _ = deliver(&mut b, at(2), accept("c", "b", FLOOR));
     assert!(b.hard_state().members.as_ref().is_some_and(|m| m.accepted.is_none()), "nor accepts it again");
+    // The genesis completed elsewhere with the acceptance b sent before it
+    // withdrew. b never acts as the identity it listed: it draws a new one
+    // and joins as a learner, to be added by the leader (rule 8).
+    let out = deliver(&mut b, at(3), from("a", 1, "b", T, Body::Config { config: Box::new(group()) }));
+    assert_eq!(holds(&b), Some((GROUP, false)), "a withdrawn identity never votes under that genesis");
+    assert!(b.incarnation().is_some_and(|i| i != Incarnation(1)));
+    assert!(out.events.iter().any(|e| matches!(e, Event::Renewed { old: Incarnation(1), .. })));
+    let renewed = out.persist.as_ref().and_then(|p| p.members.as_ref()).and_then(|m| m.renewed);
+    assert_eq!(renewed, b.incarnation(), "the new incarnation is persisted with the configuration");
 }
 
 /// A static group takes no part in genesis: the membership messages change
@@ -221,4 +228,103 @@ fn a_static_group_ignores_membership_messages() {
     assert!(out.persist.is_none() && sent(&out).is_empty());
     let out = deliver(&mut b, at(0), msg("a", "b", 0, Body::Accept { proposal: Box::new(proposal()), wall_micros: 1 }));
     assert!(out.persist.is_none() && sent(&out).is_empty());
+}
+
+// ---- the configuration register (rules 1, 2, 3 and 5) ------------------
+
+/// `group()` after one change: c's first life replaced by its second,
+/// made by the leader of term `T`.
+fn changed() -> Configuration {
+    let mut c = group();
+    c.cterm = Term(T);
+    c.epoch = 2;
+    c.voters.remove(&who("c", 1));
+    c.removed.insert(who("c", 1));
+    c
+}
+
+fn carrying(mut m: Envelope, c: Configuration) -> Envelope {
+    m.config = Some(Box::new(c));
+    m
+}
+
+#[test]
+fn configurations_are_ordered_by_term_then_epoch_and_equal_stamps_must_agree() {
+    use std::cmp::Ordering;
+    let (old, new) = (group(), changed());
+    assert_eq!(new.order(&old), Some(Ordering::Greater));
+    assert_eq!(old.order(&new), Some(Ordering::Less));
+    let mut higher_epoch_lower_term = old.clone();
+    higher_epoch_lower_term.epoch = 9;
+    assert_eq!(new.order(&higher_epoch_lower_term), Some(Ordering::Greater), "the term comes first");
+    let mut sibling = new.clone();
+    sibling.voters.insert(who("d", 1));
+    assert_eq!(new.order(&sibling), None, "one stamp, two voter sets: incomparable");
+    let mut other = old.clone();
+    other.group = GroupUid(0x6b);
+    assert_eq!(old.order(&other), None);
+}
+
+/// Rules 1 and 2: a voter holding an older configuration adopts the
+/// candidate's, persisted in the same write as its vote, then grants.
+#[test]
+fn a_voter_adopts_a_newer_configuration_before_it_votes() {
+    let mut b = managed("b", 1, Some(group()));
+    let request = carrying(from("a", 1, "b", T + 1, Body::VoteRequest { transfer_from: None }), changed());
+    let out = b.step(at(0), Input::Message(request));
+    let written = out.persist.as_ref().and_then(|p| p.members.as_ref()).and_then(|m| m.config.clone());
+    assert_eq!(written, Some(changed()));
+    assert!(out.send_now.is_empty(), "the vote waits for the write");
+    assert!(matches!(out.send_after_persist[..], [Envelope { body: Body::VoteResponse { granted: true }, .. }]));
+}
+
+/// Rules 1 and 5: a node holding a newer configuration than a candidate's
+/// or a round's refuses the vote and does not ack; its answer carries its
+/// own configuration.
+#[test]
+fn a_node_holding_a_newer_configuration_refuses_votes_and_acks_under_an_older_one() {
+    let mut b = managed("b", 1, Some(changed()));
+    let out = deliver(&mut b, at(0), from("a", 1, "b", T + 1, Body::VoteRequest { transfer_from: None }));
+    assert_eq!(granted_vote(&out), Some(false));
+    let answer = sent(&out).into_iter().next().expect("an answer");
+    assert_eq!(answer.config.as_deref(), Some(&changed()));
+    let out =
+        deliver(&mut b, at(1), from("a", 1, "b", T + 1, Body::Heartbeat { round: 1, leader_address: "a".into() }));
+    let acks: Vec<bool> = sent(&out)
+        .iter()
+        .filter_map(|m| match m.body {
+            Body::HeartbeatAck { ok, .. } => Some(ok),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![false], "no ack of a round that carried an older configuration");
+}
+
+/// Rule 3: a new leader re-stamps its configuration with its term, and
+/// persists it before any round carries it.
+#[test]
+fn a_new_leader_restamps_its_configuration_before_its_rounds_carry_it() {
+    let mut a = managed("a", 1, Some(group()));
+    let _ = a.step(at(2_000), Input::Tick);
+    let next_term = a.hard_state().term.0 + 1;
+    let answer = from("b", 1, "a", FLOOR, Body::PreVoteResponse { next_term: Term(next_term), granted: true });
+    let _ = deliver(&mut a, at(2_001), answer);
+    let won = a.step(at(2_002), Input::Message(from("b", 1, "a", next_term, Body::VoteResponse { granted: true })));
+    // The vote came before the campaign's own write was done; complete it.
+    let won = match won.events.iter().any(|e| matches!(e, Event::ElectionWon { .. })) {
+        true => won,
+        false => {
+            let hs = a.hard_state().clone();
+            a.step(at(2_002), Input::Persisted(hs))
+        }
+    };
+    assert!(won.events.iter().any(|e| matches!(e, Event::ElectionWon { .. })));
+    let stamp = a.configuration().map(|c| c.stamp());
+    assert_eq!(stamp, Some((Term(next_term), 1)), "re-stamped with its own term, same epoch");
+    let written =
+        won.persist.as_ref().and_then(|p| p.members.as_ref()).and_then(|m| m.config.as_ref()).map(|c| c.stamp());
+    assert_eq!(written, stamp, "and the re-stamp is written");
+    let early = won.send_now.iter().filter(|m| matches!(m.body, Body::Heartbeat { .. })).count();
+    let held = won.send_after_persist.iter().filter(|m| matches!(m.body, Body::Heartbeat { .. })).count();
+    assert_eq!((early, held), (0, 2), "its first round waits for the write");
 }

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     let (p50, p90) = (totals.ratio_quantile(0.5), totals.ratio_quantile(0.9));
     println!(
-        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) wiped_votes={} stuck={} regenesis={} seeds_per_sec={:.0}",
+        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) wiped_votes={} stuck={} regenesis={} changes={} seeds_per_sec={:.0}",
         totals.seeds,
         totals.leaderships,
         totals.failover_ratios.len(),
@@ -148,6 +148,7 @@ fn main() -> ExitCode {
         totals.wiped_votes,
         totals.stuck,
         totals.regenesis,
+        totals.changes,
         totals.seeds as f64 / secs.max(1e-9)
     );
     if totals.safety > 0 {
@@ -177,6 +178,8 @@ struct Totals {
     stuck: u64,
     /// Managed groups: seeds that formed their group more than once.
     regenesis: u64,
+    /// Managed groups: configurations made by a change, over all seeds.
+    changes: u64,
 }
 
 impl Totals {
@@ -184,6 +187,7 @@ impl Totals {
         self.seeds += 1;
         self.stuck += u64::from(r.stuck);
         self.regenesis += u64::from(r.geneses > 1);
+        self.changes += r.changes;
         self.leaderships += r.leaderships;
         self.failover_ratios.extend(r.failovers.iter().map(|f| *f as f64 / r.lease_ttl_ns as f64));
         self.worst_failover = self.worst_failover.max(r.failovers.iter().copied().max().unwrap_or(0));

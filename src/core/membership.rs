@@ -61,6 +61,9 @@ pub struct Configuration {
     pub voters: BTreeSet<Identity>,
     /// Every identity ever removed (tombstones): never added again.
     pub removed: BTreeSet<Identity>,
+    /// The newest desired-set generation a leader reconciled toward: no
+    /// leader reconciles toward an older one.
+    pub generation: u64,
     /// The first term of the group (the genesis floor, rule 9): no term at
     /// or below it is ever campaigned for.
     pub floor: Term,
@@ -111,6 +114,7 @@ impl Configuration {
         eat(&self.cterm.0.to_le_bytes());
         eat(&self.epoch.to_le_bytes());
         eat(&self.floor.0.to_le_bytes());
+        eat(&self.generation.to_le_bytes());
         for v in &self.voters {
             eat(v.name.as_str().as_bytes());
             eat(&v.incarnation.0.to_le_bytes());
@@ -156,6 +160,8 @@ pub enum Mode {
 pub struct Proposal {
     pub group: GroupUid,
     pub voters: BTreeSet<Identity>,
+    /// The generation of the desired set it was made for (0: `--peers`).
+    pub generation: u64,
 }
 
 impl Proposal {
@@ -169,6 +175,7 @@ impl Proposal {
             epoch: 1,
             voters: self.voters.clone(),
             removed: BTreeSet::new(),
+            generation: self.generation,
             floor,
         }
     }
@@ -185,6 +192,10 @@ pub struct MemberState {
     pub accepted: Option<(Proposal, u64)>,
     /// Geneses this identity withdrew from: refused for good.
     pub withdrawn: BTreeSet<GroupUid>,
+    /// The incarnation this node drew for itself when it found its
+    /// identity removed while still desired (rule 8): it replaces the one
+    /// of its first state file from then on.
+    pub renewed: Option<Incarnation>,
 }
 
 impl MemberState {

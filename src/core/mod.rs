@@ -222,6 +222,13 @@ pub enum Input {
     /// The local health check changed.
     Health(bool),
     Admin(AdminRequest),
+    /// Managed groups: the desired set changed (DESIGN §2b): the names the
+    /// operator wants as voters, and the generation of that wish. An older
+    /// generation than one already read is ignored.
+    Desired {
+        names: BTreeSet<NodeId>,
+        generation: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -353,6 +360,12 @@ pub enum Event {
         who: Identity,
         add: bool,
         epoch: u64,
+    },
+    /// This node found its identity removed while still desired, and
+    /// drew a new incarnation (membership rule 8).
+    Renewed {
+        old: Incarnation,
+        new: Incarnation,
     },
     /// This node, the lowest desired name, proposed a genesis.
     GenesisProposed {

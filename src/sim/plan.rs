@@ -61,6 +61,8 @@ pub struct SeedReport {
     /// Managed groups: how many groups were formed (a genesis undone by
     /// wipes and formed again counts twice).
     pub geneses: usize,
+    /// Managed groups: configurations made by a change.
+    pub changes: u64,
     pub lease_ttl_ns: u64,
     pub trace_hash: u64,
     pub events: u64,
@@ -208,10 +210,20 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     let ttl = p.lease_ttl.as_nanos() as u64;
     let mut world = World::new(p.cfg.clone());
     world.verbosity = opts.verbosity;
-    let wipe_chance = if opts.wipes { WIPE_CHANCE } else { 0.0 };
+    // A managed group that loses a majority of its voters' volumes stays
+    // down until the operator recreates it (rule 10), which ends what a
+    // seed can show of changes: wipes are rarer there.
+    let wipe_chance = match (opts.wipes, opts.membership) {
+        (false, _) => 0.0,
+        (true, false) => WIPE_CHANCE,
+        (true, true) => MANAGED_WIPE_CHANCE,
+    };
     schedule_faults(&mut world, &mut rng, seed, wipe_chance, ttl, p.fault_phase);
     if opts.membership && opts.wipes {
         schedule_genesis_wipes(&mut world, seed, ttl);
+    }
+    if opts.membership {
+        schedule_desired_changes(&mut world, seed, ttl, p.fault_phase);
     }
     let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
     schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
@@ -239,7 +251,8 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     if opts.membership && !stuck {
         let bound = p.liveness_bound + (4 + 4 * opts.nodes as u64) * ttl;
         world.run_until(heal_at + bound);
-        if !world.converged() {
+        // Excused, like liveness, when no configuration can elect any more.
+        if !world.converged() && world.electable() {
             world.checker.membership_stuck(heal_at, bound);
         }
     }
@@ -254,6 +267,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         liveness_bound_ns: p.liveness_bound,
         stuck,
         geneses: world.checker.groups_formed(),
+        changes: world.changes,
         lease_ttl_ns: ttl,
         trace_hash: world.trace_hash(),
         events: world.events_processed,
@@ -278,10 +292,46 @@ fn heal(w: &mut World, calm: NetConfig) {
         w.restart(i);
         w.set_health(i, true);
     }
+    w.read_desired_everywhere();
+}
+
+/// Managed groups: the operator edits the desired set every three to ten
+/// leases during the fault phase, removing a desired node (never below
+/// two) or adding back one that was removed, from a stream of its own.
+fn schedule_desired_changes(world: &mut World, seed: u64, ttl: u64, fault_phase: u64) {
+    let mut rng = SplitMix64::new(seed ^ 0x0DE5_12ED_5E75);
+    let n = world.nodes() as u64;
+    // The first edit comes after the group formed: a genesis is only for
+    // the first generation (rule 9).
+    let mut t = 5 * ttl;
+    for _ in 0..1_000 {
+        t += 3 * ttl + rng.below(7 * ttl);
+        if t >= fault_phase {
+            break;
+        }
+        let pick = rng.below(n) as usize;
+        let grow = rng.chance(0.5);
+        world.at(
+            t,
+            Box::new(move |w: &mut World| {
+                let desired = w.desired().clone();
+                if grow || desired.len() <= 2 {
+                    let absent = (0..w.nodes()).filter(|i| !desired.contains(i)).cycle().nth(pick);
+                    if let Some(i) = absent {
+                        w.change_desired(Some(i), None);
+                    }
+                } else if let Some(&i) = desired.iter().cycle().nth(pick) {
+                    w.change_desired(None, Some(i));
+                }
+            }),
+        );
+    }
 }
 
 /// The share of crashes that also lose the node's state file.
 const WIPE_CHANCE: f64 = 0.25;
+/// The same for managed groups.
+const MANAGED_WIPE_CHANCE: f64 = 0.1;
 
 /// The fault schedule: one fault every `U(0, lease_ttl)` during the fault
 /// phase, each undone after a random time. Targeted faults pick the current

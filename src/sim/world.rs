@@ -217,8 +217,15 @@ pub struct World {
     failover_from: Option<u64>,
     pub failovers: Vec<u64>,
     pub events_processed: u64,
+    /// Managed groups: configurations made by a change (rule 4).
+    pub changes: u64,
     heal_at: Option<u64>,
     leader_since_heal: Option<u64>,
+    /// Managed groups: the desired set (the nodes the operator wants), its
+    /// generation, and the nodes scaled down (stopped until desired again).
+    desired: BTreeSet<usize>,
+    generation: u64,
+    scaled_down: BTreeSet<usize>,
 }
 
 impl World {
@@ -270,9 +277,14 @@ impl World {
             failover_from: None,
             failovers: Vec::new(),
             events_processed: 0,
+            changes: 0,
             heal_at: None,
             leader_since_heal: None,
+            desired: BTreeSet::new(),
+            generation: 1,
+            scaled_down: BTreeSet::new(),
         };
+        world.desired = (0..world.slots.len()).collect();
         for i in 0..world.slots.len() {
             world.boot(i);
         }
@@ -466,6 +478,10 @@ impl World {
         }
         let healthy = self.slots[i].healthy;
         self.step(i, Input::Health(healthy));
+        if self.cfg.membership {
+            // The desired set as the node reads it at start (its file).
+            self.read_desired(i);
+        }
     }
 
     /// kill -9: the process and everything not yet durable are gone.
@@ -501,7 +517,7 @@ impl World {
     }
 
     pub fn restart(&mut self, i: usize) {
-        if self.slots[i].node.is_some() {
+        if self.slots[i].node.is_some() || self.scaled_down.contains(&i) {
             return;
         }
         let disk = self.slots[i].disk.clone();
@@ -664,6 +680,7 @@ impl World {
             let (id, from, reason) = (self.slots[i].id.clone(), r.from.clone(), r.reason);
             self.note(Verbosity::Events, |_| format!("{id} rejected a message from {from}: {reason}"));
         }
+        self.changes += out.events.iter().filter(|e| matches!(e, Event::MembershipChange { .. })).count() as u64;
         for e in out.events.iter().filter(|e| !matches!(e, Event::AckRoundTrip { .. })) {
             let id = self.slots[i].id.clone();
             self.note(Verbosity::Events, |_| format!("{id} {}", fmt_event(e)));
@@ -733,6 +750,10 @@ impl World {
         // One configuration per stamp and one genesis per identity, checked
         // on what is durable: a configuration held only in memory, whose
         // write failed, was never acted on.
+        // A renewed identity is the node's from the moment it is durable.
+        if let Some(renewed) = written.state.members.as_ref().and_then(|m| m.renewed) {
+            self.slots[i].life = renewed;
+        }
         if let Some(c) = written.state.members.as_ref().and_then(|m| m.config.as_ref()) {
             let (id, life) = (self.slots[i].id.clone(), self.slots[i].life);
             self.checker.on_configuration_held(self.now, &id, life, c);

@@ -259,6 +259,7 @@ impl Node {
         self.broadcast(|_| Body::Heartbeat { round, leader_address: address.clone() });
         if self.me().is_some() {
             self.count_managed();
+            self.maybe_change(now);
         }
     }
 

@@ -33,6 +33,9 @@ pub(super) struct Members {
     next_announce: Nanos,
     /// The driver's last wall-clock reading, microseconds since 1970.
     wall_micros: u64,
+    /// The desired set last read and its generation; until one is read,
+    /// `--peers` (the configured names), generation 0.
+    desired: Option<(BTreeSet<NodeId>, u64)>,
 }
 
 /// How long an accepted genesis may stay incomplete before this identity
@@ -253,7 +256,9 @@ impl Node {
             && !state.withdrawn.contains(&proposal.group)
             && proposal.voters.contains(me)
             && names.len() == proposal.voters.len()
-            && names.into_iter().eq(self.cfg.voters.iter())
+            && self.genesis_allowed()
+            && proposal.generation == self.desired_generation()
+            && names.into_iter().eq(self.desired_names().iter())
     }
 
     /// Persists this identity's acceptance, then sends it to every listed
@@ -333,22 +338,26 @@ impl Node {
         if config.lists(&me) {
             // The certificate of a genesis this identity accepted: every
             // listed identity accepted, or the sender would not hold it.
-            // Withdrawn from, or never accepted: refused for good.
             let mine = state.accepted.as_ref().is_some_and(|(p, _)| {
                 p.group == config.group && p.voters == config.voters && config.stamp() == (Term(0), 1)
             });
             if mine {
                 self.hold(now, config.clone());
+                return;
             }
-            return;
+            // Listed, yet this identity withdrew from the genesis that made
+            // the group (it completed elsewhere with the acceptance sent
+            // before): it never acts as that identity. It draws a new one
+            // and joins as a learner; the leader replaces the old (rule 8).
+            if !state.withdrawn.contains(&config.group) {
+                return;
+            }
+            self.renew();
         }
         // A learner of a group that exists (rule 8). An open acceptance of
         // another genesis is withdrawn in the same write.
         if state.accepted.is_some() {
             self.withdraw(now);
-        }
-        if state.withdrawn.contains(&config.group) {
-            return;
         }
         self.hold(now, config.clone());
     }
@@ -369,6 +378,7 @@ impl Node {
     /// resend an open acceptance, propose a genesis, or withdraw one that
     /// has waited too long.
     pub(super) fn on_membership_timers(&mut self, now: Nanos) {
+        self.maybe_renew();
         if !self.managed() || self.configuration().is_some() || now < self.members.next_announce {
             return;
         }
@@ -395,15 +405,17 @@ impl Node {
     fn maybe_propose(&mut self, now: Nanos) {
         let Some(me) = self.me() else { return };
         let blank = self.member_state().is_none_or(|s| s.is_blank());
-        if !blank || self.cfg.voters.first() != Some(&me.name) || self.members.wall_micros == 0 {
+        let desired = self.desired_names().clone();
+        let first = desired.first() == Some(&me.name);
+        if !blank || !first || self.members.wall_micros == 0 || !self.genesis_allowed() {
             return;
         }
-        let desired = self.desired_digest();
+        let digest = self.desired_digest();
         let fresh = self.cfg.lease_ttl;
         let mut voters = BTreeSet::from([me.clone()]);
-        for name in self.cfg.voters.iter().filter(|v| **v != me.name) {
+        for name in desired.iter().filter(|v| **v != me.name) {
             match self.members.announced.get(name) {
-                Some(a) if a.desired == desired && a.pending.is_none() && now.since(a.at) <= fresh => {
+                Some(a) if a.desired == digest && a.pending.is_none() && now.since(a.at) <= fresh => {
                     voters.insert(Identity::new(name.clone(), a.incarnation));
                 }
                 _ => return,
@@ -411,7 +423,8 @@ impl Node {
         }
         let group = GroupUid(u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64()));
         self.out.events.push(Event::GenesisProposed { group });
-        self.accept(now, Proposal { group, voters });
+        let generation = self.desired_generation();
+        self.accept(now, Proposal { group, voters, generation });
         self.maybe_complete(now);
     }
 
@@ -419,13 +432,72 @@ impl Node {
     /// different sets never agree on a genesis.
     fn desired_digest(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for name in &self.cfg.voters {
+        for name in self.desired_names() {
             for b in name.as_str().bytes().chain([0]) {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(0x100_0000_01b3);
             }
         }
         h
+    }
+
+    /// The names the operator wants as voters.
+    pub(super) fn desired_names(&self) -> &BTreeSet<NodeId> {
+        self.members.desired.as_ref().map_or(&self.cfg.voters, |(names, _)| names)
+    }
+
+    pub(super) fn desired_generation(&self) -> u64 {
+        self.members.desired.as_ref().map_or(0, |(_, g)| *g)
+    }
+
+    /// Rule 9: a group is created only for the first generation of a
+    /// desired set (none, or 1). A blank node that read a later one waits
+    /// for a configuration: its group exists.
+    fn genesis_allowed(&self) -> bool {
+        self.desired_generation() <= 1
+    }
+
+    /// A desired set read (DESIGN §2b). One older than the generation
+    /// already read arrived late and is ignored; the names join the
+    /// address book, so that this node reaches them.
+    pub(super) fn on_desired(&mut self, names: BTreeSet<NodeId>, generation: u64) {
+        if self.members.desired.is_some() && generation < self.desired_generation() {
+            return;
+        }
+        self.cfg.voters.extend(names.iter().cloned());
+        self.members.desired = Some((names, generation));
+    }
+
+    /// This node's incarnation now (managed groups).
+    pub fn incarnation(&self) -> Option<Incarnation> {
+        self.my_incarnation()
+    }
+
+    /// Rule 8, for a node that is still running: an identity the group
+    /// removed is never added again, so a node that finds its identity
+    /// among the removed ones while its name is desired draws a new
+    /// incarnation. It keeps its term, its vote and its promises, so it is
+    /// a new identity that forgot nothing: what a wiped node's new identity
+    /// may do, it may do with more care. Persisted before anything leaves
+    /// under the new identity.
+    pub(super) fn maybe_renew(&mut self) {
+        let Some(me) = self.me() else { return };
+        let removed = self.configuration().is_some_and(|c| c.removed.contains(&me));
+        if !removed || !self.desired_names().contains(&me.name) || matches!(self.role, super::RoleState::Leader(_)) {
+            return;
+        }
+        self.renew();
+    }
+
+    /// Draws a new incarnation for this node, kept with its state from now
+    /// on; its term, vote and promises stay.
+    fn renew(&mut self) {
+        let Some(old) = self.my_incarnation() else { return };
+        let incarnation = Incarnation((u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64())).max(1));
+        self.member_state_mut().renewed = Some(incarnation);
+        self.cfg.mode = Mode::Managed { incarnation };
+        self.request_persist();
+        self.out.events.push(Event::Renewed { old, new: incarnation });
     }
 
     /// When the membership timers next need a step.

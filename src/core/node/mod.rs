@@ -104,9 +104,13 @@ impl Node {
     pub fn new(cfg: Config, durable: Option<HardState>, now: Nanos, rng_seed: u64) -> Result<Node, ConfigError> {
         cfg.validate()?;
         let leader_lease = lease::leader_lease(cfg.lease_ttl, lease::drift_ppm(cfg.max_clock_drift));
+        let mut cfg = cfg;
         let mut hard = durable.unwrap_or_default();
-        if matches!(cfg.mode, Mode::Managed { .. }) && hard.members.is_none() {
-            hard.members = Some(Box::default());
+        if matches!(cfg.mode, Mode::Managed { .. }) {
+            let state = hard.members.get_or_insert_with(Box::default);
+            if let Some(incarnation) = state.renewed {
+                cfg.mode = Mode::Managed { incarnation };
+            }
         }
         let boot_promise_until = now.plus(cfg.lease_ttl);
         let mut node = Node {
@@ -195,6 +199,7 @@ impl Node {
             Input::Persisted(hs) => self.on_persisted(now, hs),
             Input::PersistFailed => self.on_persist_failed(now),
             Input::Health(h) => self.on_health(now, h),
+            Input::Desired { names, generation } => self.on_desired(names, generation),
             Input::Admin(req) => {
                 let result = self.on_admin(now, req);
                 self.out.admin = Some(result);
@@ -261,8 +266,11 @@ impl Node {
         if m.term > self.hard.term && !matches!(m.body, Body::PreVoteRequest { .. }) {
             self.adopt_term(now, m.term);
         }
-        // Membership rule 2: a newer configuration, likewise.
-        if !matches!(m.body, Body::PreVoteRequest { .. }) {
+        // Membership rule 2: a newer configuration, likewise; from a
+        // pre-vote only one that needs no higher term (a pre-vote changes
+        // no term), so that a voter that missed an add can vote again.
+        let needs_term = m.config.as_ref().is_some_and(|c| c.cterm > self.hard.term);
+        if !(matches!(m.body, Body::PreVoteRequest { .. }) && needs_term) {
             self.adopt_newer(now, &m);
         }
         match m.body.clone() {

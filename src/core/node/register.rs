@@ -138,18 +138,24 @@ impl Node {
         }
     }
 
-    /// Rule 8's replacement, one identity at a time (rule 4): a voter
-    /// whose name answers with an incarnation that is not a tombstone is
-    /// removed; then a desired name that no voter holds is added once its
-    /// identity has answered steadily. Only by a leader holding its lease
-    /// whose latest configuration is committed in its own term, with no
-    /// transfer under way.
+    /// Reconciliation toward the desired set, one identity at a time
+    /// (rule 4; DESIGN §2b "Desired set"), in this order: replace a voter
+    /// whose name answers with another incarnation that is not a
+    /// tombstone (rule 8: remove it; its new identity is added later);
+    /// remove an unreachable voter that is not desired; add a desired name
+    /// whose identity has answered steadily; remove a reachable voter that
+    /// is not desired. A leader that is not desired hands over first. Only
+    /// by a leader holding its lease whose latest configuration is
+    /// committed in its own term, with no transfer under way, and toward a
+    /// desired generation no older than one already applied (replacing a
+    /// stale incarnation needs none).
     pub(super) fn maybe_change(&mut self, now: Nanos) {
         let Some(me) = self.me() else { return };
         let broken = self.cfg.broken;
         let steady = self.cfg.lease_ttl * STEADY_LEASES;
         let recent = self.cfg.heartbeat_interval * 2;
-        let desired = self.cfg.voters.clone();
+        let desired = self.desired_names().clone();
+        let generation = self.desired_generation();
         let seen = self.members_seen();
         let term = self.hard.term;
         let RoleState::Leader(l) = &self.role else { return };
@@ -164,26 +170,50 @@ impl Node {
             return;
         }
         let c = &l.made[latest];
-        let stale = c.voters.iter().find(|v| {
-            **v != me
-                && seen
-                    .get(&v.name)
-                    .is_some_and(|i| *i != v.incarnation && !c.removed.contains(&Identity::new(v.name.clone(), *i)))
+        let current = generation >= c.generation;
+        let reachable = |v: &Identity| {
+            l.peers.get(&v.name).is_some_and(|p| now.since(p.last_ack_at) <= recent)
+                && l.acked_life.get(&v.name).is_some_and(|(_, i)| *i == v.incarnation)
+        };
+        let others = || c.voters.iter().filter(|v| **v != me);
+        let stale = others().find(|v| {
+            seen.get(&v.name)
+                .is_some_and(|i| *i != v.incarnation && !c.removed.contains(&Identity::new(v.name.clone(), *i)))
         });
-        let change = if let Some(old) = stale {
-            Some((old.clone(), false))
-        } else {
-            desired.iter().filter(|name| c.incarnation_of(name).is_none()).find_map(|name| {
+        let undesired = |v: &&Identity| current && !desired.contains(&v.name);
+        let learner = || {
+            desired.iter().filter(|name| current && c.incarnation_of(name).is_none()).find_map(|name| {
                 let who = Identity::new(name.clone(), *seen.get(name)?);
                 let (first, last) = l.learners.get(&who)?;
                 let ok = !c.removed.contains(&who) && now.since(*first) >= steady && now.since(*last) <= recent;
-                ok.then_some((who, true))
+                ok.then_some(who)
             })
         };
-        let Some((who, add)) = change else { return };
+        // A reachable voter is removed only if the voters left that this
+        // leader reaches (itself included) still make a majority of the
+        // smaller configuration: a change never leaves the group unable to
+        // elect by itself.
+        let reached = 1 + others().filter(|v| reachable(v)).count();
+        let keeps_majority = reached > quorum(c.voters.len() - 1);
+        let change = stale
+            .or_else(|| others().filter(undesired).find(|v| !reachable(v)))
+            .map(|v| (v.clone(), false))
+            .or_else(|| learner().map(|who| (who, true)))
+            .or_else(|| others().filter(|_| keeps_majority).find(undesired).map(|v| (v.clone(), false)));
+        let Some((who, add)) = change else {
+            if current && !desired.contains(&me.name) {
+                // To remove the leader, hand over first (rule 4).
+                let target = self.best_peer(now, |id| desired.contains(id));
+                if target.is_some() {
+                    self.abdicate(now, target);
+                }
+            }
+            return;
+        };
         let mut next = c.clone();
         next.cterm = term;
         next.epoch += 1;
+        next.generation = next.generation.max(generation);
         if add {
             next.voters.insert(who.clone());
         } else {

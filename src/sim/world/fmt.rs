@@ -39,6 +39,7 @@ pub(super) fn fmt_event(e: &Event) -> String {
         Event::MembershipChange { who, add, epoch } => {
             format!("{} {who} (epoch {epoch})", if *add { "adds" } else { "removes" })
         }
+        Event::Renewed { old, new } => format!("renews its identity: {old} -> {new}"),
         Event::GenesisProposed { group } => format!("proposes the genesis of group {group}"),
         Event::GenesisWithdrawn { group } => format!("withdraws from the genesis of group {group}"),
     }

@@ -4,38 +4,42 @@
 
 use std::collections::BTreeSet;
 
-use super::World;
+use super::{Verbosity, World};
 use crate::core::rng::SplitMix64;
-use crate::core::{Body, Identity, Incarnation, Outputs};
+use crate::core::{Body, Identity, Incarnation, Input, NodeId, Outputs};
 
 impl World {
-    /// Managed groups: could the group elect? True if some configuration
-    /// has a majority of its voters alive as the identity it lists and
-    /// holding it, one of them able to lead (priority above 0), or if no
-    /// node holds any (a genesis can still form).
+    /// Managed groups: could the group elect? True if the newest
+    /// configuration any running node holds lists a majority of running
+    /// identities, one of them able to lead (priority above 0), or if no
+    /// node holds any and a genesis can still form. (A node that holds an
+    /// older one adopts the newest as soon as it hears of it.)
     pub fn electable(&self) -> bool {
-        let held: Vec<&crate::core::Configuration> =
-            self.slots.iter().filter_map(|s| s.node.as_ref().and_then(|n| n.configuration())).collect();
-        if held.is_empty() {
-            return true;
-        }
-        held.iter().any(|c| {
-            let holding: Vec<usize> = (0..self.slots.len())
-                .filter(|&i| {
-                    let s = &self.slots[i];
-                    c.lists(&Identity::new(s.id.clone(), s.life))
-                        && s.node.as_ref().and_then(|n| n.configuration()).is_some_and(|h| h.group == c.group)
-                })
-                .collect();
-            holding.len() >= crate::core::lease::quorum(c.voters.len())
-                && holding.iter().any(|&i| self.cfg.priorities[i] > 0)
-        })
+        let newest = self
+            .slots
+            .iter()
+            .filter_map(|s| s.node.as_ref().and_then(|n| n.configuration()))
+            .max_by(|a, b| a.stamp().cmp(&b.stamp()));
+        let Some(c) = newest else {
+            // A genesis can form only for the first generation (rule 9);
+            // after a later one the operator must create the group.
+            return self.generation <= 1;
+        };
+        let running: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| {
+                let s = &self.slots[i];
+                s.node.is_some() && c.lists(&Identity::new(s.id.clone(), s.life))
+            })
+            .collect();
+        running.len() >= crate::core::lease::quorum(c.voters.len())
+            && running.iter().any(|&i| self.cfg.priorities[i] > 0)
     }
 
     /// Managed groups: does some live node hold a configuration that
-    /// lists exactly every node's current identity?
+    /// lists exactly the current identity of every desired node?
     pub fn converged(&self) -> bool {
-        let all: BTreeSet<Identity> = self.slots.iter().map(|s| Identity::new(s.id.clone(), s.life)).collect();
+        let all: BTreeSet<Identity> =
+            self.desired.iter().map(|&i| Identity::new(self.slots[i].id.clone(), self.slots[i].life)).collect();
         self.slots.iter().filter_map(|s| s.node.as_ref().and_then(|n| n.configuration())).any(|c| c.voters == all)
     }
 
@@ -58,6 +62,95 @@ impl World {
                 let detail = format!("{} ({life}) is not a voter of what it holds, and sent {what}", m.from);
                 self.checker.learner_acted(self.now, detail);
             }
+        }
+    }
+
+    fn desired_names(&self) -> BTreeSet<NodeId> {
+        self.desired.iter().map(|&i| self.slots[i].id.clone()).collect()
+    }
+
+    /// Node `i` reads the desired set (its file, as it is now).
+    pub(super) fn read_desired(&mut self, i: usize) {
+        let names = self.desired_names();
+        let generation = self.generation;
+        if self.slots[i].node.is_some() && !self.slots[i].paused {
+            self.step(i, Input::Desired { names, generation });
+        }
+    }
+
+    /// The operator changes the desired set: adds node `add` (scaled down
+    /// before: it comes back with a new volume) or removes node `remove`
+    /// (stopped, as a StatefulSet stops its highest ordinals, once the
+    /// group removed it or after a timeout). Each node
+    /// reads the new set after its own delay of up to two leases, so the
+    /// sets arrive late, out of order, or (for one in five nodes) not at
+    /// all until the next change or the node's restart.
+    pub fn change_desired(&mut self, add: Option<usize>, remove: Option<usize>) {
+        let ttl = self.cfg.lease_ttl.as_nanos() as u64;
+        if let Some(i) = add {
+            self.desired.insert(i);
+            let at = self.now + 1 + self.rng.below(ttl);
+            self.at(at, Box::new(move |w: &mut World| w.scale_up(i)));
+        }
+        if let Some(i) = remove {
+            self.desired.remove(&i);
+            let at = self.now + 1 + self.rng.below(ttl);
+            self.at(at, Box::new(move |w: &mut World| w.scale_down(i, at)));
+        }
+        self.generation += 1;
+        let (names, generation) = (self.desired_names(), self.generation);
+        self.note(Verbosity::Events, |_| format!("desired set {names:?} (generation {generation})"));
+        for i in 0..self.slots.len() {
+            if self.rng.chance(0.2) {
+                continue;
+            }
+            let names = names.clone();
+            let at = self.now + 1 + self.rng.below(2 * ttl);
+            self.at(
+                at,
+                Box::new(move |w: &mut World| {
+                    if w.slots[i].node.is_some() && !w.slots[i].paused {
+                        w.step(i, Input::Desired { names, generation });
+                    }
+                }),
+            );
+        }
+    }
+
+    /// Stops node `i` once no running node's configuration lists it (the
+    /// chart's pre-stop wait), or after twenty leases whatever it holds.
+    fn scale_down(&mut self, i: usize, since: u64) {
+        if self.desired.contains(&i) {
+            return;
+        }
+        let me = Identity::new(self.slots[i].id.clone(), self.slots[i].life);
+        let listed =
+            self.slots.iter().filter_map(|s| s.node.as_ref().and_then(|n| n.configuration())).any(|c| c.lists(&me));
+        let ttl = self.cfg.lease_ttl.as_nanos() as u64;
+        if listed && self.now < since + 20 * ttl {
+            let at = self.now + ttl / 2;
+            self.at(at, Box::new(move |w: &mut World| w.scale_down(i, since)));
+            return;
+        }
+        self.crash(i);
+        self.scaled_down.insert(i);
+    }
+
+    fn scale_up(&mut self, i: usize) {
+        if self.desired.contains(&i) && self.scaled_down.remove(&i) {
+            self.wipe(i);
+            self.restart(i);
+        }
+    }
+
+    pub fn desired(&self) -> &BTreeSet<usize> {
+        &self.desired
+    }
+
+    /// After the heal every running node reads the final desired set.
+    pub fn read_desired_everywhere(&mut self) {
+        for i in 0..self.slots.len() {
+            self.read_desired(i);
         }
     }
 }
