@@ -574,6 +574,9 @@ impl World {
     pub fn cut_link(&mut self, from: usize, to: usize) {
         self.cut.insert((from, to));
     }
+    pub fn restore_link(&mut self, from: usize, to: usize) {
+        self.cut.remove(&(from, to));
+    }
     pub fn heal_links(&mut self) {
         self.cut.clear();
     }
