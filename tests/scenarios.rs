@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use leasehold::core::{AdminRequest, Body, Envelope, NodeId, Role, Term, PROTOCOL_VERSION};
+use leasehold::core::{AdminRequest, Body, Envelope, NodeId, Role, Term};
 use leasehold::sim::{Verbosity, World, WorldConfig};
 
 struct Harness {
@@ -161,18 +161,7 @@ impl Harness {
 
     /// `inject n1 from=n2 term=3 [cluster=x] [version=2] [to=n9] Heartbeat round=1`
     fn message(&mut self, to: usize, words: &[&str]) -> Envelope {
-        let mut m = Envelope {
-            version: PROTOCOL_VERSION,
-            cluster_id: "sim".into(),
-            from: NodeId::new("n1"),
-            to: self.world().id(to).clone(),
-            term: Term(0),
-            body: Body::TimeoutNow,
-            from_incarnation: None,
-            to_incarnation: None,
-            group: None,
-            config: None,
-        };
+        let mut m = Envelope::new("sim", NodeId::new("n1"), self.world().id(to).clone(), Term(0), Body::TimeoutNow);
         for (idx, w) in words.iter().enumerate() {
             let Some((k, v)) = w.split_once('=') else {
                 m.body = self.body(w, &words[idx + 1..]);

@@ -41,6 +41,25 @@ pub struct Envelope {
     pub config: Option<Box<Configuration>>,
 }
 
+impl Envelope {
+    /// A message of this protocol version, with the fields only a managed
+    /// group fills left empty.
+    pub fn new(cluster_id: impl Into<String>, from: NodeId, to: NodeId, term: Term, body: Body) -> Self {
+        Envelope {
+            version: PROTOCOL_VERSION,
+            cluster_id: cluster_id.into(),
+            from,
+            to,
+            term,
+            body,
+            from_incarnation: None,
+            to_incarnation: None,
+            group: None,
+            config: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     /// "Would you vote for me in `next_term`?" Changes nothing at the voter.

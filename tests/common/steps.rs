@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use leasehold::core::{Body, Config, Envelope, HardState, Input, Nanos, Node, NodeId, Outputs, Term, PROTOCOL_VERSION};
+use leasehold::core::{Body, Config, Envelope, HardState, Input, Nanos, Node, NodeId, Outputs, Term};
 
 pub const TTL: Duration = Duration::from_secs(2);
 pub const HB: Duration = Duration::from_millis(400);
@@ -29,32 +29,8 @@ pub fn config(me: &str, voters: &[&str]) -> Config {
     }
 }
 
-/// The envelope fields a static group leaves empty.
-fn unmanaged() -> Envelope {
-    Envelope {
-        version: PROTOCOL_VERSION,
-        cluster_id: String::new(),
-        from: id(""),
-        to: id(""),
-        term: Term(0),
-        body: Body::TimeoutNow,
-        from_incarnation: None,
-        to_incarnation: None,
-        group: None,
-        config: None,
-    }
-}
-
 pub fn msg(from: &str, to: &str, term: u64, body: Body) -> Envelope {
-    Envelope {
-        version: PROTOCOL_VERSION,
-        cluster_id: "c".into(),
-        from: id(from),
-        to: id(to),
-        term: Term(term),
-        body,
-        ..unmanaged()
-    }
+    Envelope::new("c", id(from), id(to), Term(term), body)
 }
 
 /// The instant every node in these tests boots.
