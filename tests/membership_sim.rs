@@ -43,8 +43,8 @@ fn assert_clean(nodes: usize, seeds: std::ops::Range<u64>) -> (u64, u64, u64) {
 }
 
 #[test]
-fn two_thousand_seeds_of_three_managed_nodes_hold_every_invariant() {
-    let (regenesis, stuck, judged) = assert_clean(3, 1..2001);
+fn two_thousand_five_hundred_seeds_of_three_managed_nodes_hold_every_invariant() {
+    let (regenesis, stuck, judged) = assert_clean(3, 1..2501);
     // The fault mix must reach a genesis undone by wipes and formed again,
     // and must leave enough groups able to elect that liveness and
     // convergence are judged.
