@@ -299,9 +299,13 @@ impl Node {
             return None;
         };
         let recent = self.cfg.heartbeat_interval * 2;
+        // A managed group hands over only to a voter it lists now.
+        let listed = |id: &NodeId| self.configuration().is_none_or(|c| c.incarnation_of(id).is_some());
         l.peers
             .iter()
-            .filter(|(id, p)| filter(id) && p.priority > 0 && p.healthy && now.since(p.last_ack_at) <= recent)
+            .filter(|(id, p)| {
+                filter(id) && listed(id) && p.priority > 0 && p.healthy && now.since(p.last_ack_at) <= recent
+            })
             .max_by(|(a_id, a), (b_id, b)| {
                 (a.priority, a.last_ack_round).cmp(&(b.priority, b.last_ack_round)).then(b_id.cmp(a_id))
             })

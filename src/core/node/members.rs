@@ -349,7 +349,10 @@ impl Node {
             // the group (it completed elsewhere with the acceptance sent
             // before): it never acts as that identity. It draws a new one
             // and joins as a learner; the leader replaces the old (rule 8).
-            if !state.withdrawn.contains(&config.group) {
+            // A certificate arriving while it has accepted another genesis
+            // is late news of a group it gave up on: that other genesis
+            // may still complete, so it is kept.
+            if !state.withdrawn.contains(&config.group) || state.accepted.is_some() {
                 return;
             }
             self.renew();

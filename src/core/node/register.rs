@@ -176,9 +176,14 @@ impl Node {
                 && l.acked_life.get(&v.name).is_some_and(|(_, i)| *i == v.incarnation)
         };
         let others = || c.voters.iter().filter(|v| **v != me);
+        // Replaced only while the listed identity does not answer: a late
+        // message of an earlier life of the name must not evict a voter
+        // that acks.
         let stale = others().find(|v| {
-            seen.get(&v.name)
-                .is_some_and(|i| *i != v.incarnation && !c.removed.contains(&Identity::new(v.name.clone(), *i)))
+            !reachable(v)
+                && seen
+                    .get(&v.name)
+                    .is_some_and(|i| *i != v.incarnation && !c.removed.contains(&Identity::new(v.name.clone(), *i)))
         });
         let undesired = |v: &&Identity| current && !desired.contains(&v.name);
         let learner = || {
