@@ -97,12 +97,15 @@ fn every_fault_within_the_model_passes_every_check_on_three_nodes() {
     assert_eq!(reports.len(), scenarios.split(',').count(), "{reports:#?}");
     assert_clean(&reports, 2);
     assert_eq!(code, Some(0));
-    // Faults that depose the leader did, and a successor came.
+    // Faults that depose the leader did, and a successor came: seen taking
+    // the lease while the fault held, or, after a pause of about a lease
+    // on a loaded machine, only afterwards, through the fencing store
+    // refusing the paused leader's write.
     for r in reports
         .iter()
         .filter(|r| ["kill", "pause", "partition", "network"].contains(&r["scenario"].as_str().unwrap_or("")))
     {
-        assert!(n(r, "failovers") >= 1, "{r:#}");
+        assert!(n(r, "failovers") >= 1 || n(r, "stale_writes_rejected") >= 1, "{r:#}");
     }
     // The network faults reached the messages.
     let net = reports.iter().find(|r| r["scenario"] == "network").expect("network");
