@@ -22,7 +22,10 @@
 //! draws its incarnation and rewrites the file before it talks to anyone),
 //! nor has the etcd backend's token file. Earlier versions read a file with
 //! one and ignore it, so a rollback works; the magic line changes only when
-//! a field appears that an earlier version must not ignore.
+//! a field appears that an earlier version must not ignore. That is the
+//! membership state of a managed node (DESIGN §2b, `storage/members.rs`):
+//! a file that holds it is `leasehold-state 2`, which earlier versions
+//! refuse.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -34,7 +37,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::{HardState, Incarnation, NodeId, Term};
 
+mod members;
+
+use members::MembersBody;
+
 const MAGIC: &str = "leasehold-state 1";
+/// A file with a managed node's membership state.
+const MAGIC_MANAGED: &str = "leasehold-state 2";
 const FILE_NAME: &str = "state";
 /// A state file is a few hundred bytes; anything much larger is not ours.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
@@ -106,6 +115,12 @@ struct Body {
     voters: Vec<String>,
     term: u64,
     voted_for: Option<String>,
+    /// Version 2 only (managed groups): which incarnation of `voted_for`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    voted_incarnation: Option<String>,
+    /// Version 2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    members: Option<MembersBody>,
 }
 
 /// The state file of one node.
@@ -280,10 +295,13 @@ pub fn encode(identity: &Identity, hs: &HardState) -> Vec<u8> {
         voters: identity.voters.iter().map(|v| v.to_string()).collect(),
         term: hs.term.0,
         voted_for: hs.voted_for.as_ref().map(|v| v.to_string()),
+        voted_incarnation: hs.voted_incarnation.map(|i| i.to_string()),
+        members: hs.members.as_deref().map(MembersBody::from_state),
     };
+    let magic = if body.members.is_some() || body.voted_incarnation.is_some() { MAGIC_MANAGED } else { MAGIC };
     // Serialising plain strings and numbers cannot fail.
     let json = serde_json::to_string(&body).unwrap_or_default();
-    format!("{MAGIC}\n{json}\ncrc32 {:08x}\n", crc32(json.as_bytes())).into_bytes()
+    format!("{magic}\n{json}\ncrc32 {:08x}\n", crc32(json.as_bytes())).into_bytes()
 }
 
 /// What a state file's bytes hold: the identity it was written for and the
@@ -300,7 +318,10 @@ pub fn parse(bytes: &[u8]) -> Result<(Identity, HardState), String> {
         voters: body.voters.iter().map(NodeId::new).collect(),
         incarnation,
     };
-    Ok((identity, HardState::new(Term(body.term), body.voted_for.map(NodeId::new))))
+    let mut hs = HardState::new(Term(body.term), body.voted_for.map(NodeId::new));
+    hs.voted_incarnation = body.voted_incarnation.as_deref().map(str::parse::<Incarnation>).transpose()?;
+    hs.members = body.members.as_ref().map(MembersBody::to_state).transpose()?.map(Box::new);
+    Ok((identity, hs))
 }
 
 /// Parses a state file's framing and state line. Never panics, whatever the bytes.
@@ -308,8 +329,8 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     let mut lines = text.split('\n');
     let magic = lines.next().unwrap_or_default();
-    if magic != MAGIC {
-        return Err(format!("first line is {magic:?}, expected {MAGIC:?}"));
+    if magic != MAGIC && magic != MAGIC_MANAGED {
+        return Err(format!("first line is {magic:?}, expected {MAGIC:?} or {MAGIC_MANAGED:?}"));
     }
     let json = lines.next().ok_or("truncated: no state line")?;
     let sum_line = lines.next().ok_or("truncated: no checksum line")?;
@@ -322,7 +343,12 @@ fn decode(bytes: &[u8]) -> Result<Body, String> {
     if actual != sum {
         return Err(format!("checksum mismatch: file says {sum:08x}, content has {actual:08x}"));
     }
-    serde_json::from_str(json).map_err(|e| format!("bad state line: {e}"))
+    let body: Body = serde_json::from_str(json).map_err(|e| format!("bad state line: {e}"))?;
+    let managed = body.members.is_some() || body.voted_incarnation.is_some();
+    if managed != (magic == MAGIC_MANAGED) {
+        return Err(format!("{magic:?} does not match its state line (membership state {managed})"));
+    }
+    Ok(body)
 }
 
 /// 128 bits from the kernel's random source, never zero: a new incarnation.
@@ -546,5 +572,55 @@ mod tests {
         fs::create_dir_all(d.0.join("state.tmp")).expect("mkdir");
         assert!(matches!(f.store(&identity(), &hs(5, None)), Err(StorageError::Io { .. })));
         assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(4, Some("a"))));
+    }
+
+    /// A managed node's state: a configuration, an open acceptance, a
+    /// withdrawn group, a renewed incarnation and a vote by identity.
+    fn managed() -> HardState {
+        use crate::core::{Configuration, GroupUid, Identity as Who, MemberState, Proposal};
+        let who = |n: &str, i: u128| Who::new(NodeId::new(n), Incarnation(i));
+        let voters: BTreeSet<Who> = [who("a", 1), who("b", 2), who("c", 3)].into_iter().collect();
+        let config = Configuration {
+            group: GroupUid(0x6a),
+            cterm: Term(1_700_000_000_000_009),
+            epoch: 4,
+            voters: voters.clone(),
+            removed: [who("c", 9)].into_iter().collect(),
+            generation: 3,
+            floor: Term(1_700_000_000_000_000),
+        };
+        let members = MemberState {
+            config: Some(config),
+            accepted: Some((Proposal { group: GroupUid(0x6b), voters, generation: 1 }, 1_700_000_000_000_000)),
+            withdrawn: [GroupUid(0x6c)].into_iter().collect(),
+            renewed: Some(Incarnation(0xabc)),
+        };
+        let mut hs = hs(1_700_000_000_000_009, Some("b"));
+        hs.voted_incarnation = Some(Incarnation(2));
+        hs.members = Some(Box::new(members));
+        hs
+    }
+
+    #[test]
+    fn a_managed_nodes_state_is_version_2_and_reads_back() {
+        let bytes = encode(&identity(), &managed());
+        let text = String::from_utf8(bytes.clone()).expect("text");
+        assert!(text.starts_with("leasehold-state 2\n"), "{text}");
+        let (_, read) = parse(&bytes).expect("parses");
+        assert_eq!(read, managed());
+        // A static node's state stays version 1, byte for byte.
+        let text = String::from_utf8(encode(&identity(), &hs(7, Some("b")))).expect("text");
+        assert!(text.starts_with("leasehold-state 1\n") && !text.contains("members"), "{text}");
+    }
+
+    #[test]
+    fn a_version_line_that_does_not_match_the_state_is_corrupt() {
+        let v2 = String::from_utf8(encode(&identity(), &managed())).expect("text");
+        let as_v1 = v2.replacen("leasehold-state 2", "leasehold-state 1", 1);
+        let err = parse(as_v1.as_bytes()).expect_err("version 1 with membership");
+        assert!(err.contains("does not match"), "{err}");
+        let v1 = String::from_utf8(encode(&identity(), &hs(7, None))).expect("text");
+        let as_v2 = v1.replacen("leasehold-state 1", "leasehold-state 2", 1);
+        assert!(parse(as_v2.as_bytes()).expect_err("version 2 without").contains("does not match"));
     }
 }

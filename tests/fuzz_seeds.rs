@@ -112,6 +112,39 @@ fn state_2(term: u64, vote: Option<&str>) -> Vec<u8> {
     storage::encode(&identity, &HardState::new(Term(term), vote.map(NodeId::new)))
 }
 
+/// A managed node's state file (version 2): a configuration, an open
+/// acceptance, a withdrawn group, a renewed incarnation, a vote by identity.
+fn state_managed() -> Vec<u8> {
+    use leasehold::core::{Configuration, GroupUid, Identity as Who, MemberState, Proposal};
+    let identity = Identity {
+        cluster_id: "pg".into(),
+        node_id: NodeId::new("a"),
+        voters: ["a", "b", "c"].into_iter().map(NodeId::new).collect(),
+        incarnation: Some(Incarnation(0x0123_4567_89ab_cdef_0011_2233_4455_6677)),
+    };
+    let who = |n: &str, i: u128| Who::new(NodeId::new(n), Incarnation(i));
+    let voters: std::collections::BTreeSet<Who> = [who("a", 1), who("b", 2), who("c", 3)].into_iter().collect();
+    let config = Configuration {
+        group: GroupUid(0x6a),
+        cterm: Term(1_700_000_000_000_009),
+        epoch: 4,
+        voters: voters.clone(),
+        removed: [who("c", 9)].into_iter().collect(),
+        generation: 3,
+        floor: Term(1_700_000_000_000_000),
+    };
+    let members = MemberState {
+        config: Some(config),
+        accepted: Some((Proposal { group: GroupUid(0x6b), voters, generation: 1 }, 1_700_000_000_000_000)),
+        withdrawn: [GroupUid(0x6c)].into_iter().collect(),
+        renewed: Some(Incarnation(0xabc)),
+    };
+    let mut hs = HardState::new(Term(1_700_000_000_000_009), Some(NodeId::new("b")));
+    hs.voted_incarnation = Some(Incarnation(2));
+    hs.members = Some(Box::new(members));
+    storage::encode(&identity, &hs)
+}
+
 fn state_file_seeds() -> Seeds {
     let abc = ["a", "b", "c"];
     let voted = state("pg", "a", &abc, 7, Some("b"));
@@ -122,6 +155,7 @@ fn state_file_seeds() -> Seeds {
     seeds.insert("seed-five-voters", state("mysql", "e", &["a", "b", "c", "d", "e"], 12, Some("d")));
     seeds.insert("seed-incarnation", state_2(7, Some("b")));
     seeds.insert("seed-incarnation-no-vote", state_2(0, None));
+    seeds.insert("seed-managed", state_managed());
     seeds.insert("seed-escaped-ids", state("p\"g\\1", "ä", &["ä", "\u{7f}", "x y"], 3, Some("\u{7f}")));
     let mut bad_sum = voted.clone();
     let at = bad_sum.len() - 2;

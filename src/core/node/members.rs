@@ -424,7 +424,7 @@ impl Node {
                 _ => return,
             }
         }
-        let group = GroupUid(u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64()));
+        let group = GroupUid((u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64())).max(1));
         self.out.events.push(Event::GenesisProposed { group });
         let generation = self.desired_generation();
         self.accept(now, Proposal { group, voters, generation });
