@@ -574,48 +574,27 @@ mod tests {
         assert_eq!(f.load(&identity(), false).expect("load"), Some(hs(4, Some("a"))));
     }
 
-    /// A managed node's state: a configuration, an open acceptance, a
-    /// withdrawn group, a renewed incarnation and a vote by identity.
-    fn managed() -> HardState {
-        use crate::core::{Configuration, GroupUid, Identity as Who, MemberState, Proposal};
-        let who = |n: &str, i: u128| Who::new(NodeId::new(n), Incarnation(i));
-        let voters: BTreeSet<Who> = [who("a", 1), who("b", 2), who("c", 3)].into_iter().collect();
-        let config = Configuration {
-            group: GroupUid(0x6a),
-            cterm: Term(1_700_000_000_000_009),
-            epoch: 4,
-            voters: voters.clone(),
-            removed: [who("c", 9)].into_iter().collect(),
-            generation: 3,
-            floor: Term(1_700_000_000_000_000),
-        };
-        let members = MemberState {
-            config: Some(config),
-            accepted: Some((Proposal { group: GroupUid(0x6b), voters, generation: 1 }, 1_700_000_000_000_000)),
-            withdrawn: [GroupUid(0x6c)].into_iter().collect(),
-            renewed: Some(Incarnation(0xabc)),
-        };
-        let mut hs = hs(1_700_000_000_000_009, Some("b"));
-        hs.voted_incarnation = Some(Incarnation(2));
-        hs.members = Some(Box::new(members));
-        hs
-    }
+    /// A managed node's state file, as `tests/fuzz_seeds.rs` makes it for
+    /// the fuzzer: a configuration, an open acceptance, a withdrawn group,
+    /// a renewed incarnation and a vote by identity.
+    const MANAGED: &[u8] = include_bytes!("../fuzz/corpus/state_file/seed-managed");
 
     #[test]
     fn a_managed_nodes_state_is_version_2_and_reads_back() {
-        let bytes = encode(&identity(), &managed());
-        let text = String::from_utf8(bytes.clone()).expect("text");
-        assert!(text.starts_with("leasehold-state 2\n"), "{text}");
-        let (_, read) = parse(&bytes).expect("parses");
-        assert_eq!(read, managed());
-        // A static node's state stays version 1, byte for byte.
-        let text = String::from_utf8(encode(&identity(), &hs(7, Some("b")))).expect("text");
+        assert!(MANAGED.starts_with(b"leasehold-state 2\n"));
+        let (identity, read) = parse(MANAGED).expect("parses");
+        let members = read.members.as_deref().expect("membership state");
+        assert!(members.config.is_some() && members.accepted.is_some() && members.renewed.is_some());
+        assert!(!members.withdrawn.is_empty() && read.voted_incarnation.is_some());
+        assert_eq!(encode(&identity, &read), MANAGED, "written back byte for byte");
+        // A static node's state stays version 1.
+        let text = String::from_utf8(encode(&identity, &hs(7, Some("b")))).expect("text");
         assert!(text.starts_with("leasehold-state 1\n") && !text.contains("members"), "{text}");
     }
 
     #[test]
     fn a_version_line_that_does_not_match_the_state_is_corrupt() {
-        let v2 = String::from_utf8(encode(&identity(), &managed())).expect("text");
+        let v2 = String::from_utf8(MANAGED.to_vec()).expect("text");
         let as_v1 = v2.replacen("leasehold-state 2", "leasehold-state 1", 1);
         let err = parse(as_v1.as_bytes()).expect_err("version 1 with membership");
         assert!(err.contains("does not match"), "{err}");
