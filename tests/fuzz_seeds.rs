@@ -88,7 +88,25 @@ fn frame_seeds() -> Seeds {
         assert!(name.ends_with(kind));
         seeds.insert(name, encoded(&envelope(body))[4..].to_vec());
     }
+    seeds.insert(
+        "seed-payload-managed-announce",
+        encoded(&managed(Body::Announce { desired: 7, pending: None }))[4..].to_vec(),
+    );
+    seeds.insert("seed-payload-managed-heartbeat", encoded(&managed(bodies()[4].1.clone()))[4..].to_vec());
     seeds
+}
+
+/// An envelope of protocol 2 (a managed group) carrying `body` and the
+/// managed seed's configuration.
+fn managed(body: Body) -> Envelope {
+    let mut m = envelope(body);
+    m.version = leasehold::core::MANAGED_PROTOCOL_VERSION;
+    m.from_incarnation = Some(Incarnation(1));
+    m.to_incarnation = Some(Incarnation(2));
+    let config = storage::parse(&state_managed()).expect("the managed seed parses").1.members.and_then(|m| m.config);
+    m.group = config.as_ref().map(|c| c.group);
+    m.config = config.map(Box::new);
+    m
 }
 
 fn state(cluster: &str, node: &str, voters: &[&str], term: u64, vote: Option<&str>) -> Vec<u8> {
@@ -302,7 +320,7 @@ fn the_seeds_exercise_what_they_are_named_for() {
     let hello = frame::check_hello(&frames["seed-payload-hello-2"], "pg", |id| id.as_str() == "a").expect("hello");
     assert_eq!((hello.version, hello.incarnation.is_some()), (2, true));
     for (name, payload) in frames.iter().filter(|(n, _)| n.starts_with("seed-payload-") && !n.contains("hello")) {
-        assert_eq!(frame::decode_envelope(payload).is_ok(), !name.ends_with("stranger"), "{name}");
+        assert_eq!(frame::decode_envelope(payload, 2).is_ok(), !name.ends_with("stranger"), "{name}");
     }
     for (name, bytes) in state_file_seeds() {
         let valid = !name.ends_with("checksum") && !name.ends_with("truncated");

@@ -57,6 +57,7 @@ fn config_of(me: &str) -> leasehold::core::Config {
 /// A message from identity `(from, life)` to `to`, in `group()`.
 fn from(from: &str, life: u128, to: &str, term: u64, body: Body) -> Envelope {
     let mut m = msg(from, to, term, body);
+    m.version = leasehold::core::MANAGED_PROTOCOL_VERSION;
     m.from_incarnation = Some(Incarnation(life));
     m.group = Some(GROUP);
     m.config = Some(Box::new(group()));

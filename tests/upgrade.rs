@@ -138,7 +138,7 @@ fn protocol_1_frames_decode_as_written() {
         }
     );
     for (name, expected) in messages() {
-        let got = decode_envelope(payload(&fixture(name))).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = decode_envelope(payload(&fixture(name)), 1).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got, expected, "{name}");
     }
 }

@@ -5,15 +5,24 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::membership::{Configuration, GroupUid, Proposal};
 use super::{Incarnation, NodeId, Term};
 
-/// Version of the peer protocol. A peer speaking another version is rejected.
+/// Version of the peer protocol of a static group (DESIGN §2): the
+/// envelope's first six fields.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Version of the peer protocol of a managed group (DESIGN §2b): protocol
+/// 1's fields, then the sender's and the addressee's incarnations, the
+/// group and the sender's configuration. A static node refuses it, and a
+/// managed node refuses protocol 1 (`RejectReason::Version`).
+pub const MANAGED_PROTOCOL_VERSION: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     pub version: u32,
     pub cluster_id: String,
@@ -24,21 +33,80 @@ pub struct Envelope {
     /// sender has not durably adopted).
     pub term: Term,
     pub body: Body,
-    /// Managed groups only (DESIGN §2b): the sender's incarnation, the
-    /// addressee's as the sender last heard it, and the sender's group.
-    /// Static groups leave them `None`. Not yet on the wire: the version-1
-    /// frame has no room for them, and a managed node is not wired to
-    /// sockets yet.
-    #[serde(skip)]
+    /// Managed groups only (DESIGN §2b), on the wire in protocol 2 only:
+    /// the sender's incarnation, the addressee's as the sender last heard
+    /// it, and the sender's group. Static groups leave them `None`.
     pub from_incarnation: Option<Incarnation>,
-    #[serde(skip)]
     pub to_incarnation: Option<Incarnation>,
-    #[serde(skip)]
     pub group: Option<GroupUid>,
     /// Managed groups: the sender's latest configuration, on every message
     /// once it holds one (rules 1, 2, 3, 5 and 7 of docs/safety.md read it).
-    #[serde(skip)]
     pub config: Option<Box<Configuration>>,
+}
+
+impl Serialize for Envelope {
+    /// Protocol 1 as six fields, byte for byte what protocol 1 sends (and
+    /// a protocol-1 envelope never carries the managed fields: they are
+    /// dropped); protocol 2 adds the four managed fields.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let managed = self.version >= MANAGED_PROTOCOL_VERSION;
+        let mut t = s.serialize_tuple(if managed { 10 } else { 6 })?;
+        t.serialize_element(&self.version)?;
+        t.serialize_element(&self.cluster_id)?;
+        t.serialize_element(&self.from)?;
+        t.serialize_element(&self.to)?;
+        t.serialize_element(&self.term)?;
+        t.serialize_element(&self.body)?;
+        if managed {
+            t.serialize_element(&self.from_incarnation)?;
+            t.serialize_element(&self.to_incarnation)?;
+            t.serialize_element(&self.group)?;
+            t.serialize_element(&self.config)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    /// Reads the managed fields only in protocol 2: a protocol-1 envelope
+    /// is six fields, and the frame decoder refuses bytes left over.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a leasehold envelope")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Envelope, A::Error> {
+                let version: u32 = field(&mut seq, 0, &self)?;
+                let mut m = Envelope::new(
+                    field::<String, A>(&mut seq, 1, &self)?,
+                    field(&mut seq, 2, &self)?,
+                    field(&mut seq, 3, &self)?,
+                    field(&mut seq, 4, &self)?,
+                    field(&mut seq, 5, &self)?,
+                );
+                m.version = version;
+                if version >= MANAGED_PROTOCOL_VERSION {
+                    m.from_incarnation = field(&mut seq, 6, &self)?;
+                    m.to_incarnation = field(&mut seq, 7, &self)?;
+                    m.group = field(&mut seq, 8, &self)?;
+                    m.config = field(&mut seq, 9, &self)?;
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_tuple(10, Fields)
+    }
+}
+
+/// The `at`th field of an envelope, or an error naming how many there were.
+fn field<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+    seq: &mut A,
+    at: usize,
+    expected: &dyn de::Expected,
+) -> Result<T, A::Error> {
+    seq.next_element()?.ok_or_else(|| de::Error::invalid_length(at, expected))
 }
 
 impl Envelope {

@@ -24,7 +24,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::core::{Envelope, Incarnation, NodeId, PROTOCOL_VERSION};
+use crate::core::{Envelope, Incarnation, NodeId, MANAGED_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// No peer message comes near this; a larger announced length closes the
 /// connection before anything is allocated for it.
@@ -161,20 +161,29 @@ pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, FrameError
 }
 
 /// The body number of the first membership message (`Body::Announce`):
-/// those travel only in protocol 2's frame (DESIGN §2b), which is not built
-/// yet.
+/// those travel only in protocol 2's envelope (DESIGN §2b).
 const FIRST_MEMBERSHIP_BODY: u32 = 7;
 
-/// Decodes an envelope of protocol 1. Its frames carry protocol 1's
-/// messages only: a membership message is refused by its body number,
-/// read before anything of it is decoded (a configuration's voter set
-/// would otherwise allocate far more than its frame's bytes).
-pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, FrameError> {
+/// Decodes an envelope received on a connection opened with a hello of
+/// `hello_version`. Protocol 1's envelope carries protocol 1's messages
+/// only: a membership message in it is refused by its body number, read
+/// before anything of it is decoded. Protocol 2's envelope arrives only on
+/// a connection whose hello was version 2 (a node of protocol 1 never
+/// sends one).
+pub fn decode_envelope(payload: &[u8], hello_version: u32) -> Result<Envelope, FrameError> {
     // version, cluster id, from, to, term, then the body's number; the
     // strings are borrowed, so this allocates nothing.
-    if let Ok(((_, _, _, _, _, body), _)) = postcard::take_from_bytes::<(u32, &str, &str, &str, u64, u32)>(payload) {
-        if body >= FIRST_MEMBERSHIP_BODY {
+    if let Ok(((version, _, _, _, _, body), _)) =
+        postcard::take_from_bytes::<(u32, &str, &str, &str, u64, u32)>(payload)
+    {
+        if version < MANAGED_PROTOCOL_VERSION && body >= FIRST_MEMBERSHIP_BODY {
             return Err(FrameError::Malformed(format!("message {body} is not one of protocol 1")));
+        }
+        if version >= MANAGED_PROTOCOL_VERSION && hello_version < 2 {
+            return Err(FrameError::Malformed(format!("protocol {version} after a hello of version 1")));
+        }
+        if version > MANAGED_PROTOCOL_VERSION {
+            return Err(FrameError::Malformed(format!("protocol {version} is not one this node speaks")));
         }
     }
     decode(payload)
@@ -272,11 +281,50 @@ mod tests {
         let mut m = envelope();
         m.body = Body::Announce { desired: 1, pending: None };
         let frame = encode(&m).expect("encodes");
-        let err = decode_envelope(&frame[4..]).expect_err("refused");
+        let err = decode_envelope(&frame[4..], 2).expect_err("refused");
         assert!(matches!(&err, FrameError::Malformed(msg) if msg.contains("not one of protocol 1")), "{err:?}");
         // Every message of protocol 1 still decodes.
         let frame = encode(&envelope()).expect("encodes");
-        assert_eq!(decode_envelope(&frame[4..]), Ok(envelope()));
+        assert_eq!(decode_envelope(&frame[4..], 2), Ok(envelope()));
+    }
+
+    /// Protocol 2 carries the managed fields, only after a hello of version
+    /// 2, and protocol 1's bytes do not change with them: a protocol-1
+    /// envelope drops them.
+    #[test]
+    fn protocol_2_carries_incarnations_group_and_configuration() {
+        use crate::core::{Configuration, GroupUid, Identity};
+        let mut m = envelope();
+        m.version = MANAGED_PROTOCOL_VERSION;
+        m.body = Body::Announce { desired: 9, pending: Some(GroupUid(5)) };
+        m.from_incarnation = Some(Incarnation(7));
+        m.to_incarnation = Some(Incarnation(8));
+        m.group = Some(GroupUid(5));
+        let voters = ["a", "b", "c"].map(|n| Identity::new(NodeId::new(n), Incarnation(1)));
+        m.config = Some(Box::new(Configuration {
+            group: GroupUid(5),
+            cterm: Term(3),
+            epoch: 4,
+            voters: voters.into_iter().collect(),
+            removed: Default::default(),
+            generation: 2,
+            floor: Term(1),
+        }));
+        let frame = encode(&m).expect("encodes");
+        assert_eq!(decode_envelope(&frame[4..], 2), Ok(m.clone()));
+        let err = decode_envelope(&frame[4..], 1).expect_err("refused after a version-1 hello");
+        assert!(matches!(&err, FrameError::Malformed(msg) if msg.contains("after a hello of version 1")), "{err:?}");
+        for cut in 0..frame.len() - 4 {
+            assert!(decode_envelope(&frame[4..4 + cut], 2).is_err(), "truncated at {cut}");
+        }
+        // The same message in protocol 1 is protocol 1's bytes.
+        let mut old = m.clone();
+        old.version = PROTOCOL_VERSION;
+        old.body = envelope().body;
+        assert_eq!(encode(&old), encode(&envelope()));
+        let mut later = frame[4..].to_vec();
+        later[0] = 3;
+        assert!(matches!(decode_envelope(&later, 2), Err(FrameError::Malformed(_))));
     }
 
     #[test]
@@ -294,7 +342,7 @@ mod tests {
         }
         assert_eq!(frames.len(), 2);
         assert_eq!(check_hello(&frames[0], "pg", voters).expect("hello").node_id, NodeId::new("a"));
-        assert_eq!(decode_envelope(&frames[1]).expect("envelope"), envelope());
+        assert_eq!(decode_envelope(&frames[1], 1).expect("envelope"), envelope());
         assert_eq!(r.buffered(), 0);
     }
 
@@ -355,17 +403,17 @@ mod tests {
         let msg = encode(&envelope()).expect("encode");
         let payload = &msg[4..];
         for cut in 0..payload.len() {
-            assert!(decode_envelope(&payload[..cut]).is_err(), "truncated at {cut}");
+            assert!(decode_envelope(&payload[..cut], 2).is_err(), "truncated at {cut}");
         }
         let mut extra = payload.to_vec();
         extra.push(0);
-        assert!(matches!(decode_envelope(&extra), Err(FrameError::Malformed(_))));
+        assert!(matches!(decode_envelope(&extra, 2), Err(FrameError::Malformed(_))));
         // Flip every bit of every byte: decoding never panics.
         for i in 0..payload.len() {
             for bit in 0..8 {
                 let mut b = payload.to_vec();
                 b[i] ^= 1 << bit;
-                let _ = decode_envelope(&b);
+                let _ = decode_envelope(&b, 2);
             }
         }
     }

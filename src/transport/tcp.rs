@@ -287,7 +287,7 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
     timeout(WRITE_TIMEOUT, stream.write_all(&mine)).await.map_err(|_| Closed::Io)??;
     loop {
         let payload = read_frame(&mut stream, &mut reader, &mut buf).await?;
-        let msg = frame::decode_envelope(&payload)?;
+        let msg = frame::decode_envelope(&payload, hello.version)?;
         if msg.from != hello.node_id {
             return Err(Closed::Rejected(FrameError::Malformed(format!(
                 "message from {} on {}'s connection",

@@ -138,7 +138,7 @@ async fn a_node_of_an_earlier_version_is_greeted_in_version_1_after_it_closes() 
     a.send(envelope("a", "b", 7));
     let mut buf = vec![0u8; 1024];
     let got = timeout(Duration::from_secs(5), read_frame(&mut s, &mut reader, &mut buf)).await;
-    let msg = frame::decode_envelope(&got.expect("in time").ok().expect("a frame")).expect("an envelope");
+    let msg = frame::decode_envelope(&got.expect("in time").ok().expect("a frame"), 2).expect("an envelope");
     assert_eq!(msg, envelope("a", "b", 7));
     assert!(events.hellos.lock().expect("lock").contains(&(NodeId::new("b"), None)));
 }
@@ -222,7 +222,7 @@ async fn a_peer_that_dies_is_noticed_without_a_write_and_the_next_message_arrive
     let payload =
         timeout(Duration::from_secs(5), read_frame(&mut second, &mut reader, &mut buf)).await.expect("in time");
     let Ok(payload) = payload else { panic!("no frame on the new connection") };
-    assert_eq!(frame::decode_envelope(&payload).expect("envelope"), envelope("a", "b", 7));
+    assert_eq!(frame::decode_envelope(&payload, 2).expect("envelope"), envelope("a", "b", 7));
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use leader::LeaderState;
 use members::Members;
 
 use super::lease::{self, quorum};
-use super::message::{Body, Envelope, RejectReason, MAX_TERM_AHEAD, PROTOCOL_VERSION};
+use super::message::{Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 use super::rng::SplitMix64;
 use super::{
     Config, ConfigError, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, NodeId, Outputs, Rejection,
@@ -289,7 +289,7 @@ impl Node {
 
     /// Rule 10: version, cluster, addressee and sender are checked first.
     fn invalid(&self, m: &Envelope) -> Option<RejectReason> {
-        if m.version != PROTOCOL_VERSION {
+        if m.version != self.protocol() {
             Some(RejectReason::Version)
         } else if m.cluster_id != self.cfg.cluster_id {
             Some(RejectReason::ClusterId)
@@ -683,7 +683,7 @@ impl Node {
     fn send_to(&mut self, to: NodeId, to_incarnation: Option<Incarnation>, body: Body) {
         let managed = matches!(self.cfg.mode, Mode::Managed { .. });
         let m = Envelope {
-            version: PROTOCOL_VERSION,
+            version: self.protocol(),
             cluster_id: self.cfg.cluster_id.clone(),
             from: self.cfg.node_id.clone(),
             to,
@@ -698,6 +698,15 @@ impl Node {
             self.out.send_now.push(m);
         } else {
             self.out.send_after_persist.push(m);
+        }
+    }
+
+    /// The protocol this node speaks and accepts: 1 in a static group, 2
+    /// in a managed one (DESIGN §2b).
+    fn protocol(&self) -> u32 {
+        match self.cfg.mode {
+            Mode::Static => PROTOCOL_VERSION,
+            Mode::Managed { .. } => MANAGED_PROTOCOL_VERSION,
         }
     }
 
