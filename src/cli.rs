@@ -71,8 +71,14 @@ pub struct RunArgs {
     pub node_id: Option<String>,
     /// Every voter of the group as ID=HOST:PORT, comma-separated, this node
     /// included. Without it the node is a single-node group.
-    #[arg(long, env = "LEASEHOLD_PEERS", value_delimiter = ',')]
+    #[arg(long, env = "LEASEHOLD_PEERS", value_delimiter = ',', conflicts_with = "peers_file")]
     pub peers: Vec<String>,
+    /// A managed group (DESIGN §2b): the desired voters in a file, one
+    /// ID=HOST:PORT a line (or comma-separated), with an optional line
+    /// `generation N`; re-read when it changes, so that voters are added
+    /// and removed online, one at a time, without a restart.
+    #[arg(long, env = "LEASEHOLD_PEERS_FILE")]
+    pub peers_file: Option<PathBuf>,
     /// Where to accept peer connections (default: 0.0.0.0 and this node's
     /// port in --peers).
     #[arg(long, env = "LEASEHOLD_LISTEN_PEER")]

@@ -3,7 +3,8 @@
 //! binary prints it and exits with code 2.
 //!
 //! Owns: defaults that depend on other flags, and every check that can be
-//! made before start-up. Must not: touch the network or the disk.
+//! made before start-up. Must not: touch the network, or the disk beyond
+//! reading `--peers-file`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -40,8 +41,12 @@ pub enum HealthCheck {
 pub struct Config {
     /// The consensus core's part.
     pub node: core::Config,
-    /// Every voter's peer address (HOST:PORT), this node included.
+    /// Every voter's peer address (HOST:PORT), this node included; in a
+    /// managed group, the desired set read at start.
     pub peers: BTreeMap<NodeId, String>,
+    /// Managed groups: the peers file, and the generation read from it at
+    /// start (DESIGN §2b).
+    pub peers_file: Option<(PathBuf, u64)>,
     pub listen_peer: Option<String>,
     /// Mutual TLS between peers (`--peer-tls-*`); the files are read at
     /// start-up, not here.
@@ -99,18 +104,38 @@ pub fn whole_seconds(ttl: std::time::Duration) -> i64 {
 
 impl Config {
     pub fn from_args(a: &RunArgs) -> Result<Config, ConfigError> {
-        let peers = parse_peers(&a.peers)?;
+        let (peers, peers_file) = match &a.peers_file {
+            Some(path) => {
+                if a.backend == Backend::Etcd {
+                    return Err(invalid(
+                        "--peers-file",
+                        "is for the built-in group; with --backend etcd the sidecars meet in etcd",
+                    ));
+                }
+                let d = crate::desired::read(path)
+                    .map_err(|e| invalid("--peers-file", e.trim_start_matches("--peers-file ").to_string()))?;
+                (d.peers, Some((path.clone(), d.generation)))
+            }
+            None => (parse_peers(&a.peers)?, None),
+        };
+        let flag = if peers_file.is_some() { "--peers-file" } else { "--peers" };
         let node_id = match (&a.node_id, peers.is_empty()) {
             (Some(id), _) => NodeId::new(id.trim()),
             (None, true) => NodeId::new(DEFAULT_SINGLE_NODE_ID),
-            (None, false) => return Err(invalid("--node-id", "is required with --peers")),
+            (None, false) => return Err(invalid("--node-id", format!("is required with {flag}"))),
         };
         if node_id.as_str().is_empty() {
             return Err(invalid("--node-id", "must not be empty"));
         }
         if !peers.is_empty() && !peers.contains_key(&node_id) {
             let id = node_id.as_str().escape_debug();
-            return Err(invalid("--node-id", format!("{id} is not one of the ids in --peers")));
+            return Err(invalid("--node-id", format!("{id} is not one of the ids in {flag}")));
+        }
+        if peers_file.is_some() && a.accept_new_membership {
+            return Err(invalid(
+                "--accept-new-membership",
+                "is for a static group (--peers); a managed group changes membership online",
+            ));
         }
         let voters: BTreeSet<NodeId> =
             if peers.is_empty() { [node_id.clone()].into() } else { peers.keys().cloned().collect() };
@@ -155,6 +180,7 @@ impl Config {
         Ok(Config {
             node,
             peers,
+            peers_file,
             listen_peer,
             peer_tls,
             listen_api: socket_addr("--listen-api", &a.listen_api)?,

@@ -56,6 +56,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod desired;
 pub mod driver;
 pub mod hooks;
 pub mod http;

@@ -104,6 +104,16 @@ pub enum StorageError {
          by restarting nodes can elect two leaders: read docs/operations.md, then pass --accept-new-membership"
     )]
     MembershipChanged { path: PathBuf, found: String, expected: String },
+    #[error(
+        "state file {path} belongs to a static group (--peers); this version does not move a static group to \
+         --peers-file: start it with --peers as before; it was left untouched"
+    )]
+    StaticGroup { path: PathBuf },
+    #[error(
+        "state file {path} belongs to a managed group (--peers-file): start this node with --peers-file; \
+         it was left untouched"
+    )]
+    ManagedGroup { path: PathBuf },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -183,6 +193,35 @@ impl StateFile {
         Ok(Claimed { identity, initial, how })
     }
 
+    /// Start-up of a node of a managed group (`--peers-file`, DESIGN §2b):
+    /// like [`claim`], but a managed file does not pin the voters (they
+    /// change online), a node with no state file starts blank, with a new
+    /// incarnation written before this returns, and a static group's file
+    /// is refused.
+    ///
+    /// [`claim`]: StateFile::claim
+    pub fn claim_managed(&self, cluster_id: &str, node_id: &NodeId) -> Result<Claimed, StorageError> {
+        let expect = Identity {
+            cluster_id: cluster_id.into(),
+            node_id: node_id.clone(),
+            voters: BTreeSet::new(),
+            incarnation: None,
+        };
+        match self.load_with_incarnation(&expect, true)? {
+            Some((Some(inc), hs)) if hs.members.is_some() => {
+                let identity = Identity { incarnation: Some(inc), ..expect };
+                Ok(Claimed { identity, initial: Some(hs), how: Claim::Kept })
+            }
+            Some(_) => Err(StorageError::StaticGroup { path: self.path.clone() }),
+            None => {
+                let identity = Identity { incarnation: Some(self.draw()?), ..expect };
+                let blank = HardState { members: Some(Box::default()), ..HardState::default() };
+                self.store(&identity, &blank)?;
+                Ok(Claimed { identity, initial: Some(blank), how: Claim::New })
+            }
+        }
+    }
+
     fn draw(&self) -> Result<Incarnation, StorageError> {
         draw_incarnation().map_err(|e| StorageError::Io { path: PathBuf::from("/dev/urandom"), op: "read", source: e })
     }
@@ -211,6 +250,9 @@ impl StateFile {
                 found: found.node_id.to_string(),
                 expected: expect.node_id.to_string(),
             });
+        }
+        if hs.members.is_some() && !expect.voters.is_empty() {
+            return Err(StorageError::ManagedGroup { path: self.path.clone() });
         }
         if found.voters != expect.voters && !accept_new_membership {
             return Err(StorageError::MembershipChanged {
@@ -448,6 +490,31 @@ mod tests {
     /// A node with no state file draws an incarnation and writes it before
     /// anything else; a restart keeps it; a file of an earlier version
     /// keeps its votes and gains one; a lost file means a new one.
+    /// A managed node starts blank with a new incarnation, written first;
+    /// keeps it across restarts whatever the voters; and neither kind of
+    /// group takes over the other's file.
+    #[test]
+    fn a_managed_claim_starts_blank_and_the_two_kinds_of_file_do_not_mix() {
+        let d = TempDir::new();
+        let f = StateFile::open(&d.0).expect("open");
+        let first = f.claim_managed("pg", &NodeId::new("a")).expect("claim");
+        assert_eq!(first.how, Claim::New);
+        let blank = first.initial.clone().expect("a blank state");
+        assert!(blank.members.as_deref().is_some_and(crate::core::MemberState::is_blank));
+        assert!(fs::read_to_string(f.path()).expect("written").starts_with(MAGIC_MANAGED));
+        let again = f.claim_managed("pg", &NodeId::new("a")).expect("claim again");
+        assert_eq!((again.how, again.identity.incarnation), (Claim::Kept, first.identity.incarnation));
+        let err = f.claim(&identity(), false).expect_err("a static node refuses a managed file");
+        assert!(matches!(err, StorageError::ManagedGroup { .. }), "{err}");
+        assert!(matches!(f.claim_managed("other", &NodeId::new("a")), Err(StorageError::WrongCluster { .. })));
+        let d2 = TempDir::new();
+        let f2 = StateFile::open(&d2.0).expect("open");
+        f2.store(&identity(), &HardState::new(Term(4), None)).expect("a static file");
+        let err = f2.claim_managed("pg", &NodeId::new("a")).expect_err("a managed node refuses a static file");
+        assert!(matches!(err, StorageError::StaticGroup { .. }), "{err}");
+        assert!(err.to_string().contains("left untouched"));
+    }
+
     #[test]
     fn claim_makes_the_incarnation_durable_first_and_upgrades_older_files() {
         let d = TempDir::new();

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
@@ -80,16 +80,31 @@ pub struct TransportConfig {
 struct Ctx {
     cfg: TransportConfig,
     events: Arc<dyn Events>,
+    /// The address book: `cfg.peers` at start, and in a managed group
+    /// every address the desired set named since (a name is never
+    /// forgotten while the process runs; its address may change).
+    peers: RwLock<BTreeMap<NodeId, String>>,
+    /// This node's incarnation now: a managed node may draw a new one
+    /// while running (membership rule 8).
+    incarnation: RwLock<Option<Incarnation>>,
 }
 
 impl Ctx {
     fn is_peer(&self, id: &NodeId) -> bool {
-        *id != self.cfg.node_id && self.cfg.peers.contains_key(id)
+        *id != self.cfg.node_id && self.peers.read().is_ok_and(|p| p.contains_key(id))
+    }
+
+    fn address_of(&self, id: &NodeId) -> Option<String> {
+        self.peers.read().ok().and_then(|p| p.get(id).cloned())
+    }
+
+    fn incarnation(&self) -> Option<Incarnation> {
+        self.incarnation.read().ok().and_then(|i| *i)
     }
 
     /// This node's hello in `version` (1 if it has no incarnation).
     fn hello(&self, version: u32) -> Hello {
-        match self.cfg.incarnation {
+        match self.incarnation() {
             Some(inc) if version >= 2 => Hello::with_incarnation(&self.cfg.cluster_id, &self.cfg.node_id, inc),
             _ => Hello::new(&self.cfg.cluster_id, &self.cfg.node_id),
         }
@@ -97,7 +112,7 @@ impl Ctx {
 
     /// The hello version this node dials in first.
     fn newest_hello(&self) -> u32 {
-        if self.cfg.incarnation.is_some() {
+        if self.incarnation().is_some() {
             frame::HELLO_VERSION
         } else {
             1
@@ -109,6 +124,7 @@ impl Ctx {
 pub struct Transport {
     queues: BTreeMap<NodeId, mpsc::Sender<Envelope>>,
     local_addr: SocketAddr,
+    ctx: Arc<Ctx>,
 }
 
 impl Transport {
@@ -121,19 +137,41 @@ impl Transport {
         events: Arc<dyn Events>,
     ) -> io::Result<Transport> {
         let local_addr = listener.local_addr()?;
-        let ctx = Arc::new(Ctx { cfg, events });
+        let peers = RwLock::new(cfg.peers.clone());
+        let incarnation = RwLock::new(cfg.incarnation);
+        let ctx = Arc::new(Ctx { cfg, events, peers, incarnation });
         if let Some(tls) = &ctx.cfg.tls {
             let events = ctx.events.clone();
             tokio::spawn(tls::watch(tls.clone(), move |ok| events.tls_reloaded(ok)));
         }
         tokio::spawn(accept_loop(listener, ctx.clone(), inbound));
-        let mut queues = BTreeMap::new();
-        for (peer, addr) in ctx.cfg.peers.iter().filter(|(p, _)| **p != ctx.cfg.node_id) {
-            let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
-            queues.insert(peer.clone(), tx);
-            tokio::spawn(dial_loop(peer.clone(), addr.clone(), ctx.clone(), rx));
+        let mut t = Transport { queues: BTreeMap::new(), local_addr, ctx };
+        t.add_peers(&t.ctx.cfg.peers.clone());
+        Ok(t)
+    }
+
+    /// Adds the addresses of a managed group's desired set to the address
+    /// book: a new name is dialled from now on, a known name at its new
+    /// address from its next connection.
+    pub fn add_peers(&mut self, peers: &BTreeMap<NodeId, String>) {
+        if let Ok(mut book) = self.ctx.peers.write() {
+            book.extend(peers.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
-        Ok(Transport { queues, local_addr })
+        for peer in peers.keys().filter(|p| **p != self.ctx.cfg.node_id) {
+            if !self.queues.contains_key(peer) {
+                let (tx, rx) = mpsc::channel(QUEUE_PER_PEER);
+                self.queues.insert(peer.clone(), tx);
+                tokio::spawn(dial_loop(peer.clone(), self.ctx.clone(), rx));
+            }
+        }
+    }
+
+    /// This node's incarnation from now on, in the hellos of new
+    /// connections (messages name it in their envelopes).
+    pub fn set_incarnation(&self, incarnation: Incarnation) {
+        if let Ok(mut i) = self.ctx.incarnation.write() {
+            *i = Some(incarnation);
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -279,8 +317,8 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
     // With TLS, the certificate must name the host that --peers gives for
     // the node the hello claims to be: a certificate of the CA does not let
     // its holder pose as another member.
-    if let (Some(cert), Some(addr)) = (&client_cert, ctx.cfg.peers.get(&hello.node_id)) {
-        tls::certificate_names(cert, addr).map_err(|e| Closed::Tls(format!("hello as {}: {e}", hello.node_id)))?;
+    if let (Some(cert), Some(addr)) = (&client_cert, ctx.address_of(&hello.node_id)) {
+        tls::certificate_names(cert, &addr).map_err(|e| Closed::Tls(format!("hello as {}: {e}", hello.node_id)))?;
     }
     ctx.events.peer_hello(&hello.node_id, hello.incarnation);
     let mine = frame::encode(&ctx.hello(hello.version))?;
@@ -301,7 +339,7 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
     }
 }
 
-async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::Receiver<Envelope>) {
+async fn dial_loop(peer: NodeId, ctx: Arc<Ctx>, mut queue: mpsc::Receiver<Envelope>) {
     let mut rng = SplitMix64::new(boottime_now().0 ^ fnv(peer.as_str()));
     let mut backoff = BACKOFF_BASE;
     // The last TLS failure logged: a peer that keeps failing the same way is
@@ -311,6 +349,7 @@ async fn dial_loop(peer: NodeId, addr: String, ctx: Arc<Ctx>, mut queue: mpsc::R
     // after a peer closed on it; the newest again after any connection.
     let mut version = ctx.newest_hello();
     loop {
+        let addr = ctx.address_of(&peer).unwrap_or_default();
         let failure = match dial(&peer, &addr, &ctx, version).await {
             Ok(mut stream) => {
                 logged = None;
