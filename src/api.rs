@@ -42,6 +42,8 @@ pub struct ApiState {
     pub peers: Option<Arc<crate::report::PeerTable>>,
     /// This life of the node (built-in backend), shown in `/v1/status`.
     pub incarnation: Option<crate::core::Incarnation>,
+    /// A managed group's membership (`--peers-file`), shown in `/v1/status`.
+    pub membership: Option<watch::Receiver<Option<crate::core::MembershipView>>>,
 }
 
 /// The most API connections served at once. Long polls and watch streams
@@ -130,6 +132,11 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
             });
             body["peers"] = Value::Array(peers);
             body["incarnation"] = json!(state.incarnation.map(|i| i.to_string()));
+            if let Some(m) = &state.membership {
+                let view = m.borrow().clone();
+                body["incarnation"] = json!(view.as_ref().map(|v| v.me.incarnation.to_string()));
+                body["membership"] = membership_json(view.as_ref(), state.peers.as_deref(), now);
+            }
             json_response(StatusCode::OK, body)
         }
         "/healthz" | "/readyz" => match crate::http::probe(path, &view) {
@@ -420,6 +427,49 @@ fn status_json(view: &LeaderView, now: Nanos, backend: &str) -> Value {
         "promise_remaining_ms": view.promise_until.since(now).as_millis() as u64,
         "healthy": view.healthy,
         "storage_ok": view.storage_ok,
+    })
+}
+
+/// The `membership` object of `/v1/status` (DESIGN §2b). A voter's
+/// `reachable` is the leader's reading (acked its rounds recently) on the
+/// leader, and elsewhere whether this node's connection to it is up.
+pub fn membership_json(
+    view: Option<&crate::core::MembershipView>,
+    peers: Option<&crate::report::PeerTable>,
+    now: Nanos,
+) -> Value {
+    let Some(v) = view else { return Value::Null };
+    let connected: std::collections::BTreeMap<String, bool> =
+        peers.map(|t| t.snapshot().into_iter().map(|p| (p.id.to_string(), p.connected)).collect()).unwrap_or_default();
+    let identity =
+        |who: &crate::core::Identity| json!({ "id": who.name.as_str(), "incarnation": who.incarnation.to_string() });
+    let voters: Vec<Value> = v
+        .reachable
+        .iter()
+        .map(|(who, reached)| {
+            let reachable =
+                reached.unwrap_or_else(|| who == &v.me || connected.get(who.name.as_str()).copied().unwrap_or(false));
+            let mut j = identity(who);
+            j["reachable"] = json!(reachable);
+            j
+        })
+        .collect();
+    let pending = v.pending.as_ref().map(|(who, add, since)| {
+        json!({ if *add { "add" } else { "remove" }: identity(who), "since_ms": now.since(*since).as_millis() as u64 })
+    });
+    let c = v.config.as_ref();
+    json!({
+        "group": c.map(|c| c.group.to_string()),
+        "epoch": c.map_or(0, |c| c.epoch),
+        "cterm": c.map_or(0, |c| c.cterm.0),
+        "role": if c.is_none() { "blank" } else if v.is_voter() { "voter" } else { "learner" },
+        "voters": voters,
+        "learners": v.learners.iter().map(identity).collect::<Vec<_>>(),
+        "removed": c.map_or(0, |c| c.removed.len()),
+        "pending": pending,
+        "genesis_pending": v.genesis.map(|g| g.to_string()),
+        "desired": v.desired.iter().map(|n| n.as_str()).collect::<Vec<_>>(),
+        "desired_generation": v.desired_generation,
     })
 }
 

@@ -29,6 +29,9 @@ pub enum Command {
     Status(ClientArgs),
     /// Show who leads, with which token, for how much longer.
     Leader(ClientArgs),
+    /// Show a managed group's membership: voters, learners, a pending
+    /// change, the desired set.
+    Members(ClientArgs),
     /// Print one line per leadership change, until killed.
     Watch(ClientArgs),
     /// Ask the leader to hand over to its best peer.

@@ -22,6 +22,7 @@ pub fn run(command: &Command) -> ExitCode {
     match command {
         Command::Status(a) => read(a, "/v1/status", describe_status),
         Command::Leader(a) => read(a, "/v1/leader", describe_leader),
+        Command::Members(a) => members(a),
         Command::StepDown(s) => hand_over(&s.client, &s.hand_over, "/v1/step-down".into()),
         Command::Transfer(t) => hand_over(&t.client, &t.hand_over, format!("/v1/transfer?to={}", t.to)),
         Command::Watch(a) => watch(a),
@@ -95,6 +96,83 @@ fn read(args: &ClientArgs, path: &str, describe: fn(&Value) -> String) -> ExitCo
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `members`: the `membership` of `/v1/status` (with `--json`, that
+/// object alone); a node of a static group or of etcd has none.
+fn members(args: &ClientArgs) -> ExitCode {
+    let answer = match request(&args.api, "GET", "/v1/status") {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    let status: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+    let membership = &status["membership"];
+    if membership.is_null() {
+        return fail("this node runs no managed group (start it with --peers-file for membership that changes online)");
+    }
+    if args.json {
+        println!("{membership}");
+    } else {
+        println!("{}", describe_members(membership));
+    }
+    ExitCode::SUCCESS
+}
+
+/// One line for the configuration, one per voter, learner and pending
+/// change, one for the desired set.
+pub fn describe_members(m: &Value) -> String {
+    let who = |v: &Value| {
+        let inc = v["incarnation"].as_str().unwrap_or("?");
+        format!("{} (incarnation {})", v["id"].as_str().unwrap_or("?"), &inc[..inc.len().min(8)])
+    };
+    let mut out = match m["role"].as_str() {
+        Some("blank") => match m["genesis_pending"].as_str() {
+            Some(g) => format!("blank: accepted the creation of group {g}, waiting for every desired member"),
+            None => {
+                "blank: no configuration yet (waiting for every desired member to be blank, or for a member to add it)"
+                    .into()
+            }
+        },
+        role => format!(
+            "group {}, epoch {}, stamped in term {}; this node is a {}",
+            m["group"].as_str().unwrap_or("?"),
+            m["epoch"],
+            m["cterm"],
+            role.unwrap_or("?")
+        ),
+    };
+    for v in m["voters"].as_array().into_iter().flatten() {
+        let reach = if v["reachable"].as_bool() == Some(true) { "reachable" } else { "not reachable" };
+        out += &format!(
+            "
+voter {}: {reach}",
+            who(v)
+        );
+    }
+    for l in m["learners"].as_array().into_iter().flatten() {
+        out += &format!(
+            "
+learner {}",
+            who(l)
+        );
+    }
+    if let Some(p) = m["pending"].as_object() {
+        let (what, v) = if let Some(v) = p.get("add") { ("adding", v) } else { ("removing", &p["remove"]) };
+        out += &format!(
+            "
+pending: {what} {} for {} ms",
+            who(v),
+            p["since_ms"]
+        );
+    }
+    let desired: Vec<&str> = m["desired"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    out += &format!(
+        "
+desired: {} (generation {})",
+        desired.join(", "),
+        m["desired_generation"]
+    );
+    out
 }
 
 /// `step-down` and `transfer`: ask; with --wait, return only once another
@@ -226,6 +304,32 @@ mod tests {
         assert_eq!(describe_leader(&follower), "n1 leads (fencing token 7); n2 follows");
         let none = json!({"node_id":"n2","leader_id":null,"fencing_token":null,"term":3});
         assert_eq!(describe_leader(&none), "no leader known to n2 (term 3)");
+    }
+
+    #[test]
+    fn members_lists_voters_learners_and_the_pending_change() {
+        let id = |n: &str, i: &str| json!({"id": n, "incarnation": i});
+        let mut a = id("a", "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+        a["reachable"] = json!(true);
+        let mut b = id("b", "5f0c1d2e3b4a5968778899aabbccddee");
+        b["reachable"] = json!(false);
+        let m = json!({
+            "group": "61bb2ab02ed71f09788ec23434d9c6c2", "epoch": 4, "cterm": 9, "role": "voter",
+            "voters": [a, b], "learners": [id("c", "8282d4223f1f3cbc94a73922a1f0f3ac")],
+            "pending": {"add": id("c", "8282d4223f1f3cbc94a73922a1f0f3ac"), "since_ms": 120},
+            "desired": ["a", "b", "c"], "desired_generation": 2
+        });
+        assert_eq!(
+            describe_members(&m),
+            "group 61bb2ab02ed71f09788ec23434d9c6c2, epoch 4, stamped in term 9; this node is a voter\n\
+             voter a (incarnation 0f1e2d3c): reachable\n\
+             voter b (incarnation 5f0c1d2e): not reachable\n\
+             learner c (incarnation 8282d422)\n\
+             pending: adding c (incarnation 8282d422) for 120 ms\n\
+             desired: a, b, c (generation 2)"
+        );
+        let blank = json!({"role": "blank", "genesis_pending": null, "voters": [], "learners": [], "desired": ["a"], "desired_generation": 0});
+        assert!(describe_members(&blank).starts_with("blank: no configuration yet"));
     }
 
     #[test]

@@ -102,9 +102,9 @@ pub fn read(path: &Path) -> Result<Desired, String> {
 
 /// Reads `path` every [`POLL`] and sends each desired set that differs
 /// from the last one sent, starting after `first`. A file that cannot be
-/// read or parsed is logged once per distinct error and skipped. Runs
-/// until the receiver is dropped.
-pub async fn watch(path: PathBuf, first: Desired, tx: mpsc::Sender<Desired>) {
+/// read or parsed is logged once per distinct error, reported to
+/// `refused`, and skipped. Runs until the receiver is dropped.
+pub async fn watch(path: PathBuf, first: Desired, tx: mpsc::Sender<Desired>, refused: impl Fn()) {
     let mut last = first;
     let mut last_error: Option<String> = None;
     loop {
@@ -126,6 +126,7 @@ pub async fn watch(path: PathBuf, first: Desired, tx: mpsc::Sender<Desired>) {
             Ok(Err(e)) => {
                 if last_error.as_deref() != Some(e.as_str()) {
                     tracing::error!(error = %e, "refused a new desired set; keeping the one read before");
+                    refused();
                     last_error = Some(e);
                 }
             }

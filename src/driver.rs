@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use crate::clock::boottime_now;
 use crate::core::outbox::{Held, Outbox};
 use crate::core::{
-    self, AdminError, AdminRequest, Envelope, Event, HardState, Input, LeaderView, Nanos, Node, Outputs,
+    self, AdminError, AdminRequest, Envelope, Event, HardState, Input, LeaderView, MembershipView, Nanos, Node, Outputs,
 };
+use crate::desired::Desired;
 use crate::storage::{Identity, StateFile};
 use crate::transport::tcp::Transport;
 
@@ -50,6 +51,10 @@ pub struct Driver {
     retry_persist_at: Option<Instant>,
     /// Results of the local health check, if one is configured.
     health: Option<mpsc::Receiver<bool>>,
+    /// Managed groups: the desired sets read from `--peers-file`, the
+    /// first of them fed at start, and where the membership is published.
+    desired: Option<(mpsc::Receiver<Desired>, Desired)>,
+    membership: Option<watch::Sender<Option<MembershipView>>>,
 }
 
 impl Driver {
@@ -81,8 +86,23 @@ impl Driver {
             wake_at: Nanos::ZERO,
             retry_persist_at: None,
             health: None,
+            desired: None,
+            membership: None,
         };
         Ok((driver, view_rx))
+    }
+
+    /// A managed group: feeds the desired set read at start, then each one
+    /// `updates` carries, and publishes the membership after every step.
+    pub fn with_desired(
+        mut self,
+        first: Desired,
+        updates: mpsc::Receiver<Desired>,
+    ) -> (Self, watch::Receiver<Option<MembershipView>>) {
+        let (tx, rx) = watch::channel(self.node.membership(boottime_now()));
+        self.desired = Some((updates, first));
+        self.membership = Some(tx);
+        (self, rx)
     }
 
     /// Feeds the results of a health check. Until the first result the
@@ -99,6 +119,13 @@ impl Driver {
         if health.is_some() {
             self.step(Input::Health(false)).await;
         }
+        let mut desired = match self.desired.take() {
+            Some((updates, first)) => {
+                self.desire(first).await;
+                Some(updates)
+            }
+            None => None,
+        };
         self.step(Input::Tick).await;
         let (mut inbound_open, mut admin_open) = (true, true);
         loop {
@@ -121,6 +148,10 @@ impl Driver {
                 h = next_health(&mut health), if health.is_some() => match h {
                     Some(h) => { self.step(Input::Health(h)).await; }
                     None => health = None,
+                },
+                d = next_desired(&mut desired), if desired.is_some() => match d {
+                    Some(d) => self.desire(d).await,
+                    None => desired = None,
                 },
                 _ = tokio::time::sleep_until(wake) => self.on_timer().await,
                 _ = shutdown.changed() => break,
@@ -147,8 +178,25 @@ impl Driver {
         self.retry_persist_at.map_or(wake, |r| r.min(wake))
     }
 
+    /// A desired set read: its addresses join the transport's book, and
+    /// the node reconciles toward its names.
+    async fn desire(&mut self, d: Desired) {
+        if let Some(t) = &mut self.transport {
+            t.add_peers(&d.peers);
+        }
+        let names = d.peers.into_keys().collect();
+        self.step(Input::Desired { names, generation: d.generation }).await;
+    }
+
     /// Feeds one input and carries out everything that follows from it.
     async fn step(&mut self, input: Input) -> Option<Result<(), AdminError>> {
+        if self.membership.is_some() {
+            // Genesis reads the wall clock (its floor); the core reads none.
+            let micros = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+            self.node.observe_wall_clock(micros);
+        }
         let out = self.node.step(boottime_now(), input);
         let answer = out.admin.clone();
         self.carry_out(out).await;
@@ -163,6 +211,17 @@ impl Driver {
         }
         for e in &out.events {
             self.observer.event(e);
+            if let (Event::Renewed { new, .. }, Some(t)) = (e, &self.transport) {
+                t.set_incarnation(*new);
+            }
+        }
+        if let Some(m) = &self.membership {
+            let now = self.node.membership(boottime_now());
+            m.send_if_modified(|old| {
+                let changed = *old != now;
+                *old = now;
+                changed
+            });
         }
         if let Some(view) = out.view.take() {
             self.view.send_replace(view);
@@ -212,6 +271,13 @@ impl Driver {
         if let Some(t) = &self.transport {
             t.send(m);
         }
+    }
+}
+
+async fn next_desired(rx: &mut Option<mpsc::Receiver<Desired>>) -> Option<Desired> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

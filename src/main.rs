@@ -109,6 +109,7 @@ fn start_readers(config: &Config, l: Listeners, b: &Running, reporter: &Reporter
         metrics: Some(reporter.metrics.clone()),
         peers: b.peers.clone(),
         incarnation: b.incarnation,
+        membership: b.membership.clone(),
     };
     tokio::spawn(api::serve(l.api, Arc::new(api_state)));
     tokio::spawn(leasehold::metrics::serve(l.metrics, reporter.metrics.clone(), b.view.clone()));

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::boottime_now;
-use crate::core::{Event, LeaderView, NodeId};
+use crate::core::{Event, LeaderView, MembershipView, NodeId, Term};
 use crate::driver::Observer;
 use crate::transport::tcp;
 
@@ -42,7 +42,14 @@ pub struct Metrics {
     rejected: IntCounterVec,
     tls_reloads: IntCounterVec,
     hooks: IntCounterVec,
+    config_epoch: IntGauge,
+    voters: IntGauge,
+    learners: IntGauge,
+    membership_changes: IntCounterVec,
 }
+
+/// A change pending longer than this many leases is reported stuck.
+pub const STUCK_AFTER_LEASES: u32 = 5;
 
 impl Metrics {
     pub fn new(peers: &[NodeId]) -> Result<Arc<Metrics>, prometheus::Error> {
@@ -110,6 +117,23 @@ impl Metrics {
                 Opts::new("leasehold_hook_runs_total", "Runs of --on-elected and --on-demoted, by outcome"),
                 &["hook", "result"],
             )?,
+            config_epoch: IntGauge::new(
+                "leasehold_config_epoch",
+                "The epoch of the configuration this node holds (managed groups; 0 while blank)",
+            )?,
+            voters: IntGauge::new("leasehold_voters", "Voters of the configuration this node holds (managed groups)")?,
+            learners: IntGauge::new(
+                "leasehold_learners",
+                "On the leader: identities that answer its rounds without being voters (managed groups)",
+            )?,
+            membership_changes: IntCounterVec::new(
+                Opts::new(
+                    "leasehold_membership_changes_total",
+                    "Membership changes by result: added or removed (made by this node as leader), stuck (pending \
+                     longer than 5 leases), refused (a desired set that could not be read)",
+                ),
+                &["result"],
+            )?,
             registry,
         };
         let build_info =
@@ -131,6 +155,10 @@ impl Metrics {
         r.register(Box::new(m.rejected.clone()))?;
         r.register(Box::new(m.tls_reloads.clone()))?;
         r.register(Box::new(m.hooks.clone()))?;
+        r.register(Box::new(m.config_epoch.clone()))?;
+        r.register(Box::new(m.voters.clone()))?;
+        r.register(Box::new(m.learners.clone()))?;
+        r.register(Box::new(m.membership_changes.clone()))?;
         r.register(Box::new(build_info))?;
         // Every peer and result appears from the start, at 0.
         for p in peers {
@@ -146,6 +174,9 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             m.tls_reloads.with_label_values(&[result]);
+        }
+        for result in ["added", "removed", "stuck", "refused"] {
+            m.membership_changes.with_label_values(&[result]);
         }
         for listener in ["api", "metrics"] {
             m.connections_refused.with_label_values(&[listener]);
@@ -180,6 +211,53 @@ impl Metrics {
         self.api_requests.with_label_values(&[path, &code.to_string()]).inc();
     }
 
+    /// A static group's voters: its `--peers`, fixed.
+    pub fn static_voters(&self, n: usize) {
+        self.voters.set(n as i64);
+    }
+
+    /// Counts a membership change by result.
+    pub fn membership_change(&self, result: &str) {
+        self.membership_changes.with_label_values(&[result]).inc();
+    }
+
+    /// Follows a managed group's membership: sets its gauges, and logs and
+    /// counts a change pending longer than [`STUCK_AFTER_LEASES`] leases
+    /// once. Runs until the driver stops.
+    pub async fn follow_membership(
+        self: Arc<Self>,
+        mut rx: watch::Receiver<Option<MembershipView>>,
+        lease_ttl: std::time::Duration,
+    ) {
+        let mut reported: Option<(Term, u64)> = None;
+        let mut tick = tokio::time::interval(lease_ttl);
+        loop {
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let view = rx.borrow_and_update().clone();
+            let Some(v) = view else { continue };
+            let c = v.config.as_ref();
+            self.config_epoch.set(c.map_or(0, |c| i64::try_from(c.epoch).unwrap_or(i64::MAX)));
+            self.voters.set(c.map_or(0, |c| c.voters.len() as i64));
+            self.learners.set(v.learners.len() as i64);
+            let Some((who, add, since)) = &v.pending else { continue };
+            let stamp = c.map(|c| c.stamp());
+            let waited = boottime_now().since(*since);
+            if waited >= lease_ttl * STUCK_AFTER_LEASES && stamp != reported {
+                reported = stamp;
+                self.membership_change("stuck");
+                tracing::warn!(
+                    who = %who,
+                    change = if *add { "add" } else { "remove" },
+                    waited_ms = waited.as_millis() as u64,
+                    "a membership change is stuck: a majority of the new configuration has not acknowledged it"
+                );
+            }
+        }
+    }
+
     /// Counts changes of (leader, token) as the view changes; runs until the
     /// driver stops.
     pub async fn count_leader_changes(self: Arc<Self>, mut rx: watch::Receiver<LeaderView>) {
@@ -204,6 +282,7 @@ impl Observer for Metrics {
             Event::ElectionWon { .. } => self.elections.with_label_values(&["won"]).inc(),
             Event::ElectionLost { .. } => self.elections.with_label_values(&["lost"]).inc(),
             Event::PreVoteFailed { .. } => self.elections.with_label_values(&["pre_vote_failed"]).inc(),
+            Event::MembershipChange { add, .. } => self.membership_change(if *add { "added" } else { "removed" }),
             Event::AckRoundTrip { peer, rtt } => {
                 self.peer_rtt.with_label_values(&[peer.as_str()]).observe(rtt.as_secs_f64())
             }

@@ -123,6 +123,32 @@ impl Observer for Reporter {
             Event::PreVoteFailed { next_term } => debug!(next_term = next_term.0, "the pre-vote failed"),
             Event::ElectionStarted { term, transfer } => debug!(term = term.0, transfer, "campaigning"),
             Event::ElectionLost { term } => debug!(term = term.0, "the election was lost"),
+            Event::MembershipChange { who, add: true, epoch } => {
+                info!(who = %who, epoch, "membership change: added a voter (it answered steadily as a learner)")
+            }
+            Event::MembershipChange { who, add: false, epoch } => info!(
+                who = %who,
+                epoch,
+                "membership change: removed a voter (not desired, or replaced by a new incarnation of its name)"
+            ),
+            Event::ConfigurationHeld { group, voter: true } => {
+                info!(group = %group, "a voter of its group from now on")
+            }
+            Event::ConfigurationHeld { group, voter: false } => {
+                info!(group = %group, "a learner of its group from now on (it acks the leader, votes for no one)")
+            }
+            Event::Renewed { old, new } => warn!(
+                old = %old,
+                new = %new,
+                "this identity was removed from the group while still desired: drew a new incarnation to rejoin"
+            ),
+            Event::GenesisProposed { group } => {
+                info!(group = %group, "every desired member is blank: proposed to create the group")
+            }
+            Event::GenesisWithdrawn { group } => warn!(
+                group = %group,
+                "withdrew from creating the group: a member answered as another identity, or it did not complete"
+            ),
             _ => {}
         }
     }

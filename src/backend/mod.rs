@@ -85,6 +85,8 @@ pub struct Running {
     pub node_id: NodeId,
     /// This life of the node (built-in backend; None on etcd).
     pub incarnation: Option<Incarnation>,
+    /// A managed group's membership (`--peers-file`); None otherwise.
+    pub membership: Option<watch::Receiver<Option<crate::core::MembershipView>>>,
     pub lease_ttl: Duration,
     pub hand_over: HandOver,
     pub task: JoinHandle<Result<(), String>>,

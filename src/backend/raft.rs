@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, watch};
 use super::{HandOver, Running};
 use crate::clock::boottime_now;
 use crate::config::Config;
+use crate::core;
+use crate::desired::Desired;
 use crate::driver::Driver;
 use crate::report::Reporter;
 use crate::storage::{Claim, Claimed, Identity, StateFile};
@@ -38,7 +40,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
         voters: config.node.voters.clone(),
         incarnation: None,
     };
-    let claimed = state.claim(&identity, config.accept_new_membership).map_err(|e| e.to_string())?;
+    let claimed = match &config.peers_file {
+        Some(_) => state.claim_managed(&identity.cluster_id, &identity.node_id),
+        None => state.claim(&identity, config.accept_new_membership),
+    }
+    .map_err(|e| e.to_string())?;
     Ok(Prepared { state, claimed, peer_tls })
 }
 
@@ -63,6 +69,11 @@ pub async fn start(
     let incarnation = prepared.claimed.identity.incarnation.map(|i| i.to_string()).unwrap_or_default();
     match prepared.claimed.how {
         Claim::Kept => {}
+        Claim::New if config.peers_file.is_some() => tracing::info!(
+            incarnation,
+            "no state file: a new identity of this node, blank; it joins its group as a learner, or takes part \
+             in creating it if every desired member is blank"
+        ),
         Claim::New => tracing::info!(
             incarnation,
             "no state file: a new identity of this node; it votes only after one lease (its boot promise)"
@@ -89,10 +100,18 @@ pub async fn start(
         _ => None,
     };
     let (admin_tx, admin_rx) = mpsc::channel(16);
-    let seed = boottime_now().0 ^ u64::from(std::process::id());
+    let mut node = config.node.clone();
+    let mut seed = boottime_now().0 ^ u64::from(std::process::id());
+    if let (Some(_), Some(incarnation)) = (&config.peers_file, prepared.claimed.identity.incarnation) {
+        node.mode = core::Mode::Managed { incarnation };
+        // A managed node draws group uids and new incarnations from its
+        // seed: two nodes must never share one.
+        seed = crate::storage::draw_incarnation().map_err(|e| format!("/dev/urandom: {e}"))?.0 as u64;
+    }
     let peers = reporter.peers.clone();
+    let metrics = reporter.metrics.clone();
     let (driver, view) = Driver::new(
-        config.node.clone(),
+        node,
         prepared.claimed.initial,
         prepared.claimed.identity.clone(),
         prepared.state,
@@ -107,6 +126,22 @@ pub async fn start(
         Some(h) => driver.with_health(h),
         None => driver,
     };
+    let (driver, membership) = match &config.peers_file {
+        Some((path, generation)) => {
+            let first = Desired { peers: config.peers.clone(), generation: *generation };
+            let (tx, rx) = mpsc::channel(4);
+            let counter = metrics.clone();
+            let refused = move || counter.membership_change("refused");
+            tokio::spawn(crate::desired::watch(path.clone(), first.clone(), tx, refused));
+            let (driver, membership) = driver.with_desired(first, rx);
+            tokio::spawn(metrics.clone().follow_membership(membership.clone(), config.node.lease_ttl));
+            (driver, Some(membership))
+        }
+        None => {
+            metrics.static_voters(config.node.voters.len());
+            (driver, None)
+        }
+    };
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         driver.run(stop_rx).await;
@@ -119,6 +154,7 @@ pub async fn start(
         peers: Some(peers),
         node_id: config.node.node_id.clone(),
         incarnation: prepared.claimed.identity.incarnation,
+        membership,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::StepDown,
         task,

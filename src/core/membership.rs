@@ -205,3 +205,31 @@ impl MemberState {
         self.config.is_none() && self.accepted.is_none()
     }
 }
+
+/// What a managed node reports of its membership (`/v1/status`,
+/// `leasehold members`, the metrics). Reachability and learners are known
+/// to the leader only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MembershipView {
+    /// This node's identity now.
+    pub me: Identity,
+    /// None while blank (before genesis, or before a member handed one).
+    pub config: Option<Configuration>,
+    /// Each voter of `config`, and on the leader whether it acked recently.
+    pub reachable: Vec<(Identity, Option<bool>)>,
+    /// On the leader: identities that ack its rounds without being listed.
+    pub learners: Vec<Identity>,
+    /// On the leader: the change made and not yet committed (who, added or
+    /// removed, since when on this node's clock).
+    pub pending: Option<(Identity, bool, super::Nanos)>,
+    /// The genesis this identity accepted and has not completed.
+    pub genesis: Option<GroupUid>,
+    pub desired: BTreeSet<NodeId>,
+    pub desired_generation: u64,
+}
+
+impl MembershipView {
+    pub fn is_voter(&self) -> bool {
+        self.config.as_ref().is_some_and(|c| c.lists(&self.me))
+    }
+}

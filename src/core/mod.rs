@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use membership::{Broken, Configuration, GroupUid, Identity, MemberState, Mode, Proposal};
+pub use membership::{Broken, Configuration, GroupUid, Identity, MemberState, MembershipView, Mode, Proposal};
 pub use message::{Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 pub use node::Node;
 

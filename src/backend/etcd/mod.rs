@@ -117,6 +117,7 @@ pub fn start(config: &Config, p: Prepared, health: Option<mpsc::Receiver<bool>>)
         peers: None,
         node_id: config.node.node_id.clone(),
         incarnation: None,
+        membership: None,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::ByTheTask(RESIGN_TIMEOUT * 2 + Duration::from_secs(1)),
         task,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::leader::LeaderState;
 use super::{Node, RoleState};
 use crate::core::lease::quorum;
-use crate::core::membership::{Configuration, Identity};
+use crate::core::membership::{Configuration, Identity, MembershipView};
 use crate::core::message::Envelope;
 use crate::core::{Event, Incarnation, Nanos, NodeId, StepDownReason};
 
@@ -56,12 +56,17 @@ impl Node {
             self.leader = None;
         }
         let group = config.group;
+        let was_voter = self.is_voter();
         if let Some(state) = self.hard.members.as_deref_mut() {
             state.config = Some(config);
         }
         self.request_persist();
+        // Reported when this node's part changes (learner to voter, or
+        // removed), not at every adoption.
         let voter = self.is_voter();
-        self.out.events.push(Event::ConfigurationHeld { group, voter });
+        if voter != was_voter {
+            self.out.events.push(Event::ConfigurationHeld { group, voter });
+        }
         if stepped_down {
             let term = self.hard.term;
             self.out.events.push(Event::SteppedDown { term, reason: StepDownReason::HigherTerm });
@@ -234,6 +239,55 @@ impl Node {
         }
         self.request_persist();
         self.out.events.push(Event::MembershipChange { who, add, epoch });
+    }
+
+    /// What this managed node reports of its membership (None in a static
+    /// group).
+    pub fn membership(&self, now: Nanos) -> Option<MembershipView> {
+        let me = self.me()?;
+        let state = self.hard.members.as_deref();
+        let config = self.configuration().cloned();
+        let recent = self.cfg.heartbeat_interval * 2;
+        let (reachable, learners, pending) = match &self.role {
+            RoleState::Leader(l) => {
+                let reached = |v: &Identity| {
+                    *v == me
+                        || (l.peers.get(&v.name).is_some_and(|p| now.since(p.last_ack_at) <= recent)
+                            && l.acked_life.get(&v.name).is_some_and(|(_, i)| *i == v.incarnation))
+                };
+                let voters = config.iter().flat_map(|c| c.voters.iter());
+                let reachable = voters.map(|v| (v.clone(), Some(reached(v)))).collect();
+                let learners = l
+                    .learners
+                    .iter()
+                    .filter(|(who, (_, last))| {
+                        now.since(*last) <= recent && config.as_ref().is_none_or(|c| !c.lists(who))
+                    })
+                    .map(|(who, _)| who.clone())
+                    .collect();
+                let pending = match (self.change_pending(), l.made.len()) {
+                    (true, n) if n >= 2 => {
+                        let (before, after) = (&l.made[n - 2].voters, &l.made[n - 1].voters);
+                        let added = after.difference(before).next().map(|w| (w.clone(), true));
+                        let removed = before.difference(after).next().map(|w| (w.clone(), false));
+                        added.or(removed).map(|(w, add)| (w, add, l.change_since.unwrap_or(now)))
+                    }
+                    _ => None,
+                };
+                (reachable, learners, pending)
+            }
+            _ => (config.iter().flat_map(|c| c.voters.iter()).map(|v| (v.clone(), None)).collect(), Vec::new(), None),
+        };
+        Some(MembershipView {
+            me,
+            config,
+            reachable,
+            learners,
+            pending,
+            genesis: state.and_then(|s| s.accepted.as_ref()).map(|(p, _)| p.group),
+            desired: self.desired_names().clone(),
+            desired_generation: self.desired_generation(),
+        })
     }
 
     fn members_seen(&self) -> BTreeMap<NodeId, Incarnation> {
