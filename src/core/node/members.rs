@@ -328,9 +328,15 @@ impl Node {
                 self.reject(m, RejectReason::OtherGroup);
                 return;
             }
-            // Only geneses exist so far; the configuration register (rules
-            // 2 to 5) is the next step.
-            Some(_) => return,
+            // A node that holds a configuration takes a newer one from a
+            // Config message as from any other (rule 2): an identity that
+            // came back after its removal (a data dir restored from a
+            // backup) hears of it only so, since every other message is
+            // addressed to the name's newer life (rule 15).
+            Some(_) => {
+                self.adopt_newer(now, m);
+                return;
+            }
             None => {}
         }
         let Some(me) = self.me() else { return };

@@ -1,0 +1,439 @@
+//! Managed groups as real processes (DESIGN §2b): `leasehold` sidecars on
+//! loopback with `--peers-file`, the file rewritten under them as a
+//! ConfigMap changes, nodes started blank, killed with SIGKILL and wiped.
+//! Every test runs the observer check of DESIGN §7 and a fencing check: no
+//! token is ever held by two nodes. Every process is ended by its pid;
+//! every wait has a deadline.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::*;
+
+const TTL: Duration = Duration::from_secs(1);
+
+struct Slot {
+    name: String,
+    peer: String,
+    api: String,
+    metrics: String,
+    child: Option<Child>,
+    /// Overrides `--cluster-id` (default "managed").
+    cluster: Option<String>,
+}
+
+/// Up to `n` nodes named n1..nN on fixed loopback ports; a peers file that
+/// the test rewrites; a data dir per node.
+struct Group {
+    slots: Vec<Slot>,
+    dir: PathBuf,
+    observer: Option<Observer>,
+    generation: u64,
+    /// (cterm, epoch) -> voters, from every status read: one configuration
+    /// per stamp (DESIGN §2b).
+    stamps: BTreeMap<(u64, u64), BTreeSet<String>>,
+}
+
+impl Group {
+    fn new(n: usize, name: &str) -> Group {
+        let dir = std::env::temp_dir().join(format!("leasehold-managed-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("group dir");
+        let slots: Vec<Slot> = (1..=n)
+            .map(|i| Slot {
+                name: format!("n{i}"),
+                peer: format!("127.0.0.1:{}", free_port()),
+                api: format!("127.0.0.1:{}", free_port()),
+                metrics: format!("127.0.0.1:{}", free_port()),
+                child: None,
+                cluster: None,
+            })
+            .collect();
+        let observer = Some(Observer::start(slots.iter().map(|s| s.api.clone()).collect()));
+        Group { slots, dir, observer, generation: 0, stamps: BTreeMap::new() }
+    }
+
+    /// Writes the desired set (the first `k` names) with the next
+    /// generation, atomically, as kubelet swaps a ConfigMap's files.
+    fn desire(&mut self, k: usize) {
+        self.generation += 1;
+        let mut text = format!("# desired set\ngeneration {}\n", self.generation);
+        for s in &self.slots[..k] {
+            text += &format!("{}={}\n", s.name, s.peer);
+        }
+        let tmp = self.dir.join("peers.tmp");
+        std::fs::write(&tmp, text).expect("write peers");
+        std::fs::rename(&tmp, self.dir.join("peers")).expect("rename peers");
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(&self.slots[i].name)
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("{}.log", self.slots[i].name))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).expect("log");
+        let s = &self.slots[i];
+        let args = [
+            "--node-id".to_string(),
+            s.name.clone(),
+            "--peers-file".into(),
+            self.dir.join("peers").to_string_lossy().into_owned(),
+            "--listen-peer".into(),
+            s.peer.clone(),
+            "--listen-api".into(),
+            s.api.clone(),
+            "--listen-metrics".into(),
+            s.metrics.clone(),
+            "--data-dir".into(),
+            self.data_dir(i).to_string_lossy().into_owned(),
+            "--cluster-id".into(),
+            s.cluster.clone().unwrap_or_else(|| "managed".into()),
+            "--lease-ttl".into(),
+            format!("{}ms", TTL.as_millis()),
+        ];
+        let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leasehold");
+        self.slots[i].child = Some(child);
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.slots[i].child.take() {
+            // SAFETY: kill(2) on the pid of a child this test spawned.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// The node's `/v1/status`, recording the stamp and voters it reports.
+    fn status(&mut self, i: usize) -> Option<Value> {
+        self.slots[i].child.as_ref()?;
+        let (code, body) = get(&self.slots[i].api, "/v1/status")?;
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("status is JSON");
+        let m = &v["membership"];
+        if let (Some(cterm), Some(epoch)) = (m["cterm"].as_u64(), m["epoch"].as_u64()) {
+            if epoch > 0 {
+                let voters: BTreeSet<String> = voters(m).into_iter().map(|(n, inc)| format!("{n}/{inc}")).collect();
+                let before = self.stamps.entry((cterm, epoch)).or_insert_with(|| voters.clone());
+                assert_eq!(*before, voters, "two configurations stamped ({cterm}, {epoch})");
+            }
+        }
+        Some(v)
+    }
+
+    /// The leader's index and its status, if exactly one answers as leader.
+    fn leader(&mut self) -> Option<(usize, Value)> {
+        let apis: Vec<Option<&str>> = self.slots.iter().map(|s| s.child.as_ref().map(|_| s.api.as_str())).collect();
+        let (i, _, _) = wait_for_one_leader(&apis, Duration::from_millis(50), None)?;
+        self.status(i).map(|v| (i, v))
+    }
+
+    /// Waits (at most `within`) until the leader's status satisfies `ok`.
+    fn wait_leader(&mut self, within: Duration, what: &str, ok: impl Fn(&Value) -> bool) -> (usize, Value) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some((i, v)) = self.leader() {
+                if ok(&v) {
+                    return (i, v);
+                }
+            }
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}\n{}", self.describe());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every running node reports the voters `names` (each
+    /// with some incarnation).
+    fn wait_voters(&mut self, names: &[&str], within: Duration) -> BTreeMap<String, String> {
+        let want: BTreeSet<String> = names.iter().map(|n| n.to_string()).collect();
+        let deadline = Instant::now() + within;
+        loop {
+            let running: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].child.is_some()).collect();
+            let mut all = Vec::new();
+            for i in running {
+                all.push(self.status(i).map(|v| voters(&v["membership"])));
+            }
+            if let Some(Some(first)) = all.first() {
+                let names: BTreeSet<String> = first.keys().cloned().collect();
+                if names == want && all.iter().all(|v| v.as_ref() == Some(first)) {
+                    return first.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "voters {want:?} not reached in {within:?}\n{}", self.describe());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn describe(&mut self) -> String {
+        let mut out = String::new();
+        for i in 0..self.slots.len() {
+            let status = self.slots[i].child.as_ref().and_then(|_| get(&self.slots[i].api, "/v1/status"));
+            let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            out += &format!("--- {}: {}\n", self.slots[i].name, status.map(|s| s.1).unwrap_or("(not running)".into()));
+            for line in log.lines().rev().take(25).collect::<Vec<_>>().iter().rev() {
+                out += line;
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Stops every node, runs the observer check and the fencing check.
+    fn check(mut self) {
+        for i in 0..self.slots.len() {
+            self.kill9(i);
+        }
+        let observer = self.observer.take().expect("observer");
+        let proofs = observer.proofs();
+        let mut holder: BTreeMap<u64, usize> = BTreeMap::new();
+        for p in &proofs {
+            let first = *holder.entry(p.token).or_insert(p.node);
+            assert_eq!(first, p.node, "token {} held by node {} and node {}", p.token, first, p.node);
+        }
+        let n = observer.finish();
+        assert!(n > 0, "the observer saw no leader");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for i in 0..self.slots.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+/// A membership object's voters: name -> incarnation.
+fn voters(m: &Value) -> BTreeMap<String, String> {
+    m["voters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (v["id"].as_str().unwrap_or("?").to_string(), v["incarnation"].as_str().unwrap_or("?").to_string()))
+        .collect()
+}
+
+fn token(v: &Value) -> u64 {
+    v["leader"]["fencing_token"].as_u64().expect("a leader's token")
+}
+
+fn pending(v: &Value) -> bool {
+    !v["membership"]["pending"].is_null()
+}
+
+/// A group created from blank nodes grows from 3 to 5 and shrinks back
+/// to 3 online: the leader of the three keeps its lease and token through
+/// the growth; with five, any two can die and a leader remains; on the
+/// way back the highest ordinals die first, and the configuration ends as
+/// the desired set. Prints how long a new node took to become a voter and
+/// the longest time without a leader.
+#[test]
+fn three_to_five_to_three_online() {
+    let mut g = Group::new(5, "scale");
+    g.desire(3);
+    for i in 0..3 {
+        g.spawn(i);
+    }
+    let (_, v) =
+        g.wait_leader(Duration::from_secs(20), "a group of three created", |v| voters(&v["membership"]).len() == 3);
+    let before = token(&v);
+    g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+
+    g.desire(5);
+    let started = Instant::now();
+    g.spawn(3);
+    g.spawn(4);
+    let (_, v) =
+        g.wait_leader(Duration::from_secs(30), "five voters", |v| voters(&v["membership"]).len() == 5 && !pending(v));
+    let to_voter = started.elapsed();
+    assert_eq!(token(&v), before, "growing the group changed the leader: {v}");
+    g.wait_voters(&["n1", "n2", "n3", "n4", "n5"], Duration::from_secs(10));
+    eprintln!("measured: two blank nodes became voters {:?} after they started", to_voter);
+
+    // Any two of five can die: the leader and one more.
+    let (leader, v) = g.wait_leader(Duration::from_secs(5), "a leader of five", |_| true);
+    let other = (leader + 1) % 5;
+    g.kill9(leader);
+    g.kill9(other);
+    let killed = Instant::now();
+    let (_, after) = g.wait_leader(Duration::from_secs(10), "a leader of the three left", |_| true);
+    assert!(token(&after) > token(&v));
+    eprintln!("measured: a leader again {:?} after two of five were killed", killed.elapsed());
+    g.spawn(leader);
+    g.spawn(other);
+    g.wait_voters(&["n1", "n2", "n3", "n4", "n5"], Duration::from_secs(20));
+
+    // Back to three: the file changes, and the highest ordinals die.
+    let (_, v) = g.wait_leader(Duration::from_secs(5), "a leader of five", |_| true);
+    let token_before = token(&v);
+    g.desire(3);
+    g.kill9(4);
+    g.kill9(3);
+    let shrunk = Instant::now();
+    let (_, v) = g.wait_leader(Duration::from_secs(30), "three voters again", |v| {
+        voters(&v["membership"]).keys().map(String::as_str).collect::<Vec<_>>() == ["n1", "n2", "n3"] && !pending(v)
+    });
+    eprintln!(
+        "measured: three voters {:?} after the scale-down; the leader {}",
+        shrunk.elapsed(),
+        if token(&v) == token_before { "kept its lease" } else { "changed (it was one of the two removed)" }
+    );
+    g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+    g.check();
+}
+
+/// A node whose data dir is wiped comes back blank, as a new identity: it
+/// joins as a learner, the leader replaces the old identity with it, and
+/// the group keeps its leader throughout.
+#[test]
+fn a_wiped_node_comes_back_as_a_voter_with_a_new_incarnation() {
+    let mut g = Group::new(3, "wipe");
+    g.desire(3);
+    for i in 0..3 {
+        g.spawn(i);
+    }
+    let (leader, v) =
+        g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let old = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+    let victim = (leader + 1) % 3;
+    let name = format!("n{}", victim + 1);
+    g.kill9(victim);
+    std::fs::remove_dir_all(g.data_dir(victim)).expect("wipe");
+    g.spawn(victim);
+    let (_, after) = g.wait_leader(Duration::from_secs(30), "the wiped node a voter again", |v| {
+        let now = voters(&v["membership"]);
+        now.len() == 3 && now.get(&name).is_some_and(|inc| *inc != old[&name]) && !pending(v)
+    });
+    assert_eq!(token(&after), token(&v), "the leader changed while a follower was replaced");
+    let removed = after["membership"]["removed"].as_u64();
+    assert_eq!(removed, Some(1), "the old identity is a tombstone: {after}");
+    g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+    g.check();
+}
+
+/// A blank node that the desired set names but that runs with another
+/// cluster id never joins: its hellos are refused, the group stays three.
+#[test]
+fn a_blank_node_of_another_cluster_never_joins() {
+    let mut g = Group::new(4, "stranger");
+    g.desire(3);
+    for i in 0..3 {
+        g.spawn(i);
+    }
+    g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    g.desire(4);
+    g.slots[3].cluster = Some("other".into());
+    g.spawn(3);
+    // Six leases: three times what a learner needs to be added.
+    let until = Instant::now() + TTL * 6;
+    while Instant::now() < until {
+        if let Some((_, v)) = g.leader() {
+            assert_eq!(voters(&v["membership"]).len(), 3, "a node of another cluster was added: {v}");
+            assert_eq!(v["membership"]["learners"].as_array().map(Vec::len), Some(0), "{v}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let stranger = g.status(3).expect("the stranger answers");
+    assert_eq!(stranger["membership"]["role"], "blank", "{stranger}");
+    g.check();
+}
+
+/// An identity the group removed never votes again: n3's old data dir,
+/// restored after n3 was replaced, finds its identity among the removed
+/// ones and rejoins under a third incarnation.
+#[test]
+fn a_removed_identity_that_comes_back_is_refused_as_a_voter() {
+    let mut g = Group::new(3, "removed");
+    g.desire(3);
+    for i in 0..3 {
+        g.spawn(i);
+    }
+    let (leader, _) =
+        g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let first = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+    let victim = (leader + 2) % 3;
+    let name = format!("n{}", victim + 1);
+    let saved = g.dir.join("saved");
+    g.kill9(victim);
+    std::fs::rename(g.data_dir(victim), &saved).expect("keep the old data dir");
+    g.spawn(victim);
+    g.wait_leader(Duration::from_secs(30), "replaced", |v| {
+        voters(&v["membership"]).get(&name).is_some_and(|inc| *inc != first[&name]) && !pending(v)
+    });
+    let second = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+    // The old identity comes back.
+    g.kill9(victim);
+    std::fs::remove_dir_all(g.data_dir(victim)).expect("drop the new data dir");
+    std::fs::rename(&saved, g.data_dir(victim)).expect("restore the old one");
+    g.spawn(victim);
+    let (_, v) = g.wait_leader(Duration::from_secs(30), "the old identity renewed and added", |v| {
+        let inc = voters(&v["membership"]).get(&name).cloned();
+        inc.is_some_and(|i| i != first[&name] && i != second[&name]) && !pending(v)
+    });
+    let old = format!("{name}/{}", first[&name]);
+    let last = g.stamps.iter().filter(|(_, l)| l.contains(&old)).map(|(s, _)| *s).max();
+    let replaced = g
+        .stamps
+        .iter()
+        .filter(|(_, l)| l.iter().any(|id| id == &format!("{name}/{}", second[&name])))
+        .map(|(s, _)| *s)
+        .min();
+    assert!(last < replaced, "the removed identity was listed again after its replacement: {:?}", g.stamps);
+    assert!(v["membership"]["removed"].as_u64() >= Some(2), "{v}");
+    g.check();
+}
+
+/// The leader is killed again and again while the desired set moves
+/// between three and four names: each change completes or is dropped,
+/// and no two configurations of one stamp are ever seen.
+#[test]
+fn leaders_killed_during_changes_never_split_the_configuration() {
+    let mut g = Group::new(4, "midchange");
+    g.desire(3);
+    for i in 0..3 {
+        g.spawn(i);
+    }
+    g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    for round in 0..4u64 {
+        let k = if round % 2 == 0 { 4 } else { 3 };
+        g.desire(k);
+        // A node starts only while the desired set names it.
+        for i in 0..k {
+            if g.slots[i].child.is_none() {
+                g.spawn(i);
+            }
+        }
+        // Kill the leader at varying points of the change.
+        let wait = Instant::now() + Duration::from_millis(200 + 450 * round);
+        while Instant::now() < wait {
+            g.leader();
+            thread::sleep(Duration::from_millis(20));
+        }
+        let (leader, _) = g.wait_leader(Duration::from_secs(15), "a leader", |_| true);
+        g.kill9(leader);
+        g.wait_leader(Duration::from_secs(15), "a leader after the kill", |_| true);
+        if leader < k {
+            g.spawn(leader);
+        }
+    }
+    // The last desired set was three names: the fourth is removed.
+    g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(40));
+    assert!(g.stamps.len() >= 3, "the configuration moved: {:?}", g.stamps.keys());
+    g.check();
+}
