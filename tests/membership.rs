@@ -437,3 +437,59 @@ fn leaders_killed_during_changes_never_split_the_configuration() {
     assert!(g.stamps.len() >= 3, "the configuration moved: {:?}", g.stamps.keys());
     g.check();
 }
+
+/// Bad input at start: one clear line and exit code 2, and nothing
+/// written: a malformed peers file, a name twice, a node the file does
+/// not name, both --peers and --peers-file, a static group's state file.
+#[test]
+fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
+    let dir = std::env::temp_dir().join(format!("leasehold-managed-{}-bad", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("peers");
+    let run = |text: &str, extra: &[&str]| {
+        std::fs::write(&file, text).expect("write peers");
+        let mut args: Vec<String> = ["--node-id", "a", "--peers-file"].map(String::from).to_vec();
+        args.push(file.to_string_lossy().into_owned());
+        args.extend(["--data-dir".to_string(), dir.join("data").to_string_lossy().into_owned()]);
+        args.extend(["--listen-api", "127.0.0.1:0", "--listen-metrics", "127.0.0.1:0"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run_bounded(&args, Duration::from_secs(10))
+    };
+    for (text, extra, says) in [
+        ("a=127.0.0.1:1\nb 127.0.0.1:2\n", &[][..], "line 2: \"b 127.0.0.1:2\" is not ID=HOST:PORT"),
+        ("a=127.0.0.1:1\na=127.0.0.1:2\n", &[][..], "id a appears twice"),
+        ("b=127.0.0.1:1\nc=127.0.0.1:2\n", &[][..], "a is not one of the ids in --peers-file"),
+        ("a=127.0.0.1:1\n", &["--peers", "a=127.0.0.1:1"][..], "cannot be used with"),
+    ] {
+        let (code, err) = run(text, extra);
+        assert_eq!(code, Some(2), "{text:?}: {err}");
+        assert!(err.contains(says), "{text:?}: {err}");
+        assert!(!dir.join("data").join("state").exists(), "a refused start wrote a state file");
+    }
+    // A static group's state file is left untouched.
+    let static_args: Vec<String> = [
+        "--node-id",
+        "a",
+        "--peers",
+        "a=127.0.0.1:1",
+        "--data-dir",
+        &dir.join("data").to_string_lossy(),
+        "--listen-api",
+        "127.0.0.1:0",
+        "--listen-metrics",
+        "127.0.0.1:0",
+        "--lease-ttl",
+        "200ms",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (code, _) = run_bounded(&static_args, Duration::from_millis(1500));
+    assert_eq!(code, None, "the static node ran until stopped");
+    let before = std::fs::read_dir(dir.join("data")).expect("data dir").count();
+    let (code, err) = run("a=127.0.0.1:1\n", &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("belongs to a static group"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.join("data")).expect("data dir").count(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
