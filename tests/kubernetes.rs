@@ -103,6 +103,8 @@ struct Rendered {
     sidecar: Value,
     database: Value,
     helm_test_script: Option<String>,
+    /// The files of the pod's ConfigMap volumes: (volume, key, content).
+    config_files: Vec<(String, String, String)>,
 }
 
 impl Rendered {
@@ -124,7 +126,20 @@ impl Rendered {
             .iter()
             .find(|d| d["kind"] == "Pod" && d["metadata"]["annotations"]["helm.sh/hook"] == "test")
             .map(|p| strings(&p["spec"]["containers"][0]["command"])[2].clone());
+        let mut config_files = Vec::new();
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            let Some(cm) = v["configMap"]["name"].as_str() else { continue };
+            let doc = docs
+                .iter()
+                .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == cm)
+                .unwrap_or_else(|| panic!("the pods mount ConfigMap {cm}, which is not rendered"));
+            for (key, content) in doc["data"].as_object().into_iter().flatten() {
+                let volume = v["name"].as_str().expect("volume name").to_string();
+                config_files.push((volume, key.clone(), content.as_str().expect("data").to_string()));
+            }
+        }
         Rendered {
+            config_files,
             name: statefulset.to_string(),
             replicas: sts["spec"]["replicas"].as_u64().expect("replicas") as usize,
             sidecar: (*sidecar).clone(),
@@ -281,7 +296,22 @@ impl Group {
         argv.iter().map(|a| self.local(&expand(a, env), i)).collect()
     }
 
+    /// Writes pod `i`'s ConfigMap volumes as the kubelet does: each file
+    /// replaced at once (the kubelet swaps a symlink), with the pods' DNS
+    /// names mapped to loopback.
+    fn project(&mut self, i: usize) {
+        for (volume, key, content) in self.rendered.config_files.clone() {
+            let folder = self.dir.join(self.rendered.pod(i)).join(&volume);
+            std::fs::create_dir_all(&folder).expect("mkdir");
+            let content = self.ports.map(&content, i, &self.rendered);
+            let tmp = folder.join(format!("..{key}.tmp"));
+            std::fs::write(&tmp, content).expect("write a ConfigMap file");
+            std::fs::rename(&tmp, folder.join(&key)).expect("swap a ConfigMap file");
+        }
+    }
+
     fn spawn(&mut self, i: usize) -> Pod {
+        self.project(i);
         let env = self.env(i);
         let sidecar = self.rendered.sidecar.clone();
         let argv = self.argv(&sidecar, i, &env);
@@ -594,4 +624,84 @@ fn a_chart_value_the_binary_refuses_fails_here() {
     };
     assert_eq!(status.and_then(|s| s.code()), Some(2), "a wrong flag exits 2");
     assert!(g.log(0).contains("--no-such-flag"), "{}", g.log(0));
+}
+
+/// `helm upgrade --set example.replicas=5`, then back to 3, replayed: the
+/// ConfigMap changes under the running pods (no restart), the new pods
+/// start blank with the new file, and on the way down the highest
+/// ordinals are killed. The configuration ends as the rendered replicas,
+/// under the observer check, and no gap without a leader is longer than
+/// one failover.
+#[test]
+fn the_chart_scales_from_three_to_five_and_back_online() {
+    let render = |replicas: usize, generation: u64| {
+        let (r, g) = (format!("example.replicas={replicas}"), format!("sidecar.peersGeneration={generation}"));
+        Rendered::from(&helm_template(&[&r, &g, "sidecar.leaseTtl=1s"]), "lh-leasehold")
+    };
+    let mut g = Group::start(render(3, 1), "scale");
+    let listen_api = strings(&g.rendered.sidecar["args"])
+        .into_iter()
+        .find_map(|a| a.strip_prefix("--listen-api=").map(str::to_string))
+        .expect("--listen-api is rendered");
+    let rendered5 = render(5, 2);
+    let apis: Vec<String> = (0..5).map(|i| g.ports.map(&listen_api, i, &rendered5)).collect();
+    let observer = Observer::start(apis.clone());
+    let voters = |api: &str| -> Option<(Vec<String>, bool)> {
+        let (_, body) = get(api, "/v1/status")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let m = &v["membership"];
+        let names = m["voters"].as_array()?.iter().filter_map(|x| x["id"].as_str().map(str::to_string)).collect();
+        Some((names, m["pending"].is_null()))
+    };
+    let wait_voters = |g: &Group, want: usize| {
+        let names: Vec<String> = (0..want).map(|i| g.rendered.pod(i)).collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let leader = wait_for_one_leader(&g.apis(), Duration::from_secs(2), None);
+            if let Some((l, _, _)) = leader {
+                if voters(&g.pods[l].api) == Some((names.clone(), true)) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the voters never became {names:?}; log of pod 0:\n{}", g.log(0));
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_voters(&g, 3);
+    // Up: the file changes in the running pods, then two new pods start.
+    g.rendered = rendered5;
+    for i in 0..3 {
+        g.project(i);
+    }
+    let started = Instant::now();
+    for i in 3..5 {
+        let pod = g.spawn(i);
+        g.pods.push(pod);
+    }
+    wait_voters(&g, 5);
+    eprintln!("measured: 3 -> 5 as rendered, five voters {:?} after the new pods started", started.elapsed());
+    // Down: the file changes in the pods that stay; the highest ordinals die.
+    g.rendered = render(3, 3);
+    for i in 0..3 {
+        g.project(i);
+    }
+    for i in [4, 3] {
+        let _ = g.pods[i].child.kill();
+        let _ = g.pods[i].child.wait();
+    }
+    let shrunk = Instant::now();
+    wait_voters(&g, 3);
+    eprintln!("measured: 5 -> 3 as rendered, three voters {:?} after the scale-down", shrunk.elapsed());
+    // The longest time without a proven lease: one failover at most.
+    let mut proofs = observer.proofs();
+    proofs.sort_by_key(|p| p.sent);
+    let mut covered = proofs.first().map(|p| p.sent + p.remaining).expect("a leader was seen");
+    let mut longest = Duration::ZERO;
+    for p in &proofs {
+        longest = longest.max(p.sent.saturating_duration_since(covered));
+        covered = covered.max(p.sent + p.remaining);
+    }
+    eprintln!("measured: the longest time without a proven lease was {longest:?}");
+    assert!(longest <= Duration::from_secs(3), "a gap without a leader of {longest:?}: more than one failover");
+    assert!(observer.finish() > 0);
 }

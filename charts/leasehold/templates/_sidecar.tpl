@@ -33,11 +33,11 @@ Keys of the dict:
   args:
     - run
     {{- if eq $v.backend.type "raft" }}
-    {{- $peers := list }}
-    {{- range $i := until (int .replicas) }}
-    {{- $peers = append $peers (printf "%s-%d=%s-%d.%s:%d" $.statefulSet $i $.statefulSet $i $domain (int $s.ports.peer)) }}
+    {{- if eq $s.membership "managed" }}
+    - --peers-file=/etc/leasehold/peers/peers
+    {{- else }}
+    - --peers={{ include "leasehold.peerList" . | fromYamlArray | join "," }}
     {{- end }}
-    - --peers={{ join "," $peers }}
     - --listen-peer=0.0.0.0:{{ $s.ports.peer }}
     {{- if $s.peerTLS.enabled }}
     - --peer-tls-cert=/etc/leasehold/peer-tls/tls.crt
@@ -161,6 +161,12 @@ Keys of the dict:
       mountPath: /etc/leasehold/peer-tls
       readOnly: true
     {{- end }}
+    {{- if and (eq $v.backend.type "raft") (eq $s.membership "managed") }}
+    # A directory, not a subPath: the kubelet updates it in place.
+    - name: leasehold-peers
+      mountPath: /etc/leasehold/peers
+      readOnly: true
+    {{- end }}
     {{- if eq $v.backend.type "etcd" }}
     {{- if $v.backend.etcd.tls.secretName }}
     - name: leasehold-etcd-tls
@@ -179,9 +185,10 @@ Keys of the dict:
 {{- end }}
 
 {{/*
-"leasehold.volumes": the pod volumes the sidecar's Secrets need (none by
-default), for the pod's volumes list. Same dict as "leasehold.sidecar"
-("root", optionally "values").
+"leasehold.volumes": the pod volumes the sidecar needs: the desired set's
+ConfigMap of a managed group, and its Secrets, for the pod's volumes list.
+Same dict as "leasehold.sidecar" ("root", "statefulSet", optionally
+"values").
 */}}
 {{- define "leasehold.volumes" -}}
 {{- $v := (include "leasehold.context" . | fromYaml).values }}
@@ -198,6 +205,11 @@ default), for the pod's volumes list. Same dict as "leasehold.sidecar"
   secret:
     secretName: {{ $v.sidecar.peerTLS.secretName }}
 {{- end }}
+{{- if and (eq $v.backend.type "raft") (eq $v.sidecar.membership "managed") }}
+- name: leasehold-peers
+  configMap:
+    name: {{ include "leasehold.peersConfigMapName" . }}
+{{- end }}
 {{- if eq $v.backend.type "etcd" }}
 {{- with $v.backend.etcd.tls.secretName }}
 - name: leasehold-etcd-tls
@@ -212,6 +224,52 @@ default), for the pod's volumes list. Same dict as "leasehold.sidecar"
       - key: {{ $v.backend.etcd.auth.passwordSecret.key }}
         path: password
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+"leasehold.peerList": every replica's NAME-i=HOST:PORT, a YAML list. Same
+dict as "leasehold.sidecar".
+*/}}
+{{- define "leasehold.peerList" -}}
+{{- $v := (include "leasehold.context" . | fromYaml).values }}
+{{- $s := $v.sidecar }}
+{{- $ns := default .root.Release.Namespace .namespace }}
+{{- $domain := printf "%s.%s.svc.%s" .service $ns $s.clusterDomain }}
+{{- $peers := list }}
+{{- range $i := until (int .replicas) }}
+{{- $peers = append $peers (printf "%s-%d=%s-%d.%s:%d" $.statefulSet $i $.statefulSet $i $domain (int $s.ports.peer)) }}
+{{- end }}
+{{- toYaml $peers }}
+{{- end }}
+
+{{- define "leasehold.peersConfigMapName" -}}
+{{- printf "%s-leasehold-peers" .statefulSet | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+"leasehold.peersConfigMap": the desired set of a managed group (sidecar.
+membership=managed): a ConfigMap with one file, peers, that the sidecars
+read with --peers-file from a directory mount, so that a new replica count
+reaches running pods without a restart. Its generation is the release
+revision (or sidecar.peersGeneration). Same dict as "leasehold.sidecar";
+renders nothing for a static group or the etcd backend.
+*/}}
+{{- define "leasehold.peersConfigMap" -}}
+{{- $v := (include "leasehold.context" . | fromYaml).values }}
+{{- if and (eq $v.backend.type "raft") (eq $v.sidecar.membership "managed") }}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "leasehold.peersConfigMapName" . }}
+  namespace: {{ default .root.Release.Namespace .namespace }}
+data:
+  peers: |
+    # The desired voters of {{ .statefulSet }}: one per replica.
+    generation {{ default .root.Release.Revision $v.sidecar.peersGeneration }}
+    {{- range (include "leasehold.peerList" . | fromYamlArray) }}
+    {{ . }}
+    {{- end }}
 {{- end }}
 {{- end }}
 
