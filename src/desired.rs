@@ -91,6 +91,13 @@ fn check_host_port(s: &str) -> Result<(), String> {
 pub fn read(path: &Path) -> Result<Desired, String> {
     use std::io::Read;
     let mut text = String::new();
+    // A regular file only (a ConfigMap's symlink to one is fine): a FIFO
+    // or a device would block or never end.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(format!("--peers-file {}: not a regular file", path.display())),
+        Err(e) => return Err(format!("--peers-file {}: {e}", path.display())),
+        Ok(_) => {}
+    }
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
         .map_err(|e| format!("--peers-file {}: {e}", path.display()))?;
@@ -185,6 +192,8 @@ mod tests {
         assert!(read(&path).expect_err("oversize").contains("larger than"));
         std::fs::write(&path, "generation 2\na=h:1\n").expect("write");
         assert_eq!(read(&path).expect("reads").generation, 2);
+        assert!(read(&dir).expect_err("a directory").contains("not a regular file"));
+        assert!(read(Path::new("/dev/zero")).expect_err("a device").contains("not a regular file"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
