@@ -158,6 +158,7 @@ impl Config {
             priority: a.priority,
             advertise,
             mode: core::Mode::Static,
+            force_new_group: false,
             broken: core::Broken::default(),
         };
         node.validate()?;

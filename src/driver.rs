@@ -313,6 +313,7 @@ mod tests {
             priority: 1,
             advertise: "solo:5432".into(),
             mode: core::Mode::Static,
+            force_new_group: false,
             broken: core::Broken::default(),
         }
     }

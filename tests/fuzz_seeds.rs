@@ -131,7 +131,8 @@ fn state_2(term: u64, vote: Option<&str>) -> Vec<u8> {
 }
 
 /// A managed node's state file (version 2): a configuration, an open
-/// acceptance, a withdrawn group, a renewed incarnation, a vote by identity.
+/// acceptance, a withdrawn group, a renewed incarnation, an abandoned
+/// group, a vote by identity.
 fn state_managed() -> Vec<u8> {
     use leasehold::core::{Configuration, GroupUid, Identity as Who, MemberState, Proposal};
     let identity = Identity {
@@ -156,6 +157,7 @@ fn state_managed() -> Vec<u8> {
         accepted: Some((Proposal { group: GroupUid(0x6b), voters, generation: 1 }, 1_700_000_000_000_000)),
         withdrawn: [GroupUid(0x6c)].into_iter().collect(),
         renewed: Some(Incarnation(0xabc)),
+        abandoned: [GroupUid(0x6d)].into_iter().collect(),
     };
     let mut hs = HardState::new(Term(1_700_000_000_000_009), Some(NodeId::new("b")));
     hs.voted_incarnation = Some(Incarnation(2));

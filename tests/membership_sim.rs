@@ -105,3 +105,36 @@ fn a_genesis_on_a_majority_of_acceptances_is_caught() {
     opts.breakage = Breakage { core: Broken { genesis_majority: true, ..Broken::default() }, ..Breakage::default() };
     assert!(caught(&opts, 200, &[Invariant::OneConfigPerStamp]).len() > 50);
 }
+
+/// Seeds whose group can no longer elect (a majority of its voters lost)
+/// are recovered as an operator would (rule 10): the desired nodes restart
+/// with --force-new-group. Every one must then elect, with tokens above
+/// every token before (the checker's token order spans the recovery), and
+/// break nothing else.
+#[test]
+fn stuck_groups_recovered_with_force_new_group_elect_again() {
+    let mut opts = managed(3);
+    opts.force_new_group = true;
+    let mut forced = 0;
+    for seed in 1..601 {
+        let r = run_seed(seed, &opts);
+        assert!(
+            r.violations.is_empty(),
+            "seed {seed}: {}\nreplay: cargo run --release --bin leasehold-sim -- --first-seed {seed} --seeds 1 --nodes 3 --membership --force-new-group --trace",
+            r.violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        );
+        forced += u64::from(r.forced);
+    }
+    assert!(forced >= 150, "only {forced} seeds needed and got the recovery");
+}
+
+/// The control: a forced node that leaves its group as its old identity
+/// acts under two geneses, and the checker says so.
+#[test]
+fn a_forced_node_that_keeps_its_identity_is_caught() {
+    let mut opts = managed(3);
+    opts.force_new_group = true;
+    opts.breakage = Breakage { forced_keeps_identity: true, ..Breakage::default() };
+    let seeds = caught(&opts, 300, &[Invariant::GenesisOnce]);
+    assert!(seeds.len() >= 50, "caught in only {} seeds: {seeds:?}", seeds.len());
+}

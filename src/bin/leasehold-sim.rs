@@ -30,6 +30,9 @@ enum Break {
     /// With --membership: a genesis completes on a majority of
     /// acceptances.
     GenesisMajority,
+    /// With --membership --force-new-group: a forced node leaves its group
+    /// as its old identity, not a new one.
+    ForcedKeepsIdentity,
     /// With --membership: a leader makes a change while another waits to
     /// commit.
     TwoChanges,
@@ -75,6 +78,12 @@ struct Args {
     /// learner. Off: a static group of names.
     #[arg(long)]
     membership: bool,
+    /// With --membership: a seed whose group can no longer elect (a
+    /// majority of its voters lost) is recovered as an operator would,
+    /// restarting the desired nodes with --force-new-group, and must then
+    /// elect, with tokens above every token before.
+    #[arg(long)]
+    force_new_group: bool,
     /// Stop at the first seed with a violation.
     #[arg(long)]
     stop_on_violation: bool,
@@ -97,6 +106,7 @@ fn main() -> ExitCode {
         send_before_persist: args.breakage == Some(Break::SendBeforePersist),
         blank_boot_without_promise: args.breakage == Some(Break::BlankBootWithoutPromise),
         wiped_keeps_incarnation: args.breakage == Some(Break::WipedKeepsIncarnation),
+        forced_keeps_identity: args.breakage == Some(Break::ForcedKeepsIdentity),
         core: Broken {
             learners_vote: args.breakage == Some(Break::LearnersVote),
             genesis_majority: args.breakage == Some(Break::GenesisMajority),
@@ -107,6 +117,7 @@ fn main() -> ExitCode {
         },
     };
     opts.membership = args.membership;
+    opts.force_new_group = args.force_new_group;
     opts.wipes = !args.no_wipes;
     if args.trace {
         opts.verbosity = Verbosity::Messages;
@@ -134,7 +145,7 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     let (p50, p90) = (totals.ratio_quantile(0.5), totals.ratio_quantile(0.9));
     println!(
-        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) wiped_votes={} stuck={} regenesis={} changes={} seeds_per_sec={:.0}",
+        "seeds={} leaderships={} failovers={} failover_p50={:.2}xttl failover_p90={:.2}xttl worst_failover={} worst_time_to_leader_after_heal={} violations={} (safety={} liveness={}) wiped_votes={} stuck={} forced={} regenesis={} changes={} seeds_per_sec={:.0}",
         totals.seeds,
         totals.leaderships,
         totals.failover_ratios.len(),
@@ -147,6 +158,7 @@ fn main() -> ExitCode {
         totals.liveness,
         totals.wiped_votes,
         totals.stuck,
+        totals.forced,
         totals.regenesis,
         totals.changes,
         totals.seeds as f64 / secs.max(1e-9)
@@ -176,6 +188,8 @@ struct Totals {
     /// Managed groups: seeds with no leader after the heal because no
     /// configuration had a majority of its voters left (see `SeedReport`).
     stuck: u64,
+    /// Managed groups: stuck seeds recovered by --force-new-group.
+    forced: u64,
     /// Managed groups: seeds that formed their group more than once.
     regenesis: u64,
     /// Managed groups: configurations made by a change, over all seeds.
@@ -186,6 +200,7 @@ impl Totals {
     fn add(&mut self, r: &SeedReport) {
         self.seeds += 1;
         self.stuck += u64::from(r.stuck);
+        self.forced += u64::from(r.forced);
         self.regenesis += u64::from(r.geneses > 1);
         self.changes += r.changes;
         self.leaderships += r.leaderships;
@@ -239,6 +254,7 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::LearnersVote => "learners-vote",
             Break::GenesisMajority => "genesis-majority",
             Break::TwoChanges => "two-changes",
+            Break::ForcedKeepsIdentity => "forced-keeps-identity",
             Break::ChangeBeforeStamp => "change-before-stamp",
             Break::EpochOrder => "epoch-order",
             Break::LeaseUnderFirst => "lease-under-first",
@@ -250,6 +266,9 @@ fn print_failure(args: &Args, r: &SeedReport) {
     }
     if args.membership {
         replay.push_str(" --membership");
+    }
+    if args.force_new_group {
+        replay.push_str(" --force-new-group");
     }
     println!("  replay: {replay} --trace");
 }

@@ -193,9 +193,13 @@ pub struct MemberState {
     /// Geneses this identity withdrew from: refused for good.
     pub withdrawn: BTreeSet<GroupUid>,
     /// The incarnation this node drew for itself when it found its
-    /// identity removed while still desired (rule 8): it replaces the one
-    /// of its first state file from then on.
+    /// identity removed while still desired (rule 8), or when it left its
+    /// group by `--force-new-group` (rule 10): it replaces the one of its
+    /// first state file from then on.
     pub renewed: Option<Incarnation>,
+    /// Groups this node left by `--force-new-group` (rule 10): it never
+    /// takes part in them again, and refuses their messages.
+    pub abandoned: BTreeSet<GroupUid>,
 }
 
 impl MemberState {
@@ -203,6 +207,26 @@ impl MemberState {
     /// still open.
     pub fn is_blank(&self) -> bool {
         self.config.is_none() && self.accepted.is_none()
+    }
+
+    /// `--force-new-group GROUP` at start (rule 10): a node that holds a
+    /// configuration of `group` leaves it for good, as a new identity
+    /// `fresh`, and is blank again, ready for a genesis of a new group
+    /// (its term stays: the genesis floor goes above it). An open
+    /// acceptance of another genesis is given up too. Returns false, and
+    /// changes nothing, for a node that holds another group's
+    /// configuration or none: the flag is inert once the new group exists.
+    pub fn force_new_group(&mut self, group: GroupUid, fresh: Incarnation) -> bool {
+        if self.config.as_ref().is_none_or(|c| c.group != group) {
+            return false;
+        }
+        self.config = None;
+        if let Some((p, _)) = self.accepted.take() {
+            self.withdrawn.insert(p.group);
+        }
+        self.abandoned.insert(group);
+        self.renewed = Some(fresh);
+        true
     }
 }
 

@@ -24,6 +24,9 @@ pub struct SeedOptions {
     /// A managed group (DESIGN §2b): nodes start blank and form the group
     /// by genesis; a wipe makes a new identity, which joins as a learner.
     pub membership: bool,
+    /// Managed groups: a stuck seed is recovered with `--force-new-group`
+    /// (rule 10) and must then elect.
+    pub force_new_group: bool,
     pub verbosity: Verbosity,
 }
 
@@ -36,6 +39,7 @@ impl SeedOptions {
             breakage: Breakage::default(),
             wipes: true,
             membership: false,
+            force_new_group: false,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -58,6 +62,8 @@ pub struct SeedReport {
     /// (wiped voters wait for their replacement; an identity that withdrew
     /// from a genesis that completed elsewhere waits for the operator).
     pub stuck: bool,
+    /// Managed groups: a stuck seed recovered by `--force-new-group`.
+    pub forced: bool,
     /// Managed groups: how many groups were formed (a genesis undone by
     /// wipes and formed again counts twice).
     pub geneses: usize,
@@ -244,6 +250,21 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     // Keep going a little after the bound so that late safety violations of
     // the healed group are seen too.
     world.run_until(heal_at + p.liveness_bound + 2 * ttl);
+    // Managed groups that cannot elect any more: the operator forces a new
+    // group from the desired nodes (rule 10), which must then elect, with
+    // tokens above every token before (the checker's token order runs on).
+    let mut forced = false;
+    if stuck && opts.force_new_group {
+        forced = true;
+        world.force_new_group();
+        world.mark_heal();
+        let forced_at = world.now();
+        world.run_until(forced_at + p.liveness_bound);
+        if world.leader_seen_since_heal().is_none() && world.may_lead() {
+            world.checker.liveness_failed(forced_at, p.liveness_bound);
+        }
+        world.run_until(forced_at + p.liveness_bound + 2 * ttl);
+    }
     // Managed groups: with every node back and the desired set stable,
     // the leader replaces each wiped voter (a removal and an add, each a
     // commit round, the add after the new identity answered for two
@@ -266,6 +287,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         time_to_leader_after_heal: time_to_leader,
         liveness_bound_ns: p.liveness_bound,
         stuck,
+        forced,
         geneses: world.checker.groups_formed(),
         changes: world.changes,
         lease_ttl_ns: ttl,

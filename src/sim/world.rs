@@ -45,6 +45,9 @@ pub struct Breakage {
     /// A node that lost its state file draws no new incarnation: it comes
     /// back as its old identity with its memory gone (managed groups).
     pub wiped_keeps_incarnation: bool,
+    /// `--force-new-group` leaves the old group under the node's old
+    /// identity instead of a new one (rule 10).
+    pub forced_keeps_identity: bool,
     /// Rules of the core broken on purpose (managed groups).
     pub core: Broken,
 }
@@ -226,6 +229,8 @@ pub struct World {
     desired: BTreeSet<usize>,
     generation: u64,
     scaled_down: BTreeSet<usize>,
+    /// The desired nodes were restarted with `--force-new-group` (rule 10).
+    forced: bool,
 }
 
 impl World {
@@ -283,6 +288,7 @@ impl World {
             desired: BTreeSet::new(),
             generation: 1,
             scaled_down: BTreeSet::new(),
+            forced: false,
         };
         world.desired = (0..world.slots.len()).collect();
         for i in 0..world.slots.len() {
@@ -449,6 +455,7 @@ impl World {
             priority: self.cfg.priorities[i],
             advertise: format!("{}:5432", self.slots[i].id),
             mode: if self.cfg.membership { Mode::Managed { incarnation: self.slots[i].life } } else { Mode::Static },
+            force_new_group: self.forced,
             broken: self.cfg.breakage.core,
         }
     }

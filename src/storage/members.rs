@@ -19,6 +19,8 @@ pub(super) struct MembersBody {
     withdrawn: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     renewed: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    abandoned: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -74,6 +76,7 @@ impl MembersBody {
                 wall_micros: *wall_micros,
             }),
             withdrawn: m.withdrawn.iter().map(ToString::to_string).collect(),
+            abandoned: m.abandoned.iter().map(ToString::to_string).collect(),
             renewed: m.renewed.map(|i| i.to_string()),
         }
     }
@@ -106,6 +109,7 @@ impl MembersBody {
             config,
             accepted,
             withdrawn: self.withdrawn.iter().map(|g| parse_group(g)).collect::<Result<_, _>>()?,
+            abandoned: self.abandoned.iter().map(|g| parse_group(g)).collect::<Result<_, _>>()?,
             renewed: self.renewed.as_deref().map(str::parse::<Incarnation>).transpose()?,
         })
     }

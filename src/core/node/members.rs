@@ -126,8 +126,11 @@ impl Node {
         if m.to_incarnation.is_some_and(|to| to != mine) {
             return Some(RejectReason::WrongAddressee);
         }
+        let abandoned = |g: GroupUid| self.member_state().is_some_and(|s| s.abandoned.contains(&g));
         match (self.configuration(), m.group) {
             (Some(c), Some(g)) if c.group != g => Some(RejectReason::OtherGroup),
+            // A group this node left by --force-new-group (rule 10).
+            (_, Some(g)) if abandoned(g) => Some(RejectReason::OtherGroup),
             _ => None,
         }
     }
@@ -264,7 +267,10 @@ impl Node {
     /// Persists this identity's acceptance, then sends it to every listed
     /// identity (after the write: the messages wait for it).
     fn accept(&mut self, now: Nanos, proposal: Proposal) {
-        let wall = self.members.wall_micros;
+        // The reading is also above every term this node has seen: a group
+        // created again by --force-new-group starts above the old one's
+        // terms that its survivors knew (rule 10), whatever their clocks.
+        let wall = self.members.wall_micros.max(self.hard.term.0.saturating_add(1));
         let me = self.me().expect("managed");
         self.member_state_mut().accepted = Some((proposal.clone(), wall));
         self.request_persist();
@@ -463,7 +469,7 @@ impl Node {
     /// desired set (none, or 1). A blank node that read a later one waits
     /// for a configuration: its group exists.
     fn genesis_allowed(&self) -> bool {
-        self.desired_generation() <= 1
+        self.desired_generation() <= 1 || self.cfg.force_new_group
     }
 
     /// A desired set read (DESIGN §2b). One older than the generation

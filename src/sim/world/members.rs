@@ -147,6 +147,48 @@ impl World {
         &self.desired
     }
 
+    /// The operator's recovery of a group that cannot elect any more
+    /// (rule 10): every desired node is restarted with `--force-new-group`
+    /// naming the group the newest configuration belongs to. A node that
+    /// holds a configuration of it leaves it as a new identity; every one
+    /// of them may then take part in a genesis whatever the generation.
+    pub fn force_new_group(&mut self) {
+        self.forced = true;
+        let group = self
+            .slots
+            .iter()
+            .filter_map(|s| s.disk.as_ref().and_then(|d| d.members.as_ref()).and_then(|m| m.config.as_ref()))
+            .max_by(|a, b| a.stamp().cmp(&b.stamp()))
+            .map(|c| c.group);
+        let desired: Vec<usize> = self.desired.iter().copied().collect();
+        for i in desired {
+            self.crash(i);
+            let fresh = if self.cfg.breakage.forced_keeps_identity {
+                self.slots[i].life
+            } else {
+                draw_incarnation(&mut self.lives)
+            };
+            let left = match (group, self.slots[i].disk.as_mut().and_then(|d| d.members.as_deref_mut())) {
+                (Some(g), Some(m)) => m.force_new_group(g, fresh),
+                _ => false,
+            };
+            if left && fresh != self.slots[i].life {
+                self.checker.on_blank_boot(self.now, i, &self.slots[i].id, fresh);
+                self.slots[i].life = fresh;
+            }
+            self.note(Verbosity::Events, |w| {
+                format!("{} restarted with --force-new-group (left: {left})", w.slots[i].id)
+            });
+            self.scaled_down.remove(&i);
+            self.restart(i);
+        }
+    }
+
+    /// Could a forced genesis elect? Some desired node may lead.
+    pub fn may_lead(&self) -> bool {
+        self.desired.iter().any(|&i| self.cfg.priorities[i] > 0)
+    }
+
     /// After the heal every running node reads the final desired set.
     pub fn read_desired_everywhere(&mut self) {
         for i in 0..self.slots.len() {
