@@ -172,6 +172,14 @@ pub struct RunArgs {
     /// Command run when this node stops being leader.
     #[arg(long, env = "LEASEHOLD_ON_DEMOTED")]
     pub on_demoted: Option<String>,
+    /// Disaster recovery of a managed group that lost a majority of its
+    /// voters for good (docs/operations.md): this node leaves group GROUP
+    /// (32 hex digits, as `leasehold members` shows it) as a new identity
+    /// and takes part in creating a new group with every desired member.
+    /// Unsafe by nature: the lost members' group must never run again.
+    /// Inert on a node that holds another group.
+    #[arg(long, env = "LEASEHOLD_FORCE_NEW_GROUP", value_name = "GROUP")]
+    pub force_new_group: Option<String>,
     /// Start even though --peers differs from the voters in the state file
     /// (see docs/operations.md first).
     #[arg(long, env = "LEASEHOLD_ACCEPT_NEW_MEMBERSHIP")]

@@ -61,6 +61,8 @@ pub struct Config {
     pub on_elected: Option<String>,
     pub on_demoted: Option<String>,
     pub accept_new_membership: bool,
+    /// `--force-new-group GROUP` (managed groups, rule 10).
+    pub force_new_group: Option<core::GroupUid>,
     /// Set with `--backend etcd`.
     pub etcd: Option<EtcdConfig>,
 }
@@ -131,6 +133,18 @@ impl Config {
             let id = node_id.as_str().escape_debug();
             return Err(invalid("--node-id", format!("{id} is not one of the ids in {flag}")));
         }
+        let force_new_group = match &a.force_new_group {
+            None => None,
+            Some(_) if peers_file.is_none() => {
+                return Err(invalid("--force-new-group", "is for a managed group (--peers-file)"));
+            }
+            Some(g) => Some(
+                g.trim()
+                    .parse::<core::Incarnation>()
+                    .map(|i| core::GroupUid(i.0))
+                    .map_err(|_| invalid("--force-new-group", format!("{g:?} is not a group uid (32 hex digits)")))?,
+            ),
+        };
         if peers_file.is_some() && a.accept_new_membership {
             return Err(invalid(
                 "--accept-new-membership",
@@ -158,7 +172,7 @@ impl Config {
             priority: a.priority,
             advertise,
             mode: core::Mode::Static,
-            force_new_group: false,
+            force_new_group: force_new_group.is_some(),
             broken: core::Broken::default(),
         };
         node.validate()?;
@@ -194,6 +208,7 @@ impl Config {
             on_elected: a.on_elected.clone(),
             on_demoted: a.on_demoted.clone(),
             accept_new_membership: a.accept_new_membership,
+            force_new_group,
             etcd,
         })
     }

@@ -43,11 +43,13 @@ fn run(args: &RunArgs) -> ExitCode {
         Err(e) => return refuse(&format!("metrics: {e}")),
     };
     let reporter = Reporter::new(metrics, peers);
+    // Before the backend reads its files: what it does to them is logged
+    // (--force-new-group).
+    init_logs(config.log_format);
     let prepared = match backend::prepare(&config, &reporter) {
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
-    init_logs(config.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return refuse(&format!("cannot start the runtime: {e}")),

@@ -27,6 +27,8 @@ struct Slot {
     child: Option<Child>,
     /// Overrides `--cluster-id` (default "managed").
     cluster: Option<String>,
+    /// More arguments for its next starts.
+    extra: Vec<String>,
 }
 
 /// Up to `n` nodes named n1..nN on fixed loopback ports; a peers file that
@@ -54,6 +56,7 @@ impl Group {
                 metrics: format!("127.0.0.1:{}", free_port()),
                 child: None,
                 cluster: None,
+                extra: Vec::new(),
             })
             .collect();
         let observer = Some(Observer::start(slots.iter().map(|s| s.api.clone()).collect()));
@@ -104,6 +107,7 @@ impl Group {
         ];
         let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
             .args(args)
+            .args(&s.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -487,6 +491,7 @@ fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
         ("a=127.0.0.1:1\na=127.0.0.1:2\n", &[][..], "id a appears twice"),
         ("b=127.0.0.1:1\nc=127.0.0.1:2\n", &[][..], "a is not one of the ids in --peers-file"),
         ("a=127.0.0.1:1\n", &["--peers", "a=127.0.0.1:1"][..], "cannot be used with"),
+        ("a=127.0.0.1:1\n", &["--force-new-group", "6a"][..], "\"6a\" is not a group uid"),
     ] {
         let (code, err) = run(text, extra);
         assert_eq!(code, Some(2), "{text:?}: {err}");
@@ -518,4 +523,63 @@ fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
     assert!(err.contains("belongs to a static group"), "{err}");
     assert_eq!(std::fs::read_dir(dir.join("data")).expect("data dir").count(), before);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A group that lost a majority for good (two of three volumes gone) has
+/// no leader, and its blank replacements cannot be added. Restarted with
+/// --force-new-group naming it, the three form a new group whose tokens
+/// are above the old one's; the survivor leaves the old group as a new
+/// identity; the flag is inert at the next restart.
+#[test]
+fn force_new_group_restores_a_group_that_lost_a_majority() {
+    let mut g = Group::new(3, "force");
+    g.desire(3);
+    for i in 0..3 {
+        g.spawn(i);
+    }
+    let (_, v) = g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let old_group = v["membership"]["group"].as_str().expect("a group").to_string();
+    let old_token = token(&v);
+    let survivor = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10))["n1"].clone();
+    // Two volumes lost for good; their pods come back blank.
+    for i in [1, 2] {
+        g.kill9(i);
+        std::fs::remove_dir_all(g.data_dir(i)).expect("wipe");
+    }
+    g.desire(3);
+    g.spawn(1);
+    g.spawn(2);
+    let apis: Vec<Option<&str>> = g.slots.iter().map(|s| Some(s.api.as_str())).collect();
+    // The lease n1 may still hold runs out first.
+    let deadline = Instant::now() + TTL * 3;
+    while wait_for_one_leader(&apis, Duration::from_millis(50), None).is_some() {
+        assert!(Instant::now() < deadline, "a leader stays without a majority");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        wait_for_one_leader(&apis, TTL * 4, None).is_none(),
+        "a leader without a majority of the old group's voters"
+    );
+    // The recovery: every desired node restarted with the flag.
+    for i in 0..3 {
+        g.kill9(i);
+        g.slots[i].extra = vec!["--force-new-group".into(), old_group.clone()];
+        g.spawn(i);
+    }
+    let (_, v) = g.wait_leader(Duration::from_secs(30), "a new group", |v| {
+        voters(&v["membership"]).len() == 3 && v["membership"]["group"].as_str() != Some(old_group.as_str())
+    });
+    assert!(token(&v) > old_token, "the new group's token {} is not above {old_token}", token(&v));
+    let now = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
+    assert_ne!(now["n1"], survivor, "the survivor left the old group as a new identity");
+    let log = std::fs::read_to_string(g.log_path(0)).unwrap_or_default();
+    assert!(log.contains("LEFT GROUP"), "the survivor says loudly what it did:\n{log}");
+    // Inert at the next restart: the node holds the new group.
+    let new_group = v["membership"]["group"].clone();
+    g.kill9(0);
+    g.spawn(0);
+    g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(20));
+    let (_, after) = g.wait_leader(Duration::from_secs(10), "the new group leads", |_| true);
+    assert_eq!(after["membership"]["group"], new_group);
+    g.check();
 }

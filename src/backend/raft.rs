@@ -40,12 +40,49 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
         voters: config.node.voters.clone(),
         incarnation: None,
     };
-    let claimed = match &config.peers_file {
+    let mut claimed = match &config.peers_file {
         Some(_) => state.claim_managed(&identity.cluster_id, &identity.node_id),
         None => state.claim(&identity, config.accept_new_membership),
     }
     .map_err(|e| e.to_string())?;
+    if let Some(group) = config.force_new_group {
+        force_new_group(&state, &mut claimed, group)?;
+    }
     Ok(Prepared { state, claimed, peer_tls })
+}
+
+/// `--force-new-group GROUP` (rule 10): a node that holds a configuration
+/// of GROUP leaves it as a new identity, durably, before anything else.
+fn force_new_group(state: &StateFile, claimed: &mut Claimed, group: core::GroupUid) -> Result<(), String> {
+    let Some(members) = claimed.initial.as_mut().and_then(|hs| hs.members.as_deref_mut()) else { return Ok(()) };
+    let held = members.config.as_ref().map(|c| c.group);
+    let fresh = crate::storage::draw_incarnation().map_err(|e| format!("/dev/urandom: {e}"))?;
+    if !members.force_new_group(group, fresh) {
+        match held {
+            Some(other) => tracing::warn!(
+                group = %group,
+                holds = %other,
+                "--force-new-group: this node holds another group; nothing to do (remove the flag)"
+            ),
+            None => tracing::warn!(
+                group = %group,
+                "--force-new-group: this node holds no group; it may take part in creating a new one whatever the \
+                 desired set's generation"
+            ),
+        }
+        return Ok(());
+    }
+    let hs = claimed.initial.clone().unwrap_or_default();
+    state.store(&claimed.identity, &hs).map_err(|e| e.to_string())?;
+    tracing::error!(
+        group = %group,
+        incarnation = %fresh,
+        term = hs.term.0,
+        "--force-new-group: LEFT GROUP {group} FOR GOOD as a new identity, to create a new group with every desired \
+         member. This is unsafe by nature: if the members of the old group that were given up for lost run \
+         again, they elect on their own; stop them for good, and remove this flag once the new group leads"
+    );
+    Ok(())
 }
 
 /// Reads and checks the `--peer-tls-*` files; this node's certificate must
@@ -66,7 +103,16 @@ pub async fn start(
     reporter: Arc<Reporter>,
     health: Option<mpsc::Receiver<bool>>,
 ) -> Result<Running, String> {
-    let incarnation = prepared.claimed.identity.incarnation.map(|i| i.to_string()).unwrap_or_default();
+    // A managed node's incarnation now: the one its first state file drew,
+    // or the one it drew since (membership rules 8 and 10).
+    let current = prepared
+        .claimed
+        .initial
+        .as_ref()
+        .and_then(|hs| hs.members.as_ref())
+        .and_then(|m| m.renewed)
+        .or(prepared.claimed.identity.incarnation);
+    let incarnation = current.map(|i| i.to_string()).unwrap_or_default();
     match prepared.claimed.how {
         Claim::Kept => {}
         Claim::New if config.peers_file.is_some() => tracing::info!(
@@ -92,7 +138,7 @@ pub async fn start(
                 node_id: config.node.node_id.clone(),
                 peers: config.peers.clone(),
                 tls: prepared.peer_tls,
-                incarnation: prepared.claimed.identity.incarnation,
+                incarnation: current,
             };
             let started = Transport::start(cfg, listener, inbound_tx, reporter.clone());
             Some(started.map_err(|e| format!("--listen-peer {addr}: {e}"))?)
@@ -153,7 +199,7 @@ pub async fn start(
         admin: admin_tx,
         peers: Some(peers),
         node_id: config.node.node_id.clone(),
-        incarnation: prepared.claimed.identity.incarnation,
+        incarnation: current,
         membership,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::StepDown,
