@@ -87,6 +87,24 @@ fn check_host_port(s: &str) -> Result<(), String> {
     }
 }
 
+/// A desired set that keeps fewer than a majority of `config`'s voters
+/// (by name) would take the group below a majority in one step: `Err`
+/// says so in one line. Shrink by fewer than half at a time.
+pub fn check_against(d: &Desired, config: &crate::core::Configuration) -> Result<(), String> {
+    let voters: Vec<&str> = config.voters.iter().map(|v| v.name.as_str()).collect();
+    let kept = voters.iter().filter(|v| d.peers.contains_key(&NodeId::new(**v))).count();
+    if kept >= crate::core::lease::quorum(voters.len()) {
+        return Ok(());
+    }
+    Err(format!(
+        "names {kept} of the {} voters of group {} ({}): fewer than a majority, which no single step may drop \
+         to; remove fewer than half of the voters at a time",
+        voters.len(),
+        config.group,
+        voters.join(", ")
+    ))
+}
+
 /// Reads and parses the file. `Err` names the file.
 pub fn read(path: &Path) -> Result<Desired, String> {
     use std::io::Read;
@@ -179,6 +197,25 @@ mod tests {
             let err = parse(text).expect_err(text);
             assert!(err.contains(says), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_set_that_keeps_fewer_than_a_majority_of_the_voters_is_refused() {
+        use crate::core::{Configuration, GroupUid, Identity, Incarnation, Term};
+        let voters = ["a", "b", "c", "d", "e"].map(|n| Identity::new(NodeId::new(n), Incarnation(1)));
+        let config = Configuration {
+            group: GroupUid(7),
+            cterm: Term(1),
+            epoch: 1,
+            voters: voters.into_iter().collect(),
+            removed: Default::default(),
+            generation: 1,
+            floor: Term(1),
+        };
+        assert!(check_against(&parse("a=h:1,b=h:1,c=h:1").expect("parses"), &config).is_ok());
+        assert!(check_against(&parse("a=h:1,b=h:1,c=h:1,x=h:1,y=h:1,z=h:1").expect("parses"), &config).is_ok());
+        let err = check_against(&parse("a=h:1,b=h:1,x=h:1").expect("parses"), &config).expect_err("two of five");
+        assert!(err.starts_with("names 2 of the 5 voters of group"), "{err}");
     }
 
     #[test]

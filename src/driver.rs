@@ -33,6 +33,8 @@ pub trait Observer: Send + Sync + 'static {
     fn fsync(&self, seconds: f64);
     fn event(&self, event: &Event);
     fn rejected(&self, reason: &'static str);
+    /// A desired set was refused (managed groups).
+    fn desired_refused(&self) {}
 }
 
 pub struct Driver {
@@ -181,6 +183,16 @@ impl Driver {
     /// A desired set read: its addresses join the transport's book, and
     /// the node reconciles toward its names.
     async fn desire(&mut self, d: Desired) {
+        if let Some(c) = self.node.configuration() {
+            if let Err(e) = crate::desired::check_against(&d, c) {
+                tracing::error!(
+                    generation = d.generation,
+                    "refused a new desired set: it {e}; keeping the one read before"
+                );
+                self.observer.desired_refused();
+                return;
+            }
+        }
         if let Some(t) = &mut self.transport {
             t.add_peers(&d.peers);
         }

@@ -157,6 +157,10 @@ impl Observer for Reporter {
         debug!(reason, "rejected a peer message");
         Observer::rejected(&*self.metrics, reason);
     }
+
+    fn desired_refused(&self) {
+        self.metrics.membership_change("refused");
+    }
 }
 
 impl tcp::Events for Reporter {
