@@ -172,7 +172,7 @@ impl Config {
             priority: a.priority,
             advertise,
             mode: core::Mode::Static,
-            force_new_group: force_new_group.is_some(),
+            force_new_group,
             broken: core::Broken::default(),
         };
         node.validate()?;

@@ -325,7 +325,7 @@ mod tests {
             priority: 1,
             advertise: "solo:5432".into(),
             mode: core::Mode::Static,
-            force_new_group: false,
+            force_new_group: None,
             broken: core::Broken::default(),
         }
     }

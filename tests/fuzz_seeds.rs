@@ -90,7 +90,7 @@ fn frame_seeds() -> Seeds {
     }
     seeds.insert(
         "seed-payload-managed-announce",
-        encoded(&managed(Body::Announce { desired: 7, pending: None }))[4..].to_vec(),
+        encoded(&managed(Body::Announce { desired: 7, pending: None, left: None }))[4..].to_vec(),
     );
     seeds.insert("seed-payload-managed-heartbeat", encoded(&managed(bodies()[4].1.clone()))[4..].to_vec());
     seeds
@@ -154,7 +154,10 @@ fn state_managed() -> Vec<u8> {
     };
     let members = MemberState {
         config: Some(config),
-        accepted: Some((Proposal { group: GroupUid(0x6b), voters, generation: 1 }, 1_700_000_000_000_000)),
+        accepted: Some((
+            Proposal { group: GroupUid(0x6b), voters, generation: 1, forced: Some(GroupUid(0x6a)) },
+            1_700_000_000_000_000,
+        )),
         withdrawn: [GroupUid(0x6c)].into_iter().collect(),
         renewed: Some(Incarnation(0xabc)),
         abandoned: [GroupUid(0x6d)].into_iter().collect(),

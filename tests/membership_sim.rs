@@ -128,6 +128,20 @@ fn stuck_groups_recovered_with_force_new_group_elect_again() {
     assert!(forced >= 150, "only {forced} seeds needed and got the recovery");
 }
 
+/// The control of the floor: with every clock far behind at the recovery,
+/// a node that left its group and reads only its clock starts the new
+/// group below the old one's tokens; the checker sees tokens go back (or
+/// two leaders of one term).
+#[test]
+fn a_forced_genesis_floored_by_the_clocks_alone_is_caught() {
+    let mut opts = managed(3);
+    opts.force_new_group = true;
+    let core = Broken { force_floor_from_clock: true, ..Broken::default() };
+    opts.breakage = Breakage { core, ..Breakage::default() };
+    let seeds = caught(&opts, 600, &[Invariant::TokenOrder, Invariant::OneLeaderPerTerm]);
+    assert!(seeds.len() >= 15, "caught in only {} seeds: {seeds:?}", seeds.len());
+}
+
 /// The control: a forced node that leaves its group as its old identity
 /// acts under two geneses, and the checker says so.
 #[test]

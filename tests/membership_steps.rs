@@ -143,7 +143,7 @@ fn a_blank_node_joins_a_group_as_a_learner() {
     // And a member answers a blank node's announcement with its
     // configuration, addressed to the announcing life.
     let mut a = managed("a", 1, Some(group()));
-    let out = deliver(&mut a, at(0), from("b", 2, "a", 0, Body::Announce { desired: 0, pending: None }));
+    let out = deliver(&mut a, at(0), from("b", 2, "a", 0, Body::Announce { desired: 0, pending: None, left: None }));
     let reply = sent(&out).into_iter().find(|m| matches!(m.body, Body::Config { .. })).expect("a Config reply");
     assert_eq!(reply.to_incarnation, Some(Incarnation(2)));
 }
@@ -165,7 +165,7 @@ fn messages_of_another_group_are_refused() {
 // ---- rule 9: genesis --------------------------------------------------
 
 fn proposal() -> Proposal {
-    Proposal { group: GROUP, voters: group().voters, generation: 0 }
+    Proposal { group: GROUP, voters: group().voters, generation: 0, forced: None }
 }
 
 fn accept(name: &str, to: &str, wall: u64) -> Envelope {
@@ -203,7 +203,7 @@ fn a_genesis_completes_only_with_every_acceptance() {
 fn an_acceptance_is_withdrawn_when_a_listed_name_comes_back_as_another_identity() {
     let mut b = managed("b", 1, None);
     let _ = deliver(&mut b, at(0), accept("a", "b", FLOOR));
-    let out = deliver(&mut b, at(1), from("c", 2, "b", 0, Body::Announce { desired: 0, pending: None }));
+    let out = deliver(&mut b, at(1), from("c", 2, "b", 0, Body::Announce { desired: 0, pending: None, left: None }));
     assert!(out.events.contains(&Event::GenesisWithdrawn { group: GROUP }));
     let withdrawn = b.hard_state().members.as_ref().map(|m| m.withdrawn.clone()).unwrap_or_default();
     assert!(withdrawn.contains(&GROUP) && b.hard_state().members.as_ref().is_some_and(|m| m.accepted.is_none()));
@@ -328,4 +328,34 @@ fn a_new_leader_restamps_its_configuration_before_its_rounds_carry_it() {
     let early = won.send_now.iter().filter(|m| matches!(m.body, Body::Heartbeat { .. })).count();
     let held = won.send_after_persist.iter().filter(|m| matches!(m.body, Body::Heartbeat { .. })).count();
     assert_eq!((early, held), (0, 2), "its first round waits for the write");
+}
+
+/// Rule 10: a blank node given `--force-new-group G` takes part in a
+/// genesis of a later generation only when the proposal names G as left
+/// by a listed identity: the flag left in a new node's arguments after a
+/// recovery cannot create a second group.
+#[test]
+fn a_forced_genesis_of_a_later_generation_needs_a_node_that_left_the_group() {
+    let old = GroupUid(0x99);
+    let later = |forced: Option<GroupUid>| {
+        let mut cfg = config_of("b");
+        cfg.mode = Mode::Managed { incarnation: Incarnation(1) };
+        cfg.force_new_group = Some(old);
+        let durable = HardState { members: Some(Box::default()), ..HardState::default() };
+        let mut b = Node::new(cfg, Some(durable), boot(), 7).expect("valid config");
+        b.observe_wall_clock(FLOOR + 5_000_000);
+        let names = ["a", "b", "c"].into_iter().map(id).collect();
+        let _ = b.step(at(0), Input::Desired { names, generation: 7 });
+        let mut p = proposal();
+        p.generation = 7;
+        p.forced = forced;
+        let mut m = from("a", 1, "b", 0, Body::Accept { proposal: Box::new(p), wall_micros: FLOOR });
+        m.group = None;
+        m.config = None;
+        let out = b.step(at(1), Input::Message(m));
+        out.persist.and_then(|hs| hs.members).and_then(|m| m.accepted).is_some()
+    };
+    assert!(!later(None), "a later generation without a node that left the group");
+    assert!(!later(Some(GroupUid(0x98))), "another group left");
+    assert!(later(Some(old)), "the group the flag names, left by a listed identity");
 }

@@ -122,6 +122,7 @@ fuzz_target!(|data: &[u8]| {
         Some(Command::Run(args)) => check_run(&args),
         Some(Command::StepDown(a)) => at_most_a_minute(a.hand_over.wait),
         Some(Command::Transfer(a)) => at_most_a_minute(a.hand_over.wait),
-        Some(Command::Local(_) | Command::Status(_) | Command::Leader(_) | Command::Watch(_)) => {}
+        Some(Command::Local(_) | Command::Status(_) | Command::Leader(_) | Command::Members(_) | Command::Watch(_)) => {
+        }
     }
 });

@@ -33,6 +33,9 @@ enum Break {
     /// With --membership --force-new-group: a forced node leaves its group
     /// as its old identity, not a new one.
     ForcedKeepsIdentity,
+    /// With --membership --force-new-group: a node that left its group
+    /// reads only its wall clock in its acceptance, not above its term.
+    ForceFloorFromClock,
     /// With --membership: a leader makes a change while another waits to
     /// commit.
     TwoChanges,
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
             change_before_stamp: args.breakage == Some(Break::ChangeBeforeStamp),
             epoch_order: args.breakage == Some(Break::EpochOrder),
             lease_under_first: args.breakage == Some(Break::LeaseUnderFirst),
+            force_floor_from_clock: args.breakage == Some(Break::ForceFloorFromClock),
         },
     };
     opts.membership = args.membership;
@@ -255,6 +259,7 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::GenesisMajority => "genesis-majority",
             Break::TwoChanges => "two-changes",
             Break::ForcedKeepsIdentity => "forced-keeps-identity",
+            Break::ForceFloorFromClock => "force-floor-from-clock",
             Break::ChangeBeforeStamp => "change-before-stamp",
             Break::EpochOrder => "epoch-order",
             Break::LeaseUnderFirst => "lease-under-first",

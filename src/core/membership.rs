@@ -143,6 +143,9 @@ pub struct Broken {
     /// The lease counts acks of any round under the configuration the
     /// leader won with, whatever the rounds carried (rule 5).
     pub lease_under_first: bool,
+    /// A node that left its group by `--force-new-group` reads only its
+    /// wall clock in its acceptance, not above its term (rule 10).
+    pub force_floor_from_clock: bool,
 }
 
 /// Which membership rules a node follows.
@@ -162,6 +165,10 @@ pub struct Proposal {
     pub voters: BTreeSet<Identity>,
     /// The generation of the desired set it was made for (0: `--peers`).
     pub generation: u64,
+    /// A forced genesis (rule 10): the group that a listed identity
+    /// announced it left by `--force-new-group`, which lets a genesis
+    /// happen after the desired set's first generation.
+    pub forced: Option<GroupUid>,
 }
 
 impl Proposal {

@@ -172,6 +172,10 @@ pub enum Body {
     Announce {
         desired: u64,
         pending: Option<GroupUid>,
+        /// The group this node left by `--force-new-group` (rule 10), if
+        /// it runs with that flag and left it: the evidence a forced
+        /// genesis of a later generation needs.
+        left: Option<GroupUid>,
     },
     /// The sender persisted its acceptance of `proposal`, with its
     /// wall-clock reading in microseconds since 1970. The lowest desired
@@ -267,7 +271,9 @@ impl fmt::Display for Envelope {
                 write!(f, "HeartbeatAck round={round} ok={ok} priority={priority} healthy={healthy}")
             }
             Body::TimeoutNow => write!(f, "TimeoutNow"),
-            Body::Announce { desired, pending } => write!(f, "Announce desired={desired:016x} pending={pending:?}"),
+            Body::Announce { desired, pending, left } => {
+                write!(f, "Announce desired={desired:016x} pending={pending:?} left={left:?}")
+            }
             Body::Accept { proposal, wall_micros } => {
                 write!(f, "Accept group={} wall={wall_micros}", proposal.group)
             }

@@ -155,10 +155,11 @@ pub struct Config {
     /// A static group (`voters` are the voters, by name) or an identity of
     /// a managed one (`voters` are the desired members' names).
     pub mode: Mode,
-    /// Managed groups: `--force-new-group` was given (rule 10). While this
-    /// node holds no configuration it takes part in a genesis whatever
-    /// the desired set's generation.
-    pub force_new_group: bool,
+    /// Managed groups: `--force-new-group GROUP` (rule 10). While this node
+    /// holds no configuration it takes part in a genesis of a later
+    /// generation than the first, but only one whose proposal names GROUP
+    /// as left by a listed identity.
+    pub force_new_group: Option<GroupUid>,
     /// Rules broken on purpose, for the simulator's negative controls only.
     pub broken: Broken,
 }

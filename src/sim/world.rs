@@ -18,8 +18,8 @@ mod observe;
 use crate::core::outbox::{Held, Outbox};
 use crate::core::rng::SplitMix64;
 use crate::core::{
-    AdminRequest, Body, Broken, Config, Envelope, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, Node,
-    NodeId, Outputs,
+    AdminRequest, Body, Broken, Config, Envelope, Event, GroupUid, HardState, Incarnation, Input, LeaderView, Mode,
+    Nanos, Node, NodeId, Outputs,
 };
 use fmt::{fmt_event, fmt_vote};
 use members::draw_incarnation;
@@ -229,8 +229,9 @@ pub struct World {
     desired: BTreeSet<usize>,
     generation: u64,
     scaled_down: BTreeSet<usize>,
-    /// The desired nodes were restarted with `--force-new-group` (rule 10).
-    forced: bool,
+    /// The group the desired nodes were restarted with `--force-new-group`
+    /// for (rule 10).
+    forced: Option<GroupUid>,
 }
 
 impl World {
@@ -288,7 +289,7 @@ impl World {
             desired: BTreeSet::new(),
             generation: 1,
             scaled_down: BTreeSet::new(),
-            forced: false,
+            forced: None,
         };
         world.desired = (0..world.slots.len()).collect();
         for i in 0..world.slots.len() {

@@ -40,6 +40,8 @@ struct AcceptedBody {
     group: String,
     voters: Vec<[String; 2]>,
     generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forced: Option<String>,
     /// This identity's wall-clock reading sent with its acceptance.
     wall_micros: u64,
 }
@@ -73,6 +75,7 @@ impl MembersBody {
                 group: p.group.to_string(),
                 voters: identities(&p.voters),
                 generation: p.generation,
+                forced: p.forced.map(|g| g.to_string()),
                 wall_micros: *wall_micros,
             }),
             withdrawn: m.withdrawn.iter().map(ToString::to_string).collect(),
@@ -101,6 +104,7 @@ impl MembersBody {
                     group: parse_group(&a.group)?,
                     voters: parse_identities(&a.voters)?,
                     generation: a.generation,
+                    forced: a.forced.as_deref().map(parse_group).transpose()?,
                 },
                 a.wall_micros,
             )),

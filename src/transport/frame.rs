@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn a_membership_message_is_refused_in_protocol_1_before_it_is_decoded() {
         let mut m = envelope();
-        m.body = Body::Announce { desired: 1, pending: None };
+        m.body = Body::Announce { desired: 1, pending: None, left: None };
         let frame = encode(&m).expect("encodes");
         let err = decode_envelope(&frame[4..], 2).expect_err("refused");
         assert!(matches!(&err, FrameError::Malformed(msg) if msg.contains("not one of protocol 1")), "{err:?}");
@@ -296,7 +296,7 @@ mod tests {
         use crate::core::{Configuration, GroupUid, Identity};
         let mut m = envelope();
         m.version = MANAGED_PROTOCOL_VERSION;
-        m.body = Body::Announce { desired: 9, pending: Some(GroupUid(5)) };
+        m.body = Body::Announce { desired: 9, pending: Some(GroupUid(5)), left: Some(GroupUid(4)) };
         m.from_incarnation = Some(Incarnation(7));
         m.to_incarnation = Some(Incarnation(8));
         m.group = Some(GroupUid(5));

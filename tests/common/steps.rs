@@ -25,7 +25,7 @@ pub fn config(me: &str, voters: &[&str]) -> Config {
         priority: 1,
         advertise: format!("{me}:5432"),
         mode: leasehold::core::Mode::Static,
-        force_new_group: false,
+        force_new_group: None,
         broken: leasehold::core::Broken::default(),
     }
 }

@@ -16,6 +16,8 @@ pub(super) struct Announced {
     incarnation: Incarnation,
     desired: u64,
     pending: Option<GroupUid>,
+    /// The group it announced it left by `--force-new-group` (rule 10).
+    left: Option<GroupUid>,
     at: Nanos,
 }
 
@@ -37,6 +39,12 @@ pub(super) struct Members {
     /// `--peers` (the configured names), generation 0.
     desired: Option<(BTreeSet<NodeId>, u64)>,
 }
+
+/// How far above its own term a node that left a group by
+/// `--force-new-group` reads in its acceptance (rule 10): more elections
+/// than an old group could have held unseen by every survivor, and well
+/// under `MAX_TERM_AHEAD`, so that the other members accept the terms.
+pub const FORCED_MARGIN: u64 = 1 << 24;
 
 /// How long an accepted genesis may stay incomplete before this identity
 /// withdraws from it, in leases.
@@ -162,7 +170,15 @@ impl Node {
         }
         let desired = self.desired_digest();
         let pending = self.member_state().and_then(|s| s.accepted.as_ref()).map(|(p, _)| p.group);
-        self.send_to(m.from.clone(), m.from_incarnation, Body::Announce { desired, pending });
+        let left = self.left();
+        self.send_to(m.from.clone(), m.from_incarnation, Body::Announce { desired, pending, left });
+    }
+
+    /// The group this node left by `--force-new-group`, when it runs with
+    /// the flag naming it (rule 10).
+    fn left(&self) -> Option<GroupUid> {
+        let group = self.cfg.force_new_group?;
+        self.member_state().is_some_and(|s| s.abandoned.contains(&group)).then_some(group)
     }
 
     /// Handles the membership messages; returns false for any other, which
@@ -176,8 +192,8 @@ impl Node {
             self.members.seen.insert(m.from.clone(), inc);
         }
         match &m.body {
-            Body::Announce { desired, pending } => {
-                self.on_announce(now, m, *desired, *pending);
+            Body::Announce { desired, pending, left } => {
+                self.on_announce(now, m, *desired, *pending, *left);
                 true
             }
             Body::Accept { proposal, wall_micros } => {
@@ -198,11 +214,17 @@ impl Node {
         m.from_incarnation.map(|inc| Identity::new(m.from.clone(), inc))
     }
 
-    fn on_announce(&mut self, now: Nanos, m: &Envelope, desired: u64, pending: Option<GroupUid>) {
+    fn on_announce(
+        &mut self,
+        now: Nanos,
+        m: &Envelope,
+        desired: u64,
+        pending: Option<GroupUid>,
+        left: Option<GroupUid>,
+    ) {
         let Some(who) = Self::sender(m) else { return };
-        self.members
-            .announced
-            .insert(m.from.clone(), Announced { incarnation: who.incarnation, desired, pending, at: now });
+        let announced = Announced { incarnation: who.incarnation, desired, pending, left, at: now };
+        self.members.announced.insert(m.from.clone(), announced);
         if let Some(config) = self.configuration().cloned() {
             self.send_to(m.from.clone(), Some(who.incarnation), Body::Config { config: Box::new(config) });
             return;
@@ -259,7 +281,7 @@ impl Node {
             && !state.withdrawn.contains(&proposal.group)
             && proposal.voters.contains(me)
             && names.len() == proposal.voters.len()
-            && self.genesis_allowed()
+            && self.genesis_allowed(proposal.forced)
             && proposal.generation == self.desired_generation()
             && names.into_iter().eq(self.desired_names().iter())
     }
@@ -267,10 +289,17 @@ impl Node {
     /// Persists this identity's acceptance, then sends it to every listed
     /// identity (after the write: the messages wait for it).
     fn accept(&mut self, now: Nanos, proposal: Proposal) {
-        // The reading is also above every term this node has seen: a group
-        // created again by --force-new-group starts above the old one's
-        // terms that its survivors knew (rule 10), whatever their clocks.
-        let wall = self.members.wall_micros.max(self.hard.term.0.saturating_add(1));
+        // The reading is also above every term this node has seen, and a
+        // node that left a group by --force-new-group reads far above:
+        // the new group starts above every term of the old one, also those
+        // its survivors never saw, whatever their clocks (rule 10).
+        let left_a_group = self.member_state().is_some_and(|s| !s.abandoned.is_empty());
+        let above = self.hard.term.0.saturating_add(1).saturating_add(if left_a_group { FORCED_MARGIN } else { 0 });
+        let wall = if left_a_group && self.cfg.broken.force_floor_from_clock {
+            self.members.wall_micros
+        } else {
+            self.members.wall_micros.max(above)
+        };
         let me = self.me().expect("managed");
         self.member_state_mut().accepted = Some((proposal.clone(), wall));
         self.request_persist();
@@ -408,9 +437,10 @@ impl Node {
         }
         let pending = self.member_state().and_then(|s| s.accepted.as_ref()).map(|(p, _)| p.group);
         let desired = self.desired_digest();
+        let left = self.left();
         let peers: Vec<NodeId> = self.cfg.voters.iter().filter(|v| **v != self.cfg.node_id).cloned().collect();
         for peer in peers {
-            self.send(peer, Body::Announce { desired, pending });
+            self.send(peer, Body::Announce { desired, pending, left });
         }
         self.maybe_propose(now);
     }
@@ -422,7 +452,16 @@ impl Node {
         let blank = self.member_state().is_none_or(|s| s.is_blank());
         let desired = self.desired_names().clone();
         let first = desired.first() == Some(&me.name);
-        if !blank || !first || self.members.wall_micros == 0 || !self.genesis_allowed() {
+        if !blank || !first || self.members.wall_micros == 0 {
+            return;
+        }
+        // A forced genesis (rule 10) needs a listed identity that left the
+        // group the flag names: this one, or one that announced it.
+        let forced = self.cfg.force_new_group.filter(|g| {
+            self.left() == Some(*g)
+                || desired.iter().any(|n| self.members.announced.get(n).is_some_and(|a| a.left == Some(*g)))
+        });
+        if !self.genesis_allowed(forced) {
             return;
         }
         let digest = self.desired_digest();
@@ -439,7 +478,8 @@ impl Node {
         let group = GroupUid((u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64())).max(1));
         self.out.events.push(Event::GenesisProposed { group });
         let generation = self.desired_generation();
-        self.accept(now, Proposal { group, voters, generation });
+        let forced = forced.filter(|_| generation > 1);
+        self.accept(now, Proposal { group, voters, generation, forced });
         self.maybe_complete(now);
     }
 
@@ -468,8 +508,8 @@ impl Node {
     /// Rule 9: a group is created only for the first generation of a
     /// desired set (none, or 1). A blank node that read a later one waits
     /// for a configuration: its group exists.
-    fn genesis_allowed(&self) -> bool {
-        self.desired_generation() <= 1 || self.cfg.force_new_group
+    fn genesis_allowed(&self, forced: Option<GroupUid>) -> bool {
+        self.desired_generation() <= 1 || (forced.is_some() && forced == self.cfg.force_new_group)
     }
 
     /// A desired set read (DESIGN §2b). One older than the generation

@@ -48,7 +48,11 @@ impl Node {
             return;
         }
         let Some(config) = m.config.as_deref().cloned() else { return };
-        let stepped_down = matches!(self.role, RoleState::Leader(_));
+        let led = self.hard.term;
+        let (stepped_down, abdicated) = match &self.role {
+            RoleState::Leader(l) => (true, l.abdicated.is_some()),
+            _ => (false, false),
+        };
         if self.hard.term < config.cterm {
             self.hard.term = config.cterm;
             self.hard.voted_for = None;
@@ -68,10 +72,14 @@ impl Node {
             self.out.events.push(Event::ConfigurationHeld { group, voter });
         }
         if stepped_down {
-            let term = self.hard.term;
-            self.out.events.push(Event::SteppedDown { term, reason: StepDownReason::HigherTerm });
+            // The term led, not the one adopted; a leader that had handed
+            // over already counts as transferred.
+            let reason = if abdicated { StepDownReason::Transferred } else { StepDownReason::HigherTerm };
+            self.out.events.push(Event::SteppedDown { term: led, reason });
         }
-        if !matches!(self.role, RoleState::Follower) {
+        if abdicated {
+            self.become_follower_after_abdication(now);
+        } else if !matches!(self.role, RoleState::Follower) {
             self.become_follower(now);
         }
     }

@@ -153,13 +153,29 @@ impl World {
     /// holds a configuration of it leaves it as a new identity; every one
     /// of them may then take part in a genesis whatever the generation.
     pub fn force_new_group(&mut self) {
-        self.forced = true;
+        // The group named: the newest one a desired node holds.
         let group = self
-            .slots
+            .desired
             .iter()
-            .filter_map(|s| s.disk.as_ref().and_then(|d| d.members.as_ref()).and_then(|m| m.config.as_ref()))
+            .filter_map(|&i| {
+                self.slots[i].disk.as_ref().and_then(|d| d.members.as_ref()).and_then(|m| m.config.as_ref())
+            })
             .max_by(|a, b| a.stamp().cmp(&b.stamp()))
             .map(|c| c.group);
+        self.forced = group;
+        match group {
+            // No desired node holds a group: the operator writes the desired
+            // set as its first generation again, and every node restarts
+            // (only the clocks floor the new terms then, rule 9).
+            None => self.generation = 1,
+            // The operator's clocks may all be far behind: the new group's
+            // terms must come from above the terms the leavers saw.
+            Some(_) => {
+                for skew in &mut self.cfg.wall_skew_us {
+                    *skew -= FORCED_CLOCKS_BEHIND_US;
+                }
+            }
+        }
         let desired: Vec<usize> = self.desired.iter().copied().collect();
         for i in desired {
             self.crash(i);
@@ -196,6 +212,9 @@ impl World {
         }
     }
 }
+
+/// How far every clock is set back at a forced recovery: 30 minutes.
+const FORCED_CLOCKS_BEHIND_US: i64 = 30 * 60 * 1_000_000;
 
 /// A fresh incarnation: 128 random bits, never zero.
 pub(super) fn draw_incarnation(rng: &mut SplitMix64) -> Incarnation {
