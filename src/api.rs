@@ -455,7 +455,11 @@ pub fn membership_json(
         })
         .collect();
     let pending = v.pending.as_ref().map(|(who, add, since)| {
-        json!({ if *add { "add" } else { "remove" }: identity(who), "since_ms": now.since(*since).as_millis() as u64 })
+        json!({
+            if *add { "add" } else { "remove" }: who.name.as_str(),
+            "incarnation": who.incarnation.to_string(),
+            "since_ms": now.since(*since).as_millis() as u64,
+        })
     });
     let c = v.config.as_ref();
     json!({

@@ -121,17 +121,16 @@ fn members(args: &ClientArgs) -> ExitCode {
 /// One line for the configuration, one per voter, learner and pending
 /// change, one for the desired set.
 pub fn describe_members(m: &Value) -> String {
-    let who = |v: &Value| {
-        let inc = v["incarnation"].as_str().unwrap_or("?");
-        format!("{} (incarnation {})", v["id"].as_str().unwrap_or("?"), &inc[..inc.len().min(8)])
+    let who = |id: &Value, inc: &Value| {
+        let inc = inc.as_str().unwrap_or("?");
+        format!("{} (incarnation {})", id.as_str().unwrap_or("?"), &inc[..inc.len().min(8)])
     };
-    let mut out = match m["role"].as_str() {
+    let mut lines = vec![match m["role"].as_str() {
         Some("blank") => match m["genesis_pending"].as_str() {
             Some(g) => format!("blank: accepted the creation of group {g}, waiting for every desired member"),
-            None => {
-                "blank: no configuration yet (waiting for every desired member to be blank, or for a member to add it)"
-                    .into()
-            }
+            None => "blank: no configuration yet (waiting for every desired member to be blank, or for a member to \
+                     add it)"
+                .to_string(),
         },
         role => format!(
             "group {}, epoch {}, stamped in term {}; this node is a {}",
@@ -140,39 +139,24 @@ pub fn describe_members(m: &Value) -> String {
             m["cterm"],
             role.unwrap_or("?")
         ),
-    };
+    }];
     for v in m["voters"].as_array().into_iter().flatten() {
         let reach = if v["reachable"].as_bool() == Some(true) { "reachable" } else { "not reachable" };
-        out += &format!(
-            "
-voter {}: {reach}",
-            who(v)
-        );
+        lines.push(format!("voter {}: {reach}", who(&v["id"], &v["incarnation"])));
     }
     for l in m["learners"].as_array().into_iter().flatten() {
-        out += &format!(
-            "
-learner {}",
-            who(l)
-        );
+        lines.push(format!("learner {}", who(&l["id"], &l["incarnation"])));
     }
     if let Some(p) = m["pending"].as_object() {
-        let (what, v) = if let Some(v) = p.get("add") { ("adding", v) } else { ("removing", &p["remove"]) };
-        out += &format!(
-            "
-pending: {what} {} for {} ms",
-            who(v),
-            p["since_ms"]
-        );
+        let (what, id) = match p.get("add") {
+            Some(id) => ("adding", id),
+            None => ("removing", &p["remove"]),
+        };
+        lines.push(format!("pending: {what} {} for {} ms", who(id, &p["incarnation"]), p["since_ms"]));
     }
     let desired: Vec<&str> = m["desired"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    out += &format!(
-        "
-desired: {} (generation {})",
-        desired.join(", "),
-        m["desired_generation"]
-    );
-    out
+    lines.push(format!("desired: {} (generation {})", desired.join(", "), m["desired_generation"]));
+    lines.join("\n")
 }
 
 /// `step-down` and `transfer`: ask; with --wait, return only once another
@@ -316,7 +300,7 @@ mod tests {
         let m = json!({
             "group": "61bb2ab02ed71f09788ec23434d9c6c2", "epoch": 4, "cterm": 9, "role": "voter",
             "voters": [a, b], "learners": [id("c", "8282d4223f1f3cbc94a73922a1f0f3ac")],
-            "pending": {"add": id("c", "8282d4223f1f3cbc94a73922a1f0f3ac"), "since_ms": 120},
+            "pending": {"add": "c", "incarnation": "8282d4223f1f3cbc94a73922a1f0f3ac", "since_ms": 120},
             "desired": ["a", "b", "c"], "desired_generation": 2
         });
         assert_eq!(
