@@ -503,6 +503,43 @@ fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Re
 mod tests {
     use super::*;
 
+    /// The `membership` object of DESIGN §2b: voters by identity with
+    /// reachability, learners, and a pending change by id.
+    #[test]
+    fn membership_reads_as_design_gives_it() {
+        use crate::core::{Configuration, GroupUid, Identity, Incarnation, MembershipView, NodeId, Term};
+        let who = |n: &str, i: u128| Identity::new(NodeId::new(n), Incarnation(i));
+        let config = Configuration {
+            group: GroupUid(0x6a),
+            cterm: Term(9),
+            epoch: 4,
+            voters: [who("a", 1), who("b", 2)].into_iter().collect(),
+            removed: [who("c", 3)].into_iter().collect(),
+            generation: 2,
+            floor: Term(1),
+        };
+        let view = MembershipView {
+            me: who("a", 1),
+            config: Some(config),
+            reachable: vec![(who("a", 1), Some(true)), (who("b", 2), Some(false))],
+            learners: vec![who("d", 4)],
+            pending: Some((who("d", 4), true, Nanos(1_000_000))),
+            genesis: None,
+            desired: ["a", "b", "d"].into_iter().map(NodeId::new).collect(),
+            desired_generation: 2,
+        };
+        let j = membership_json(Some(&view), None, Nanos(121_000_000));
+        assert_eq!(j["epoch"], 4);
+        assert_eq!(j["cterm"], 9);
+        assert_eq!(j["role"], "voter");
+        assert_eq!(j["removed"], 1);
+        assert_eq!(j["voters"][1], json!({"id": "b", "incarnation": format!("{:032x}", 2), "reachable": false}));
+        assert_eq!(j["learners"][0]["id"], "d");
+        assert_eq!(j["pending"], json!({"add": "d", "incarnation": format!("{:032x}", 4), "since_ms": 120}));
+        assert_eq!(j["desired_generation"], 2);
+        assert_eq!(membership_json(None, None, Nanos(0)), Value::Null);
+    }
+
     #[test]
     fn only_loopback_hosts_or_the_configured_name_may_mutate() {
         for ok in ["127.0.0.1", "127.0.0.1:4040", "localhost:4040", "[::1]:4040", "[::1]"] {
