@@ -264,6 +264,19 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
             world.checker.liveness_failed(forced_at, p.liveness_bound);
         }
         world.run_until(forced_at + p.liveness_bound + 2 * ttl);
+        // Life goes on in the new group, the flag still given: one desired
+        // node loses its volume; it must join the new group as a learner
+        // and replace its old self, never start a group of its own.
+        let desired: Vec<usize> = world.desired().iter().copied().collect();
+        let victim = desired[(seed % desired.len() as u64) as usize];
+        world.wipe(victim);
+        world.restart(victim);
+        let wiped_at = world.now();
+        let bound = p.liveness_bound + (4 + 4 * opts.nodes as u64) * ttl;
+        world.run_until(wiped_at + bound);
+        if !world.converged() && world.electable() {
+            world.checker.membership_stuck(wiped_at, bound);
+        }
     }
     // Managed groups: with every node back and the desired set stable,
     // the leader replaces each wiped voter (a removal and an add, each a
