@@ -283,6 +283,17 @@ fn three_to_five_to_three_online() {
     assert_eq!(token(&v), before, "growing the group changed the leader: {v}");
     g.wait_voters(&["n1", "n2", "n3", "n4", "n5"], Duration::from_secs(10));
     eprintln!("measured: two blank nodes became voters {:?} after they started", to_voter);
+    // The leader's metrics say so, and pass promtool.
+    let (leader, _) = g.wait_leader(Duration::from_secs(5), "a leader of five", |_| true);
+    let (_, metrics) = get(&g.slots[leader].metrics, "/metrics").expect("metrics");
+    for line in ["leasehold_voters 5", "leasehold_learners 0", "leasehold_membership_changes_total{result=\"added\"} 2"]
+    {
+        assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
+    }
+    let epoch =
+        metrics.lines().find_map(|l| l.strip_prefix("leasehold_config_epoch ")).and_then(|e| e.parse::<u64>().ok());
+    assert!(epoch >= Some(3), "two changes after the re-stamp of epoch 1: {epoch:?}");
+    promtool_check(&metrics);
 
     // Any two of five can die: the leader and one more.
     let (leader, v) = g.wait_leader(Duration::from_secs(5), "a leader of five", |_| true);

@@ -178,3 +178,20 @@ pub fn run_bounded(args: &[String], limit: Duration) -> (Option<i32>, String) {
     }
     (status.and_then(|s| s.code()), err)
 }
+
+/// `promtool check metrics` on a `/metrics` body finds nothing to say.
+pub fn promtool_check(body: &str) {
+    use std::io::Write;
+    // promtool is installed by scripts/test.sh (Debian's prometheus package).
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run scripts/test.sh, which installs Debian's prometheus package");
+    promtool.stdin.take().expect("stdin").write_all(body.as_bytes()).expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+}
