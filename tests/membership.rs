@@ -63,6 +63,20 @@ impl Group {
         Group { slots, dir, observer, generation: 0, stamps: BTreeMap::new() }
     }
 
+    /// `n` slots, the first three started blank with a desired set of
+    /// three; returns once they formed their group and one leads: its
+    /// index and status.
+    fn three(n: usize, name: &str) -> (Group, usize, Value) {
+        let mut g = Group::new(n, name);
+        g.desire(3);
+        for i in 0..3 {
+            g.spawn(i);
+        }
+        let (leader, v) =
+            g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+        (g, leader, v)
+    }
+
     /// Writes the desired set (the first `k` names) with the next
     /// generation, atomically, as kubelet swaps a ConfigMap's files.
     fn desire(&mut self, k: usize) {
@@ -263,13 +277,7 @@ fn pending(v: &Value) -> bool {
 /// the longest time without a leader.
 #[test]
 fn three_to_five_to_three_online() {
-    let mut g = Group::new(5, "scale");
-    g.desire(3);
-    for i in 0..3 {
-        g.spawn(i);
-    }
-    let (_, v) =
-        g.wait_leader(Duration::from_secs(20), "a group of three created", |v| voters(&v["membership"]).len() == 3);
+    let (mut g, _, v) = Group::three(5, "scale");
     let before = token(&v);
     g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
 
@@ -376,13 +384,7 @@ fn three_to_five_to_three_online() {
 /// the group keeps its leader throughout.
 #[test]
 fn a_wiped_node_comes_back_as_a_voter_with_a_new_incarnation() {
-    let mut g = Group::new(3, "wipe");
-    g.desire(3);
-    for i in 0..3 {
-        g.spawn(i);
-    }
-    let (leader, v) =
-        g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let (mut g, leader, v) = Group::three(3, "wipe");
     let old = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
     let victim = (leader + 1) % 3;
     let name = format!("n{}", victim + 1);
@@ -404,12 +406,7 @@ fn a_wiped_node_comes_back_as_a_voter_with_a_new_incarnation() {
 /// cluster id never joins: its hellos are refused, the group stays three.
 #[test]
 fn a_blank_node_of_another_cluster_never_joins() {
-    let mut g = Group::new(4, "stranger");
-    g.desire(3);
-    for i in 0..3 {
-        g.spawn(i);
-    }
-    g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let (mut g, _, _) = Group::three(4, "stranger");
     g.desire(4);
     g.slots[3].cluster = Some("other".into());
     g.spawn(3);
@@ -432,13 +429,7 @@ fn a_blank_node_of_another_cluster_never_joins() {
 /// ones and rejoins under a third incarnation.
 #[test]
 fn a_removed_identity_that_comes_back_is_refused_as_a_voter() {
-    let mut g = Group::new(3, "removed");
-    g.desire(3);
-    for i in 0..3 {
-        g.spawn(i);
-    }
-    let (leader, _) =
-        g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let (mut g, leader, _) = Group::three(3, "removed");
     let first = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10));
     let victim = (leader + 2) % 3;
     let name = format!("n{}", victim + 1);
@@ -477,12 +468,7 @@ fn a_removed_identity_that_comes_back_is_refused_as_a_voter() {
 /// and no two configurations of one stamp are ever seen.
 #[test]
 fn leaders_killed_during_changes_never_split_the_configuration() {
-    let mut g = Group::new(4, "midchange");
-    g.desire(3);
-    for i in 0..3 {
-        g.spawn(i);
-    }
-    g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let (mut g, _, _) = Group::three(4, "midchange");
     for round in 0..4u64 {
         let k = if round % 2 == 0 { 4 } else { 3 };
         g.desire(k);
@@ -575,12 +561,7 @@ fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
 /// identity; the flag is inert at the next restart.
 #[test]
 fn force_new_group_restores_a_group_that_lost_a_majority() {
-    let mut g = Group::new(3, "force");
-    g.desire(3);
-    for i in 0..3 {
-        g.spawn(i);
-    }
-    let (_, v) = g.wait_leader(Duration::from_secs(20), "a group of three", |v| voters(&v["membership"]).len() == 3);
+    let (mut g, _, v) = Group::three(3, "force");
     let old_group = v["membership"]["group"].as_str().expect("a group").to_string();
     let old_token = token(&v);
     let survivor = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(10))["n1"].clone();
