@@ -123,7 +123,7 @@ fn members(args: &ClientArgs) -> ExitCode {
 pub fn describe_members(m: &Value) -> String {
     let who = |id: &Value, inc: &Value| {
         let inc = inc.as_str().unwrap_or("?");
-        format!("{} (incarnation {})", id.as_str().unwrap_or("?"), &inc[..inc.len().min(8)])
+        format!("{} (incarnation {})", id.as_str().unwrap_or("?"), inc.chars().take(8).collect::<String>())
     };
     let mut lines = vec![match m["role"].as_str() {
         Some("blank") => match m["genesis_pending"].as_str() {
@@ -312,6 +312,9 @@ mod tests {
              pending: adding c (incarnation 8282d422) for 120 ms\n\
              desired: a, b, c (generation 2)"
         );
+        // Whatever another server answers, nothing panics.
+        let odd = json!({"voters": [{"id": "ä", "incarnation": "äöüäöüäöüä"}], "pending": {"remove": 7}});
+        assert!(describe_members(&odd).contains("voter ä (incarnation äöüäöüäö)"));
         let blank = json!({"role": "blank", "genesis_pending": null, "voters": [], "learners": [], "desired": ["a"], "desired_generation": 0});
         assert!(describe_members(&blank).starts_with("blank: no configuration yet"));
     }
