@@ -147,11 +147,10 @@ pub fn describe_members(m: &Value) -> String {
     for l in m["learners"].as_array().into_iter().flatten() {
         lines.push(format!("learner {}", who(&l["id"], &l["incarnation"])));
     }
-    if let Some(p) = m["pending"].as_object() {
-        let (what, id) = match p.get("add") {
-            Some(id) => ("adding", id),
-            None => ("removing", &p["remove"]),
-        };
+    // Indexed as a `Value` (a missing key reads as null), never as a map.
+    let p = &m["pending"];
+    if p.is_object() {
+        let (what, id) = if p["add"].is_null() { ("removing", &p["remove"]) } else { ("adding", &p["add"]) };
         lines.push(format!("pending: {what} {} for {} ms", who(id, &p["incarnation"]), p["since_ms"]));
     }
     let desired: Vec<&str> = m["desired"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
