@@ -193,6 +193,11 @@ pub struct LocalArgs {
     pub nodes: u32,
     #[arg(long, env = "LEASEHOLD_LEASE_TTL", default_value = "2s", value_parser = duration)]
     pub lease_ttl: Duration,
+    /// A managed group: the sidecars read their peers from a file
+    /// (--peers-file), start blank and create their group together; see
+    /// it with `leasehold members`.
+    #[arg(long)]
+    pub managed: bool,
 }
 
 #[derive(Args, Debug, Clone)]

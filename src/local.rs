@@ -68,6 +68,9 @@ pub fn run(args: &LocalArgs) -> ExitCode {
     println!("Try: curl -i http://{}/v1/leader", nodes[0].api);
     println!("     kill -9 <the leader's pid>   (a failover)");
     println!("     leasehold transfer --api http://<the leader's API> --to <id>   (a hand-over)");
+    if args.managed {
+        println!("     leasehold members --api http://{}   (the group's voters, by identity)", nodes[0].api);
+    }
     println!("The first leader comes about one lease after the start: every sidecar waits out a lease");
     println!("before it votes (its boot promise), with or without a state file.");
     println!("Ctrl-C stops them all.\n");
@@ -93,13 +96,21 @@ fn start(args: &LocalArgs, dir: &PathBuf) -> std::io::Result<Vec<Sidecar>> {
     for id in &ids {
         peers.push(format!("{id}=127.0.0.1:{}", free_port()?));
     }
-    let peers = peers.join(",");
+    // A managed group reads the same entries from a file, one a line.
+    let file = dir.join("peers");
+    let membership = if args.managed {
+        std::fs::write(&file, format!("generation 1\n{}\n", peers.join("\n")))?;
+        ["--peers-file".to_string(), file.to_string_lossy().into_owned()]
+    } else {
+        ["--peers".to_string(), peers.join(",")]
+    };
     let mut nodes = Vec::new();
     for id in ids {
         let api = format!("127.0.0.1:{}", free_port()?);
         let log = std::fs::File::create(dir.join(format!("{id}.log")))?;
         let child = Command::new(&exe)
-            .args(["run", "--node-id", &id, "--peers", &peers, "--cluster-id", "local"])
+            .args(["run", "--node-id", &id, "--cluster-id", "local"])
+            .args(&membership)
             .args(["--listen-api", &api, "--listen-metrics", &format!("127.0.0.1:{}", free_port()?)])
             .args(["--data-dir", &dir.join(&id).to_string_lossy()])
             .args(["--lease-ttl", &humantime::format_duration(args.lease_ttl).to_string()])

@@ -52,12 +52,16 @@ fn alive(pid: u32) -> bool {
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
-#[test]
-fn the_local_tour_elects_fails_over_hands_over_and_stops_cleanly() {
+/// `leasehold local` with `extra` arguments: the guard, its output lines,
+/// each node's (id, pid, API), and the first "leads" line.
+type Started = (Guard, mpsc::Receiver<String>, Vec<(String, u32, String)>, String);
+
+fn start_local(extra: &[&str]) -> Started {
     let bin = env!("CARGO_BIN_EXE_leasehold");
     let mut guard = Guard(Some(
         Command::new(bin)
             .args(["local", "--nodes", "3", "--lease-ttl", "1s"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -79,6 +83,30 @@ fn the_local_tour_elects_fails_over_hands_over_and_stops_cleanly() {
         nodes.push((w[0].to_string(), w[2].parse::<u32>().expect("pid"), w[4].to_string()));
     }
     let first = expect_line(&lines, Duration::from_secs(10), "a leader", |l| l.contains(" leads, fencing token "));
+    (guard, lines, nodes, first)
+}
+
+/// `local --managed`: the three start blank, create their group, and
+/// `leasehold members` lists them as voters.
+#[test]
+fn the_local_tour_of_a_managed_group_creates_it_and_lists_its_members() {
+    let (_guard, _lines, nodes, first) = start_local(&["--managed"]);
+    let leader = leader_of(&first);
+    let (_, _, api) = nodes.iter().find(|n| n.0 == leader).expect("leader listed").clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_leasehold")).args(["members", "--api", &api]).output().expect("members");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("this node is a voter"), "{text}");
+    for id in ["n1", "n2", "n3"] {
+        assert!(text.contains(&format!("voter {id} (incarnation ")), "{text}");
+    }
+}
+
+#[test]
+fn the_local_tour_elects_fails_over_hands_over_and_stops_cleanly() {
+    let bin = env!("CARGO_BIN_EXE_leasehold");
+    let (mut guard, lines, nodes, first) = start_local(&[]);
+    let local = guard.0.as_mut().expect("child");
     let leader = leader_of(&first);
     // "[  1.034s] n2 leads, fencing token 1": the boot promise holds every
     // node back for one lease (1s) after the start.
