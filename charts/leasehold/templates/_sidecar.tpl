@@ -33,7 +33,7 @@ Keys of the dict:
   args:
     - run
     {{- if eq $v.backend.type "raft" }}
-    {{- if eq $s.membership "managed" }}
+    {{- if eq (include "leasehold.membership" $) "managed" }}
     - --peers-file=/etc/leasehold/peers/peers
     {{- else }}
     - --peers={{ include "leasehold.peerList" . | fromYamlArray | join "," }}
@@ -161,7 +161,7 @@ Keys of the dict:
       mountPath: /etc/leasehold/peer-tls
       readOnly: true
     {{- end }}
-    {{- if and (eq $v.backend.type "raft") (eq $s.membership "managed") }}
+    {{- if and (eq $v.backend.type "raft") (eq (include "leasehold.membership" $) "managed") }}
     # A directory, not a subPath: the kubelet updates it in place.
     - name: leasehold-peers
       mountPath: /etc/leasehold/peers
@@ -205,7 +205,7 @@ Same dict as "leasehold.sidecar" ("root", "statefulSet", optionally
   secret:
     secretName: {{ $v.sidecar.peerTLS.secretName }}
 {{- end }}
-{{- if and (eq $v.backend.type "raft") (eq $v.sidecar.membership "managed") }}
+{{- if and (eq $v.backend.type "raft") (eq (include "leasehold.membership" $) "managed") }}
 - name: leasehold-peers
   configMap:
     name: {{ include "leasehold.peersConfigMapName" . }}
@@ -244,20 +244,55 @@ dict as "leasehold.sidecar".
 {{- end }}
 
 {{- define "leasehold.peersConfigMapName" -}}
-{{- printf "%s-leasehold-peers" .statefulSet | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-leasehold-peers" (required "leasehold: pass \"statefulSet\" in the dict (the desired set's ConfigMap is named after it)" .statefulSet) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+"leasehold.membership": managed or static. sidecar.membership if set;
+otherwise static when the StatefulSet already exists and runs the sidecar
+with --peers (a release made before managed membership: its state files
+belong to a static group), else managed. Same dict as "leasehold.sidecar".
+*/}}
+{{- define "leasehold.membership" -}}
+{{- $v := (include "leasehold.context" . | fromYaml).values }}
+{{- $m := $v.sidecar.membership }}
+{{- if not $m }}
+{{- $m = "managed" }}
+{{- if .statefulSet }}
+{{- $sts := lookup "apps/v1" "StatefulSet" (default .root.Release.Namespace .namespace) .statefulSet }}
+{{- if $sts }}
+{{- $spec := $sts.spec.template.spec }}
+{{- range (concat ($spec.initContainers | default list) ($spec.containers | default list)) }}
+{{- if eq .name "leasehold" }}
+{{- range (.args | default list) }}
+{{- if hasPrefix "--peers=" . }}
+{{- $m = "static" }}
+{{- end }}
+{{- end }}
+{{- range (.env | default list) }}
+{{- if eq .name "LEASEHOLD_PEERS" }}
+{{- $m = "static" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $m -}}
 {{- end }}
 
 {{/*
 "leasehold.peersConfigMap": the desired set of a managed group (sidecar.
 membership=managed): a ConfigMap with one file, peers, that the sidecars
 read with --peers-file from a directory mount, so that a new replica count
-reaches running pods without a restart. Its generation is the release
-revision (or sidecar.peersGeneration). Same dict as "leasehold.sidecar";
+reaches running pods without a restart. It has a generation only if
+sidecar.peersGeneration is set. Same dict as "leasehold.sidecar";
 renders nothing for a static group or the etcd backend.
 */}}
 {{- define "leasehold.peersConfigMap" -}}
 {{- $v := (include "leasehold.context" . | fromYaml).values }}
-{{- if and (eq $v.backend.type "raft") (eq $v.sidecar.membership "managed") }}
+{{- if and (eq $v.backend.type "raft") (eq (include "leasehold.membership" $) "managed") }}
 apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -266,7 +301,9 @@ metadata:
 data:
   peers: |
     # The desired voters of {{ .statefulSet }}: one per replica.
-    generation {{ default .root.Release.Revision $v.sidecar.peersGeneration }}
+    {{- with $v.sidecar.peersGeneration }}
+    generation {{ printf "%d" (int64 .) }}
+    {{- end }}
     {{- range (include "leasehold.peerList" . | fromYamlArray) }}
     {{ . }}
     {{- end }}
