@@ -40,6 +40,8 @@ pub struct Desired {
 pub fn parse(text: &str) -> Result<Desired, String> {
     let mut peers = BTreeMap::new();
     let mut generation = None;
+    // A byte-order mark some editors write is not part of the first id.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (n, line) in text.lines().enumerate() {
         let at = n + 1;
         let line = line.split('#').next().unwrap_or_default().trim();
@@ -176,6 +178,7 @@ mod tests {
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(d.peers[&NodeId::new("c")], "[::1]:7000");
         assert_eq!(parse("a=h:1").expect("parses").generation, 0);
+        assert!(parse("\u{feff}a=h:1").expect("parses").peers.contains_key(&NodeId::new("a")), "a BOM is no id");
         // A name may begin with "generation".
         assert!(parse("generation-0=h:1").expect("parses").peers.contains_key(&NodeId::new("generation-0")));
     }

@@ -57,6 +57,15 @@ pub struct Driver {
     /// first of them fed at start, and where the membership is published.
     desired: Option<(mpsc::Receiver<Desired>, Desired)>,
     membership: Option<watch::Sender<Option<MembershipView>>>,
+    /// The newest desired set read and not yet fed: it keeps fewer than a
+    /// majority of the voters of the configuration this node holds. It is
+    /// checked again whenever that configuration changes (the node's own
+    /// may be older than the group's), and refused at most once per
+    /// (generation, configuration) in the log.
+    wanted: Option<Desired>,
+    refused: Option<(u64, Option<(core::Term, u64)>)>,
+    /// The incarnation the transport's hellos name.
+    announced: Option<core::Incarnation>,
 }
 
 impl Driver {
@@ -74,6 +83,7 @@ impl Driver {
         rng_seed: u64,
     ) -> Result<(Driver, watch::Receiver<LeaderView>), core::ConfigError> {
         let node = Node::new(cfg, initial, boottime_now(), rng_seed)?;
+        let announced = node.incarnation();
         let (view, view_rx) = watch::channel(node.view());
         let driver = Driver {
             node,
@@ -90,6 +100,9 @@ impl Driver {
             health: None,
             desired: None,
             membership: None,
+            wanted: None,
+            refused: None,
+            announced,
         };
         Ok((driver, view_rx))
     }
@@ -124,6 +137,16 @@ impl Driver {
         let mut desired = match self.desired.take() {
             Some((updates, first)) => {
                 self.desire(first).await;
+                if self.wanted.is_some() {
+                    // Refused at start: until a set passes, the group is
+                    // wanted as it is (the held configuration's names, at
+                    // its generation), never as the configured names.
+                    if let Some(c) = self.node.configuration() {
+                        let names = c.voters.iter().map(|v| v.name.clone()).collect();
+                        let generation = c.generation;
+                        self.step(Input::Desired { names, generation }).await;
+                    }
+                }
                 Some(updates)
             }
             None => None,
@@ -181,21 +204,36 @@ impl Driver {
     }
 
     /// A desired set read: its addresses join the transport's book, and
-    /// the node reconciles toward its names.
+    /// the node reconciles toward its names once it passes the majority
+    /// check ([`Driver::offer`]).
     async fn desire(&mut self, d: Desired) {
-        if let Some(c) = self.node.configuration() {
-            if let Err(e) = crate::desired::check_against(&d, c) {
-                tracing::error!(
-                    generation = d.generation,
-                    "refused a new desired set: it {e}; keeping the one read before"
-                );
-                self.observer.desired_refused();
-                return;
-            }
-        }
         if let Some(t) = &mut self.transport {
             t.add_peers(&d.peers);
         }
+        self.wanted = Some(d);
+        self.refused = None;
+        self.offer().await;
+    }
+
+    /// Feeds the wanted desired set if it keeps a majority of the voters of
+    /// the configuration this node holds; otherwise logs and counts the
+    /// refusal once for this configuration, and keeps it for later.
+    async fn offer(&mut self) {
+        let Some(d) = self.wanted.clone() else { return };
+        let stamp = self.node.configuration().map(|c| c.stamp());
+        if let Some(Err(e)) = self.node.configuration().map(|c| crate::desired::check_against(&d, c)) {
+            if self.refused != Some((d.generation, stamp)) {
+                self.refused = Some((d.generation, stamp));
+                tracing::error!(
+                    generation = d.generation,
+                    "refused a desired set: it {e}; keeping the one read before until this node's configuration \
+                     allows it"
+                );
+                self.observer.desired_refused();
+            }
+            return;
+        }
+        self.wanted = None;
         let names = d.peers.into_keys().collect();
         self.step(Input::Desired { names, generation: d.generation }).await;
     }
@@ -223,9 +261,6 @@ impl Driver {
         }
         for e in &out.events {
             self.observer.event(e);
-            if let (Event::Renewed { new, .. }, Some(t)) = (e, &self.transport) {
-                t.set_incarnation(*new);
-            }
         }
         if let Some(m) = &self.membership {
             let now = self.node.membership(boottime_now());
@@ -267,7 +302,23 @@ impl Driver {
                     self.send(msg);
                 }
                 let out = self.node.step(persisted_at, Input::Persisted(done.state));
+                // A renewed incarnation is the node's once it is durable:
+                // new connections' hellos name it from then on.
+                let now = self.node.incarnation();
+                if now != self.announced {
+                    if let (Some(t), Some(inc)) = (&self.transport, now) {
+                        t.set_incarnation(inc);
+                    }
+                    self.announced = now;
+                }
                 Box::pin(self.carry_out(out)).await;
+                // A newer configuration may allow a desired set refused
+                // against the older one.
+                if self.wanted.is_some()
+                    && self.refused.map(|(_, s)| s) != Some(self.node.configuration().map(|c| c.stamp()))
+                {
+                    Box::pin(self.offer()).await;
+                }
             }
             _ => {
                 if self.outbox.failed().is_some_and(|f| f.retry) {

@@ -130,7 +130,8 @@ impl Metrics {
                 Opts::new(
                     "leasehold_membership_changes_total",
                     "Membership changes by result: added or removed (made by this node as leader), stuck (pending \
-                     longer than 5 leases), refused (a desired set that could not be read)",
+                     longer than 5 leases), refused (a desired set not read, or keeping fewer than a majority \
+                     of the voters)",
                 ),
                 &["result"],
             )?,

@@ -183,7 +183,8 @@ impl tcp::Events for Reporter {
                 peer = %peer,
                 incarnation = %now,
                 before = %before,
-                "peer answers as a new identity: its state file was lost or replaced since it last connected"
+                "peer answers as a new identity: its state file was lost or replaced, or it renewed its identity, since it \
+                 last connected"
             );
         }
     }

@@ -48,13 +48,6 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
     if let Some(group) = config.force_new_group {
         force_new_group(&state, &mut claimed, group)?;
     }
-    // A node that holds a configuration refuses a desired set that would
-    // take its group below a majority in one step.
-    let held = claimed.initial.as_ref().and_then(|hs| hs.members.as_ref()).and_then(|m| m.config.as_ref());
-    if let (Some((path, generation)), Some(c)) = (&config.peers_file, held) {
-        let d = Desired { peers: config.peers.clone(), generation: *generation };
-        crate::desired::check_against(&d, c).map_err(|e| format!("--peers-file {}: {e}", path.display()))?;
-    }
     Ok(Prepared { state, claimed, peer_tls })
 }
 
