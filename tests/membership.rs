@@ -386,6 +386,21 @@ fn a_wiped_node_comes_back_as_a_voter_with_a_new_incarnation() {
     g.kill9(victim);
     std::fs::remove_dir_all(g.data_dir(victim)).expect("wipe");
     g.spawn(victim);
+    // First a learner: it holds the group's configuration, which does not
+    // list its new identity, and the leader sees it among the learners.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = (false, false);
+    while seen != (true, true) {
+        if let Some(s) = g.status(victim) {
+            seen.0 |= s["membership"]["role"] == "learner";
+        }
+        if let Some((_, l)) = g.leader() {
+            let learners = l["membership"]["learners"].as_array().cloned().unwrap_or_default();
+            seen.1 |= learners.iter().any(|x| x["id"] == name.as_str());
+        }
+        assert!(Instant::now() < deadline, "the wiped node was never seen as a learner: {seen:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
     let (_, after) = g.wait_leader(Duration::from_secs(30), "the wiped node a voter again", |v| {
         let now = voters(&v["membership"]);
         now.len() == 3 && now.get(&name).is_some_and(|inc| *inc != old[&name]) && !pending(v)
