@@ -173,6 +173,7 @@ impl Config {
             advertise,
             mode: core::Mode::Static,
             force_new_group,
+            upgrading: None,
             broken: core::Broken::default(),
         };
         node.validate()?;

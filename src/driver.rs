@@ -377,6 +377,7 @@ mod tests {
             advertise: "solo:5432".into(),
             mode: core::Mode::Static,
             force_new_group: None,
+            upgrading: None,
             broken: core::Broken::default(),
         }
     }

@@ -142,6 +142,11 @@ impl Observer for Reporter {
                 new = %new,
                 "this identity was removed from the group while still desired: drew a new incarnation to rejoin"
             ),
+            Event::Converted { group, voters } => info!(
+                group = %group,
+                voters,
+                "the static group is a managed group from now on (its first configuration lists each static voter)"
+            ),
             Event::GenesisProposed { group } => {
                 info!(group = %group, "every desired member is blank: proposed to create the group")
             }

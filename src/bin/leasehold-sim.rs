@@ -47,6 +47,8 @@ enum Break {
     /// With --membership: the lease counts acks under the configuration
     /// the leader won with, whatever its rounds carried.
     LeaseUnderFirst,
+    /// With --upgrade: a static node forgets its vote when it converts.
+    ConvertForgetsVote,
 }
 
 /// Deterministic simulation of a leasehold group under faults.
@@ -87,6 +89,11 @@ struct Args {
     /// elect, with tokens above every token before.
     #[arg(long)]
     force_new_group: bool,
+    /// Rule 11: a static group that a rolling upgrade to --peers-file
+    /// converts to a managed group online, under the same faults; a node
+    /// wiped during it comes back blank and managed.
+    #[arg(long, conflicts_with = "membership")]
+    upgrade: bool,
     /// Stop at the first seed with a violation.
     #[arg(long)]
     stop_on_violation: bool,
@@ -118,10 +125,12 @@ fn main() -> ExitCode {
             epoch_order: args.breakage == Some(Break::EpochOrder),
             lease_under_first: args.breakage == Some(Break::LeaseUnderFirst),
             force_floor_from_clock: args.breakage == Some(Break::ForceFloorFromClock),
+            convert_forgets_vote: args.breakage == Some(Break::ConvertForgetsVote),
         },
     };
     opts.membership = args.membership;
     opts.force_new_group = args.force_new_group;
+    opts.upgrade = args.upgrade;
     opts.wipes = !args.no_wipes;
     if args.trace {
         opts.verbosity = Verbosity::Messages;
@@ -263,6 +272,7 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::ChangeBeforeStamp => "change-before-stamp",
             Break::EpochOrder => "epoch-order",
             Break::LeaseUnderFirst => "lease-under-first",
+            Break::ConvertForgetsVote => "convert-forgets-vote",
         };
         replay.push_str(&format!(" --break {name}"));
     }
@@ -274,6 +284,9 @@ fn print_failure(args: &Args, r: &SeedReport) {
     }
     if args.force_new_group {
         replay.push_str(" --force-new-group");
+    }
+    if args.upgrade {
+        replay.push_str(" --upgrade");
     }
     println!("  replay: {replay} --trace");
 }

@@ -146,6 +146,9 @@ pub struct Broken {
     /// A node that left its group by `--force-new-group` reads only its
     /// wall clock in its acceptance, not above its term (rule 10).
     pub force_floor_from_clock: bool,
+    /// A static node that converts to a managed one forgets the vote it
+    /// cast in its current term (rule 11).
+    pub convert_forgets_vote: bool,
 }
 
 /// Which membership rules a node follows.
@@ -155,6 +158,34 @@ pub enum Mode {
     Static,
     /// An identity of a managed group (DESIGN §2b).
     Managed { incarnation: Incarnation },
+}
+
+/// What a peer of a static group said of itself in its hello (rule 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A static node that is not upgrading (or said nothing).
+    Static,
+    /// A static node started with `--peers-file`: its incarnation, and the
+    /// digest of the static voters of its state file ([`static_digest`]).
+    Upgrading { incarnation: Incarnation, digest: u64 },
+    /// A managed node, and whether it holds no configuration yet (blank):
+    /// in a static group that has not converted, a blank one is a node
+    /// that lost its state file and came back with `--peers-file`; one
+    /// that holds a configuration converted already.
+    Managed { incarnation: Incarnation, blank: bool },
+}
+
+/// The digest of a static group's voters, by name, that upgrading nodes
+/// compare (rule 11): two leaders whose `--peers` disagree never convert.
+pub fn static_digest(voters: &BTreeSet<NodeId>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in voters {
+        for b in name.as_str().bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h.max(1)
 }
 
 /// A genesis proposal (rule 9): the identities of every desired member,

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use membership::{Broken, Configuration, GroupUid, Identity, MemberState, MembershipView, Mode, Proposal};
+pub use membership::{
+    static_digest, Broken, Configuration, GroupUid, Identity, MemberState, MembershipView, Mode, PeerKind, Proposal,
+};
 pub use message::{Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, PROTOCOL_VERSION};
 pub use node::Node;
 
@@ -160,6 +162,12 @@ pub struct Config {
     /// generation than the first, but only one whose proposal names GROUP
     /// as left by a listed identity.
     pub force_new_group: Option<GroupUid>,
+    /// A static node started with `--peers-file` (rule 11): its own
+    /// incarnation, from its static state file. It runs as a static node
+    /// until its group converts: as the leader, once every static voter is
+    /// upgrading and acked a round of its term; as a follower, when a
+    /// message carries a configuration that lists it.
+    pub upgrading: Option<Incarnation>,
     /// Rules broken on purpose, for the simulator's negative controls only.
     pub broken: Broken,
 }
@@ -233,6 +241,12 @@ pub enum Input {
     Desired {
         names: BTreeSet<NodeId>,
         generation: u64,
+    },
+    /// What a peer said of itself when its connection opened (its hello):
+    /// static, upgrading (rule 11), or managed. Static groups only.
+    Peer {
+        name: NodeId,
+        kind: PeerKind,
     },
 }
 
@@ -371,6 +385,12 @@ pub enum Event {
     Renewed {
         old: Incarnation,
         new: Incarnation,
+    },
+    /// This static node's group became a managed one (rule 11): as the
+    /// leader that made its first configuration, or as a listed follower.
+    Converted {
+        group: GroupUid,
+        voters: usize,
     },
     /// This node, the lowest desired name, proposed a genesis.
     GenesisProposed {

@@ -401,7 +401,9 @@ impl Checker {
             self.tentative.remove(&node);
             return;
         }
-        let same = p.to == *candidate && p.to_inc == candidate_inc;
+        // A promise made by name in a static group is to the one identity
+        // of that name its conversion lists (rule 11).
+        let same = p.to == *candidate && (p.to_inc == candidate_inc || p.to_inc.is_none());
         if !same && local < p.at.plus(self.lease_ttl) {
             let detail = format!(
                 "{name} voted for {candidate} {:?} after promising {} in term {} (lease_ttl {:?})",

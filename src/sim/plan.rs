@@ -27,6 +27,9 @@ pub struct SeedOptions {
     /// Managed groups: a stuck seed is recovered with `--force-new-group`
     /// (rule 10) and must then elect.
     pub force_new_group: bool,
+    /// Rule 11: a static group converted online by a rolling upgrade to
+    /// `--peers-file` during the fault phase.
+    pub upgrade: bool,
     pub verbosity: Verbosity,
 }
 
@@ -40,6 +43,7 @@ impl SeedOptions {
             wipes: true,
             membership: false,
             force_new_group: false,
+            upgrade: false,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -133,7 +137,7 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
     let scaled = (4.0 * ttl_ns as f64 * (1.0 + d) / (1.0 - d)) as u64;
     let mut liveness_bound =
         scaled + 20 * fsync_max.as_nanos() as u64 + 20 * (min_delay + lease_ttl / 20).as_nanos() as u64;
-    if opts.membership {
+    if opts.membership || opts.upgrade {
         // A genesis left open by the faults is withdrawn from after six
         // leases and proposed again.
         liveness_bound += 10 * ttl_ns;
@@ -154,6 +158,7 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
         fsync_max,
         breakage: opts.breakage,
         membership: opts.membership,
+        upgrade: opts.upgrade,
         wall_skew_us,
         seed,
     };
@@ -219,7 +224,8 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     // A managed group that loses a majority of its voters' volumes stays
     // down until the operator recreates it (rule 10), which ends what a
     // seed can show of changes: wipes are rarer there.
-    let wipe_chance = match (opts.wipes, opts.membership) {
+    let managed = opts.membership || opts.upgrade;
+    let wipe_chance = match (opts.wipes, managed) {
         (false, _) => 0.0,
         (true, false) => WIPE_CHANCE,
         (true, true) => MANAGED_WIPE_CHANCE,
@@ -230,6 +236,9 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     }
     if opts.membership {
         schedule_desired_changes(&mut world, seed, ttl, p.fault_phase);
+    }
+    if opts.upgrade {
+        schedule_upgrade(&mut world, seed, ttl, p.fault_phase);
     }
     let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
     schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
@@ -243,7 +252,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     world.at(heal_at, Box::new(move |w: &mut World| heal(w, calm)));
     world.run_until(heal_at + p.liveness_bound);
     let time_to_leader = world.leader_seen_since_heal().map(|t| t - heal_at);
-    let stuck = time_to_leader.is_none() && opts.membership && !world.electable();
+    let stuck = time_to_leader.is_none() && managed && !world.electable();
     if time_to_leader.is_none() && !stuck {
         world.checker.liveness_failed(heal_at, p.liveness_bound);
     }
@@ -282,7 +291,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     // the leader replaces each wiped voter (a removal and an add, each a
     // commit round, the add after the new identity answered for two
     // leases), so the configuration comes to list every node's identity.
-    if opts.membership && !stuck {
+    if managed && !stuck {
         let bound = p.liveness_bound + (4 + 4 * opts.nodes as u64) * ttl;
         world.run_until(heal_at + bound);
         // Excused, like liveness, when no configuration can elect any more.
@@ -326,6 +335,10 @@ fn heal(w: &mut World, calm: NetConfig) {
         w.fail_disk(i, 0);
         w.restart(i);
         w.set_health(i, true);
+        // Rule 11: the rolling upgrade, if one runs, is done by now.
+        if w.config().upgrade {
+            w.upgrade_node(i);
+        }
     }
     w.read_desired_everywhere();
 }
@@ -360,6 +373,21 @@ fn schedule_desired_changes(world: &mut World, seed: u64, ttl: u64, fault_phase:
                 }
             }),
         );
+    }
+}
+
+/// Rule 11: the rolling upgrade restarts the nodes with `--peers-file`
+/// one at a time, highest first as a StatefulSet does, each two to six
+/// leases after the one before, from a stream of its own.
+fn schedule_upgrade(world: &mut World, seed: u64, ttl: u64, fault_phase: u64) {
+    let mut rng = SplitMix64::new(seed ^ 0x0B6E_ADE5_1111);
+    let mut t = 2 * ttl + rng.below(4 * ttl);
+    for i in (0..world.nodes()).rev() {
+        if t >= fault_phase {
+            break;
+        }
+        world.at(t, Box::new(move |w: &mut World| w.upgrade_node(i)));
+        t += 2 * ttl + rng.below(4 * ttl);
     }
 }
 

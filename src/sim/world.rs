@@ -14,6 +14,7 @@ mod config;
 mod fmt;
 mod members;
 mod observe;
+mod upgrade;
 
 pub use config::{Breakage, NetConfig, WorldConfig};
 
@@ -93,6 +94,8 @@ struct Slot {
     life: Incarnation,
     node: Option<Node>,
     incarnation: u64,
+    /// Rule 11's rolling upgrade: restarted with `--peers-file`.
+    upgraded: bool,
     paused: bool,
     inbox: Vec<Envelope>,
     disk: Option<HardState>,
@@ -161,6 +164,7 @@ impl World {
                 life: draw_incarnation(&mut lives),
                 node: None,
                 incarnation: 0,
+                upgraded: false,
                 paused: false,
                 inbox: Vec::new(),
                 disk: None,
@@ -175,7 +179,7 @@ impl World {
             .collect();
         let net = cfg.net.clone();
         let mut checker = Checker::new(cfg.lease_ttl);
-        checker.managed = cfg.membership;
+        checker.managed = cfg.membership || cfg.upgrade;
         let mut world = World {
             now: 0,
             seq: 0,
@@ -367,14 +371,16 @@ impl World {
             max_clock_drift: self.cfg.max_clock_drift,
             priority: self.cfg.priorities[i],
             advertise: format!("{}:5432", self.slots[i].id),
-            mode: if self.cfg.membership { Mode::Managed { incarnation: self.slots[i].life } } else { Mode::Static },
+            mode: if self.runs_managed(i) { Mode::Managed { incarnation: self.slots[i].life } } else { Mode::Static },
             force_new_group: self.forced,
+            upgrading: self.upgrading(i),
             broken: self.cfg.breakage.core,
         }
     }
 
     fn boot(&mut self, i: usize) {
         let cfg = self.node_config(i);
+        let upgrading = cfg.upgrading;
         let local = self.local_now(i);
         let seed = self.cfg.seed ^ ((i as u64 + 1) << 32) ^ self.slots[i].incarnation;
         let disk = self.slots[i].disk.clone();
@@ -385,12 +391,19 @@ impl World {
         };
         self.slots[i].outbox =
             if self.cfg.breakage.send_before_persist { Outbox::sending_before_persist() } else { Outbox::new() };
-        if self.cfg.membership && disk.is_none() {
+        let managed = matches!(cfg.mode, Mode::Managed { .. });
+        if managed && disk.is_none() {
             // The incarnation is written with the first state file, before
             // the node opens a socket (`StateFile::claim`): a crash from
             // here on keeps it.
             self.checker.on_blank_boot(self.now, i, &self.slots[i].id, self.slots[i].life);
             self.slots[i].disk = Some(HardState { members: Some(Box::default()), ..HardState::default() });
+        }
+        if self.cfg.upgrade && !managed && disk.is_none() {
+            // A static node writes its state file (with its incarnation)
+            // before it opens a socket, too: restarted with --peers-file
+            // it is an upgrading static node, not a blank managed one.
+            self.slots[i].disk = Some(HardState::default());
         }
         match Node::new(cfg, disk, boot_at, seed) {
             Ok(node) => self.slots[i].node = Some(node),
@@ -398,9 +411,12 @@ impl World {
         }
         let healthy = self.slots[i].healthy;
         self.step(i, Input::Health(healthy));
-        if self.cfg.membership {
+        if managed || upgrading.is_some() {
             // The desired set as the node reads it at start (its file).
             self.read_desired(i);
+        }
+        if self.cfg.upgrade {
+            self.exchange_hellos(i);
         }
     }
 
@@ -433,6 +449,11 @@ impl World {
         if !self.cfg.breakage.wiped_keeps_incarnation {
             self.slots[i].life = draw_incarnation(&mut self.lives);
         }
+        // Rule 11's rolling upgrade: a pod that lost its volume comes back
+        // with the new pod spec (`--peers-file`), blank and managed.
+        if self.cfg.upgrade {
+            self.slots[i].upgraded = true;
+        }
         self.note(Verbosity::Events, |w| format!("{} lost its state file", w.slots[i].id));
     }
 
@@ -463,6 +484,10 @@ impl World {
         }
         self.slots[i].paused = false;
         self.note(Verbosity::Events, |w| format!("{} resumed", w.slots[i].id));
+        // The hellos of peers that (re)connected meanwhile are read now.
+        if self.cfg.upgrade {
+            self.exchange_hellos(i);
+        }
         let inbox = std::mem::take(&mut self.slots[i].inbox);
         for m in inbox {
             self.step(i, Input::Message(m));
@@ -573,7 +598,7 @@ impl World {
         let Some(node) = self.slots[i].node.as_mut() else { return };
         node.observe_wall_clock(wall);
         let out = node.step(local, input);
-        if self.cfg.membership {
+        if self.slots[i].node.as_ref().is_some_and(|n| n.incarnation().is_some()) {
             self.check_membership(i, &out);
         }
         self.check_promises(i, local, &out, transfer_from.as_ref());

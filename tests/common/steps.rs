@@ -26,6 +26,7 @@ pub fn config(me: &str, voters: &[&str]) -> Config {
         advertise: format!("{me}:5432"),
         mode: leasehold::core::Mode::Static,
         force_new_group: None,
+        upgrading: None,
         broken: leasehold::core::Broken::default(),
     }
 }

@@ -118,6 +118,7 @@ impl Node {
             self.maybe_change(now);
         } else if l.abdicated.is_none() {
             extend_lease(l, voters, leader_lease);
+            self.note_static_ack(now, &m.from);
         }
         if let Some(rtt) = rtt {
             self.out.events.push(Event::AckRoundTrip { peer: m.from.clone(), rtt });

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::Node;
-use crate::core::membership::{Configuration, GroupUid, Identity, MemberState, Mode, Proposal};
+use crate::core::membership::{
+    static_digest, Configuration, GroupUid, Identity, MemberState, Mode, PeerKind, Proposal,
+};
 use crate::core::message::{Body, Envelope, RejectReason};
 use crate::core::{Event, Incarnation, Nanos, NodeId, Term};
 
@@ -37,7 +39,10 @@ pub(super) struct Members {
     wall_micros: u64,
     /// The desired set last read and its generation; until one is read,
     /// `--peers` (the configured names), generation 0.
-    desired: Option<(BTreeSet<NodeId>, u64)>,
+    pub(super) desired: Option<(BTreeSet<NodeId>, u64)>,
+    /// Static groups (rule 11): what each peer's hello said it is, and the
+    /// term of the last round it acked since.
+    pub(super) peer_kinds: BTreeMap<NodeId, (PeerKind, Option<Term>)>,
 }
 
 /// How far above its own term a node that left a group by
@@ -486,14 +491,7 @@ impl Node {
     /// A digest of the desired set's names, so that members reading
     /// different sets never agree on a genesis.
     fn desired_digest(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for name in self.desired_names() {
-            for b in name.as_str().bytes().chain([0]) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x100_0000_01b3);
-            }
-        }
-        h
+        static_digest(self.desired_names())
     }
 
     /// The names the operator wants as voters.
@@ -519,7 +517,11 @@ impl Node {
         if self.members.desired.is_some() && generation < self.desired_generation() {
             return;
         }
-        self.cfg.voters.extend(names.iter().cloned());
+        // A static node's voters are its state file's (an upgrading one
+        // reaches the desired names once it converts, rule 11).
+        if self.managed() {
+            self.cfg.voters.extend(names.iter().cloned());
+        }
         self.members.desired = Some((names, generation));
     }
 

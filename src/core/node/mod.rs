@@ -9,6 +9,7 @@ use std::time::Duration;
 mod leader;
 mod members;
 mod register;
+mod upgrade;
 mod vote;
 
 use leader::LeaderState;
@@ -200,6 +201,7 @@ impl Node {
             Input::PersistFailed => self.on_persist_failed(now),
             Input::Health(h) => self.on_health(now, h),
             Input::Desired { names, generation } => self.on_desired(names, generation),
+            Input::Peer { name, kind } => self.on_peer(now, name, kind),
             Input::Admin(req) => {
                 let result = self.on_admin(now, req);
                 self.out.admin = Some(result);
@@ -237,10 +239,16 @@ impl Node {
     // ---- inputs -------------------------------------------------------
 
     fn on_message(&mut self, now: Nanos, m: Envelope) {
+        // Rule 11: an upgrading static node that a configuration lists
+        // converts first, then takes the message as a managed node.
+        self.maybe_convert_on(now, &m);
         if let Some(reason) = self.invalid(&m) {
             self.reject(&m, reason);
             if reason == RejectReason::WrongAddressee {
                 self.introduce(&m);
+            }
+            if reason == RejectReason::Version {
+                self.hand_configuration_to_static(&m);
             }
             return;
         }
@@ -404,6 +412,8 @@ impl Node {
             self.count_managed();
             self.maybe_change(now);
         }
+        // Rule 11: a static leader converts only once its term is durable.
+        self.maybe_convert(now);
         if !self.storage_ok {
             self.storage_ok = true;
             self.out.events.push(Event::StorageRecovered);

@@ -67,6 +67,10 @@ pub struct WorldConfig {
     /// incarnation, and the group forms by genesis; a wipe makes a new
     /// identity. Off: a static group of names.
     pub membership: bool,
+    /// Rule 11: a static group whose nodes are restarted one by one with
+    /// `--peers-file` (a rolling upgrade), which converts it to a managed
+    /// group online. A node wiped during it comes back managed and blank.
+    pub upgrade: bool,
     /// Each node's wall clock, as an offset from true time in
     /// microseconds (NTP-grade: a few milliseconds).
     pub wall_skew_us: Vec<i64>,
@@ -89,6 +93,7 @@ impl WorldConfig {
             fsync_max: Duration::from_millis(1),
             breakage: Breakage::default(),
             membership: false,
+            upgrade: false,
             wall_skew_us: vec![0; nodes],
             seed,
         }

@@ -40,6 +40,7 @@ pub(super) fn fmt_event(e: &Event) -> String {
             format!("{} {who} (epoch {epoch})", if *add { "adds" } else { "removes" })
         }
         Event::Renewed { old, new } => format!("renews its identity: {old} -> {new}"),
+        Event::Converted { group, voters } => format!("converts to managed group {group} ({voters} voters)"),
         Event::GenesisProposed { group } => format!("proposes the genesis of group {group}"),
         Event::GenesisWithdrawn { group } => format!("withdraws from the genesis of group {group}"),
     }

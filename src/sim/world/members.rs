@@ -21,6 +21,9 @@ impl World {
             .filter_map(|s| s.node.as_ref().and_then(|n| n.configuration()))
             .max_by(|a, b| a.stamp().cmp(&b.stamp()));
         let Some(c) = newest else {
+            if self.cfg.upgrade {
+                return self.upgrade_can_convert();
+            }
             // A genesis can form only for the first generation (rule 9);
             // after a later one the operator must create the group.
             return self.generation <= 1;

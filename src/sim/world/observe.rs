@@ -11,7 +11,9 @@ impl World {
     /// one that a crash loses before its message leaves never existed.
     pub(super) fn check_promises(&mut self, i: usize, local: Nanos, out: &Outputs, transfer_from: Option<&NodeId>) {
         let me = self.slots[i].id.clone();
-        let my_life = self.cfg.membership.then_some(self.slots[i].life);
+        // The node's identity, once it is a managed one (rule 11: an
+        // upgrading node becomes one mid-run).
+        let my_life = self.slots[i].node.as_ref().and_then(|n| n.incarnation());
         for e in &out.events {
             match e {
                 Event::ElectionStarted { transfer, term } => {
