@@ -16,10 +16,12 @@ use tokio::time::Instant;
 use crate::clock::boottime_now;
 use crate::core::outbox::{Held, Outbox};
 use crate::core::{
-    self, AdminError, AdminRequest, Envelope, Event, HardState, Input, LeaderView, MembershipView, Nanos, Node, Outputs,
+    self, AdminError, AdminRequest, Envelope, Event, HardState, Input, LeaderView, MembershipView, Nanos, Node, NodeId,
+    Outputs, PeerKind,
 };
 use crate::desired::Desired;
 use crate::storage::{Identity, StateFile};
+use crate::transport::frame::Standing;
 use crate::transport::tcp::Transport;
 
 /// An admin request and where to send its answer.
@@ -66,6 +68,10 @@ pub struct Driver {
     refused: Option<(u64, Option<(core::Term, u64)>)>,
     /// The incarnation the transport's hellos name.
     announced: Option<core::Incarnation>,
+    /// What each peer's hello said it is (membership rule 11), and what
+    /// this node's hellos say it is.
+    hellos: Option<mpsc::UnboundedReceiver<(NodeId, PeerKind)>>,
+    standing: Standing,
 }
 
 impl Driver {
@@ -103,6 +109,8 @@ impl Driver {
             wanted: None,
             refused: None,
             announced,
+            hellos: None,
+            standing: Standing::Static,
         };
         Ok((driver, view_rx))
     }
@@ -118,6 +126,14 @@ impl Driver {
         self.desired = Some((updates, first));
         self.membership = Some(tx);
         (self, rx)
+    }
+
+    /// Feeds what each peer's hello said it is to the node, and keeps
+    /// this node's own standing, `standing` at start, in its hellos.
+    pub fn with_hellos(mut self, hellos: mpsc::UnboundedReceiver<(NodeId, PeerKind)>, standing: Standing) -> Self {
+        self.hellos = Some(hellos);
+        self.standing = standing;
+        self
     }
 
     /// Feeds the results of a health check. Until the first result the
@@ -153,6 +169,7 @@ impl Driver {
         };
         self.step(Input::Tick).await;
         let (mut inbound_open, mut admin_open) = (true, true);
+        let mut hellos = self.hellos.take();
         loop {
             let wake = self.wake_instant();
             tokio::select! {
@@ -173,6 +190,10 @@ impl Driver {
                 h = next_health(&mut health), if health.is_some() => match h {
                     Some(h) => { self.step(Input::Health(h)).await; }
                     None => health = None,
+                },
+                p = next_hello(&mut hellos), if hellos.is_some() => match p {
+                    Some((name, kind)) => { self.step(Input::Peer { name, kind }).await; }
+                    None => hellos = None,
                 },
                 d = next_desired(&mut desired), if desired.is_some() => match d {
                     Some(d) => self.desire(d).await,
@@ -311,6 +332,19 @@ impl Driver {
                     }
                     self.announced = now;
                 }
+                // A node that converted (rule 11) or holds its first
+                // configuration says so in its hellos from now on.
+                let standing = match (now, self.node.configuration()) {
+                    (Some(_), Some(_)) => Standing::Holding,
+                    (Some(_), None) => Standing::Blank,
+                    (None, _) => self.standing,
+                };
+                if standing != self.standing {
+                    if let Some(t) = &self.transport {
+                        t.set_standing(standing);
+                    }
+                    self.standing = standing;
+                }
                 Box::pin(self.carry_out(out)).await;
                 // A newer configuration may allow a desired set refused
                 // against the older one.
@@ -334,6 +368,13 @@ impl Driver {
         if let Some(t) = &self.transport {
             t.send(m);
         }
+    }
+}
+
+async fn next_hello(rx: &mut Option<mpsc::UnboundedReceiver<(NodeId, PeerKind)>>) -> Option<(NodeId, PeerKind)> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => None,
     }
 }
 

@@ -79,6 +79,9 @@ pub enum Claim {
     /// A file of an earlier version: same node, same votes, now with an
     /// incarnation.
     Upgraded,
+    /// A static group's file, with `--peers-file`: the node is upgrading
+    /// (membership rule 11).
+    Upgrading,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +107,6 @@ pub enum StorageError {
          by restarting nodes can elect two leaders: read docs/operations.md, then pass --accept-new-membership"
     )]
     MembershipChanged { path: PathBuf, found: String, expected: String },
-    #[error(
-        "state file {path} belongs to a static group (--peers); this version does not move a static group to \
-         --peers-file: start it with --peers as before; it was left untouched"
-    )]
-    StaticGroup { path: PathBuf },
     #[error(
         "state file {path} belongs to a managed group (--peers-file): start this node with --peers-file; \
          it was left untouched"
@@ -182,8 +180,8 @@ impl StateFile {
     pub fn claim(&self, expect: &Identity, accept_new_membership: bool) -> Result<Claimed, StorageError> {
         let found = self.load_with_incarnation(expect, accept_new_membership)?;
         let (incarnation, initial, how) = match found {
-            Some((Some(inc), hs)) => (inc, Some(hs), Claim::Kept),
-            Some((None, hs)) => (self.draw()?, Some(hs), Claim::Upgraded),
+            Some((Identity { incarnation: Some(inc), .. }, hs)) => (inc, Some(hs), Claim::Kept),
+            Some((_, hs)) => (self.draw()?, Some(hs), Claim::Upgraded),
             None => (self.draw()?, None, Claim::New),
         };
         let identity = Identity { incarnation: Some(incarnation), ..expect.clone() };
@@ -195,9 +193,11 @@ impl StateFile {
 
     /// Start-up of a node of a managed group (`--peers-file`, DESIGN §2b):
     /// like [`claim`], but a managed file does not pin the voters (they
-    /// change online), a node with no state file starts blank, with a new
-    /// incarnation written before this returns, and a static group's file
-    /// is refused.
+    /// change online), and a node with no state file starts blank, with a
+    /// new incarnation written before this returns. A static group's file
+    /// is kept as it is, voters included (gaining an incarnation if it has
+    /// none): the node is upgrading (membership rule 11) until its group
+    /// converts, and the returned identity names the static voters.
     ///
     /// [`claim`]: StateFile::claim
     pub fn claim_managed(&self, cluster_id: &str, node_id: &NodeId) -> Result<Claimed, StorageError> {
@@ -208,11 +208,18 @@ impl StateFile {
             incarnation: None,
         };
         match self.load_with_incarnation(&expect, true)? {
-            Some((Some(inc), hs)) if hs.members.is_some() => {
+            Some((Identity { incarnation: Some(inc), .. }, hs)) if hs.members.is_some() => {
                 let identity = Identity { incarnation: Some(inc), ..expect };
                 Ok(Claimed { identity, initial: Some(hs), how: Claim::Kept })
             }
-            Some(_) => Err(StorageError::StaticGroup { path: self.path.clone() }),
+            Some((found, hs)) => {
+                let identity =
+                    Identity { incarnation: Some(found.incarnation.map_or_else(|| self.draw(), Ok)?), ..found };
+                if found.incarnation.is_none() {
+                    self.store(&identity, &hs)?;
+                }
+                Ok(Claimed { identity, initial: Some(hs), how: Claim::Upgrading })
+            }
             None => {
                 let identity = Identity { incarnation: Some(self.draw()?), ..expect };
                 let blank = HardState { members: Some(Box::default()), ..HardState::default() };
@@ -230,7 +237,7 @@ impl StateFile {
         &self,
         expect: &Identity,
         accept_new_membership: bool,
-    ) -> Result<Option<(Option<Incarnation>, HardState)>, StorageError> {
+    ) -> Result<Option<(Identity, HardState)>, StorageError> {
         let bytes = match read_limited(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -261,7 +268,7 @@ impl StateFile {
                 expected: join(&expect.voters),
             });
         }
-        Ok(Some((found.incarnation, hs)))
+        Ok(Some((found, hs)))
     }
 
     /// Writes `hs` durably and atomically. Returns the time spent in fsync
@@ -491,10 +498,11 @@ mod tests {
     /// anything else; a restart keeps it; a file of an earlier version
     /// keeps its votes and gains one; a lost file means a new one.
     /// A managed node starts blank with a new incarnation, written first;
-    /// keeps it across restarts whatever the voters; and neither kind of
-    /// group takes over the other's file.
+    /// keeps it across restarts whatever the voters; a static node refuses
+    /// a managed file; a static file claimed with --peers-file is kept as
+    /// it is, an upgrading node's (membership rule 11).
     #[test]
-    fn a_managed_claim_starts_blank_and_the_two_kinds_of_file_do_not_mix() {
+    fn a_managed_claim_starts_blank_and_a_static_file_is_upgrading() {
         let d = TempDir::new();
         let f = StateFile::open(&d.0).expect("open");
         let first = f.claim_managed("pg", &NodeId::new("a")).expect("claim");
@@ -509,10 +517,15 @@ mod tests {
         assert!(matches!(f.claim_managed("other", &NodeId::new("a")), Err(StorageError::WrongCluster { .. })));
         let d2 = TempDir::new();
         let f2 = StateFile::open(&d2.0).expect("open");
-        f2.store(&identity(), &HardState::new(Term(4), None)).expect("a static file");
-        let err = f2.claim_managed("pg", &NodeId::new("a")).expect_err("a managed node refuses a static file");
-        assert!(matches!(err, StorageError::StaticGroup { .. }), "{err}");
-        assert!(err.to_string().contains("left untouched"));
+        f2.store(&identity(), &HardState::new(Term(4), Some(NodeId::new("b")))).expect("a static file");
+        let up = f2.claim_managed("pg", &NodeId::new("a")).expect("a static file with --peers-file: upgrading");
+        assert_eq!(up.how, Claim::Upgrading);
+        assert_eq!(up.identity.voters, identity().voters, "the static voters, from the file");
+        assert_eq!(up.initial, Some(HardState::new(Term(4), Some(NodeId::new("b")))), "term and vote kept");
+        assert!(up.identity.incarnation.is_some(), "an incarnation, drawn if the file had none");
+        let kept = f2.claim_managed("pg", &NodeId::new("a")).expect("again");
+        assert_eq!(kept.identity.incarnation, up.identity.incarnation);
+        assert!(fs::read_to_string(f2.path()).expect("read").starts_with(MAGIC), "still a static file");
     }
 
     #[test]

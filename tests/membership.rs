@@ -29,6 +29,9 @@ struct Slot {
     cluster: Option<String>,
     /// More arguments for its next starts.
     extra: Vec<String>,
+    /// Starts with `--peers` naming the first three slots instead of the
+    /// peers file: a static node.
+    static_peers: bool,
 }
 
 /// Up to `n` nodes named n1..nN on fixed loopback ports; a peers file that
@@ -57,6 +60,7 @@ impl Group {
                 child: None,
                 cluster: None,
                 extra: Vec::new(),
+                static_peers: false,
             })
             .collect();
         let observer = Some(Observer::start(slots.iter().map(|s| s.api.clone()).collect()));
@@ -101,11 +105,17 @@ impl Group {
     fn spawn(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).expect("log");
         let s = &self.slots[i];
+        let (peers_flag, peers) = if s.static_peers {
+            let three: Vec<String> = self.slots[..3].iter().map(|s| format!("{}={}", s.name, s.peer)).collect();
+            ("--peers", three.join(","))
+        } else {
+            ("--peers-file", self.dir.join("peers").to_string_lossy().into_owned())
+        };
         let args = [
             "--node-id".to_string(),
             s.name.clone(),
-            "--peers-file".into(),
-            self.dir.join("peers").to_string_lossy().into_owned(),
+            peers_flag.into(),
+            peers,
             "--listen-peer".into(),
             s.peer.clone(),
             "--listen-api".into(),
@@ -511,7 +521,7 @@ fn leaders_killed_during_changes_never_split_the_configuration() {
 /// written: a malformed peers file, a name twice, a node the file does
 /// not name, both --peers and --peers-file, a static group's state file.
 #[test]
-fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
+fn a_bad_peers_file_stops_start_up_with_exit_2() {
     let dir = std::env::temp_dir().join(format!("leasehold-managed-{}-bad", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
@@ -537,12 +547,13 @@ fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
         assert!(err.contains(says), "{text:?}: {err}");
         assert!(!dir.join("data").join("state").exists(), "a refused start wrote a state file");
     }
-    // A static group's state file is left untouched.
+    // A static group's state file, with a peers file that leaves out one
+    // of its voters: it cannot convert (rule 11), and is left untouched.
     let static_args: Vec<String> = [
         "--node-id",
         "a",
         "--peers",
-        "a=127.0.0.1:1",
+        "a=127.0.0.1:1,b=127.0.0.1:2",
         "--data-dir",
         &dir.join("data").to_string_lossy(),
         "--listen-api",
@@ -556,12 +567,54 @@ fn a_bad_peers_file_or_a_static_state_file_stops_start_up_with_exit_2() {
     .to_vec();
     let (code, _) = run_bounded(&static_args, Duration::from_millis(1500));
     assert_eq!(code, None, "the static node ran until stopped");
-    let before = std::fs::read_dir(dir.join("data")).expect("data dir").count();
+    let before = std::fs::read(dir.join("data").join("state")).expect("the static state file");
     let (code, err) = run("a=127.0.0.1:1\n", &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("belongs to a static group"), "{err}");
-    assert_eq!(std::fs::read_dir(dir.join("data")).expect("data dir").count(), before);
+    assert!(err.contains("does not name b"), "{err}");
+    assert_eq!(std::fs::read(dir.join("data").join("state")).expect("state"), before, "left untouched");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rule 11: a static group of three (`--peers`) converted online by a
+/// rolling restart to `--peers-file`, highest name first as a StatefulSet
+/// rolls its pods. It elects throughout as a static group; once the last
+/// node runs with the file the group converts, listing each node by the
+/// incarnation of its static state file, and then grows to four as any
+/// managed group does.
+#[test]
+fn a_static_group_converts_online_by_a_rolling_restart() {
+    let mut g = Group::new(4, "convert");
+    for i in 0..3 {
+        g.slots[i].static_peers = true;
+        g.spawn(i);
+    }
+    g.wait_leader(Duration::from_secs(20), "a static group of three", |v| v["membership"].is_null());
+    let before: Vec<String> =
+        (0..3).map(|i| g.status(i).expect("status")["incarnation"].as_str().expect("incarnation").to_string()).collect();
+    g.desire(3);
+    for i in (0..3).rev() {
+        // SIGTERM is a planned hand-over if the node leads: its lease ends
+        // before its successor campaigns.
+        let asked = Instant::now();
+        g.terminate(i);
+        g.observer.as_mut().expect("observer").handovers.push((i, asked, Instant::now()));
+        g.slots[i].static_peers = false;
+        g.spawn(i);
+        g.wait_leader(Duration::from_secs(20), "a leader after the restart", |_| true);
+    }
+    let listed = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(20));
+    for (i, inc) in before.iter().enumerate() {
+        assert_eq!(&listed[&format!("n{}", i + 1)], inc, "each name by its static state file's incarnation");
+    }
+    let log = std::fs::read_to_string(g.log_path(0)).unwrap_or_default()
+        + &std::fs::read_to_string(g.log_path(1)).unwrap_or_default()
+        + &std::fs::read_to_string(g.log_path(2)).unwrap_or_default();
+    assert!(log.contains("the static group is a managed group from now on"), "the conversion is logged");
+    g.desire(4);
+    g.spawn(3);
+    g.wait_voters(&["n1", "n2", "n3", "n4"], Duration::from_secs(30));
+    g.wait_leader(Duration::from_secs(10), "a leader of four", |v| voters(&v["membership"]).len() == 4);
+    g.check();
 }
 
 /// A group that lost a majority for good (two of three volumes gone) has

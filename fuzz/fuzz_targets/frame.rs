@@ -197,7 +197,7 @@ fn check_handshake(payload: &[u8]) {
             assert_eq!(plain.as_ref(), Ok(&hello));
             assert_eq!(hello.magic, HELLO_MAGIC);
             assert!((1..=HELLO_VERSION).contains(&hello.version));
-            assert_eq!(hello.incarnation.is_some(), hello.version == 2, "an incarnation in version 2 only");
+            assert_eq!(hello.incarnation.is_some(), hello.version >= 2, "an incarnation from version 2 on");
             assert_eq!(hello.cluster_id, CLUSTER);
             assert!(is_voter(&hello.node_id));
             let frame = encode(&hello).expect("a hello encodes");

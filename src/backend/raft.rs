@@ -17,6 +17,7 @@ use crate::desired::Desired;
 use crate::driver::Driver;
 use crate::report::Reporter;
 use crate::storage::{Claim, Claimed, Identity, StateFile};
+use crate::transport::frame::Standing;
 use crate::transport::tcp::{Transport, TransportConfig};
 use crate::transport::tls::{self, PeerTls};
 
@@ -47,6 +48,20 @@ pub fn prepare(config: &Config) -> Result<Prepared, String> {
     .map_err(|e| e.to_string())?;
     if let Some(group) = config.force_new_group {
         force_new_group(&state, &mut claimed, group)?;
+    }
+    if claimed.how == Claim::Upgrading {
+        // Rule 11: the conversion lists every static voter; each must be
+        // reachable at an address of the peers file.
+        let missing: Vec<String> =
+            claimed.identity.voters.iter().filter(|v| !config.peers.contains_key(*v)).map(|v| v.to_string()).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "--peers-file: this node's state file belongs to a static group of {}, and the file does not name {}: \
+                 convert a static group with every voter named (the same set as --peers), then change the set",
+                claimed.identity.voters.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(","),
+                missing.join(",")
+            ));
+        }
     }
     Ok(Prepared { state, claimed, peer_tls })
 }
@@ -128,7 +143,20 @@ pub async fn start(
             incarnation,
             "state file of an earlier version: kept its term and vote, added this node's incarnation"
         ),
+        Claim::Upgrading => tracing::warn!(
+            incarnation,
+            "a static group's state file, with --peers-file: this node runs as a static node until its group \
+             converts to a managed one, once every voter runs with --peers-file (restart them one at a time)"
+        ),
     }
+    let upgrading = prepared.claimed.how == Claim::Upgrading;
+    let standing = match prepared.claimed.initial.as_ref().and_then(|hs| hs.members.as_ref()) {
+        _ if upgrading => Standing::Upgrading { digest: core::static_digest(&prepared.claimed.identity.voters) },
+        Some(m) if m.config.is_some() => Standing::Holding,
+        Some(_) => Standing::Blank,
+        None => Standing::Static,
+    };
+    let (hellos_tx, hellos_rx) = mpsc::unbounded_channel();
     let (inbound_tx, inbound_rx) = mpsc::channel(1024);
     let transport = match &config.listen_peer {
         Some(addr) if !config.peers.is_empty() => {
@@ -139,6 +167,8 @@ pub async fn start(
                 peers: config.peers.clone(),
                 tls: prepared.peer_tls,
                 incarnation: current,
+                standing,
+                hellos: Some(hellos_tx),
             };
             let started = Transport::start(cfg, listener, inbound_tx, reporter.clone());
             Some(started.map_err(|e| format!("--listen-peer {addr}: {e}"))?)
@@ -148,7 +178,13 @@ pub async fn start(
     let (admin_tx, admin_rx) = mpsc::channel(16);
     let mut node = config.node.clone();
     let mut seed = boottime_now().0 ^ u64::from(std::process::id());
-    if let (Some(_), Some(incarnation)) = (&config.peers_file, prepared.claimed.identity.incarnation) {
+    if let (Some(_), Some(incarnation), true) = (&config.peers_file, prepared.claimed.identity.incarnation, upgrading) {
+        // Rule 11: a static node until its group converts, with the
+        // voters of its state file.
+        node.voters = prepared.claimed.identity.voters.clone();
+        node.upgrading = Some(incarnation);
+        seed = crate::storage::draw_incarnation().map_err(|e| format!("/dev/urandom: {e}"))?.0 as u64;
+    } else if let (Some(_), Some(incarnation)) = (&config.peers_file, prepared.claimed.identity.incarnation) {
         node.mode = core::Mode::Managed { incarnation };
         // A managed node draws group uids and new incarnations from its
         // seed: two nodes must never share one.
@@ -171,7 +207,8 @@ pub async fn start(
     let driver = match health {
         Some(h) => driver.with_health(h),
         None => driver,
-    };
+    }
+    .with_hellos(hellos_rx, standing);
     let (driver, membership) = match &config.peers_file {
         Some((path, generation)) => {
             let first = Desired { peers: config.peers.clone(), generation: *generation };

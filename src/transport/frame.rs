@@ -2,12 +2,14 @@
 //! a postcard payload, a hard size cap, and the handshake ([`Hello`]) that
 //! opens every connection in each direction.
 //!
-//! The hello has two versions. Version 1 (protocol 1's, byte for byte) names
-//! the cluster and the node; version 2 adds the node's incarnation (DESIGN
-//! §2b). A node answers a hello in the version it was greeted in, and dials
-//! in version 2 first, falling back to 1 for a peer that closes on it (a
-//! node of an earlier version refuses any hello but 1). The messages after
-//! the hello are the same in both.
+//! The hello has three versions. Version 1 (protocol 1's, byte for byte)
+//! names the cluster and the node; version 2 adds the node's incarnation
+//! (DESIGN §2b); version 3 adds its [`Standing`]: static, upgrading (rule
+//! 11, with the digest of its static voters), or managed, blank or holding
+//! a configuration. A node answers a hello in the version it was greeted
+//! in, and dials in version 3 first, one version lower each time a peer
+//! closes on it (a node of an earlier version refuses any hello it does not
+//! know). The messages after the hello are the same in all.
 //!
 //! Why postcard: the messages are small structs with a few integers and short
 //! strings; postcard (serde, varint integers, length-prefixed strings, a
@@ -24,7 +26,7 @@ use serde::de::{self, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::core::{Envelope, Incarnation, NodeId, MANAGED_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use crate::core::{Envelope, Incarnation, NodeId, PeerKind, MANAGED_PROTOCOL_VERSION, PROTOCOL_VERSION};
 
 /// No peer message comes near this; a larger announced length closes the
 /// connection before anything is allocated for it.
@@ -34,19 +36,49 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// (an HTTP request, a port scanner) is told apart from an old peer.
 pub const HELLO_MAGIC: u32 = 0x4C48_4C44;
 
-/// The newest hello this node speaks (with its incarnation).
-pub const HELLO_VERSION: u32 = 2;
+/// The newest hello this node speaks (with its incarnation and standing).
+pub const HELLO_VERSION: u32 = 3;
+
+/// What a node is, as its version-3 hello says (membership rule 11).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Standing {
+    /// A static node (`--peers`).
+    #[default]
+    Static,
+    /// A static node started with `--peers-file`: it converts with its
+    /// group. The digest of its state file's voters
+    /// ([`crate::core::static_digest`]).
+    Upgrading { digest: u64 },
+    /// A managed node that holds no configuration.
+    Blank,
+    /// A managed node that holds a configuration.
+    Holding,
+}
+
+impl Standing {
+    fn tag(self) -> (u8, u64) {
+        match self {
+            Standing::Static => (0, 0),
+            Standing::Upgrading { digest } => (1, digest),
+            Standing::Blank => (2, 0),
+            Standing::Holding => (3, 0),
+        }
+    }
+}
 
 /// The first frame each side sends on a connection. On the wire: magic,
-/// version, cluster id, node id, and in version 2 the incarnation.
+/// version, cluster id, node id, from version 2 the incarnation, and in
+/// version 3 the standing (a tag byte and a digest).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub magic: u32,
     pub version: u32,
     pub cluster_id: String,
     pub node_id: NodeId,
-    /// Version 2 only.
+    /// Version 2 and later.
     pub incarnation: Option<Incarnation>,
+    /// Version 3 only (`Static` in earlier versions).
+    pub standing: Standing,
 }
 
 impl Hello {
@@ -58,6 +90,7 @@ impl Hello {
             cluster_id: cluster_id.into(),
             node_id: node_id.clone(),
             incarnation: None,
+            standing: Standing::Static,
         }
     }
 
@@ -65,11 +98,35 @@ impl Hello {
     pub fn with_incarnation(cluster_id: &str, node_id: &NodeId, incarnation: Incarnation) -> Self {
         Hello { version: 2, incarnation: Some(incarnation), ..Hello::new(cluster_id, node_id) }
     }
+
+    /// A version-3 hello, naming this node's incarnation and standing.
+    pub fn with_standing(cluster_id: &str, node_id: &NodeId, incarnation: Incarnation, standing: Standing) -> Self {
+        Hello { version: 3, standing, ..Hello::with_incarnation(cluster_id, node_id, incarnation) }
+    }
+
+    /// What the peer is, for the core (`Input::Peer`): a hello without an
+    /// incarnation, or of an earlier version, is a static node's.
+    pub fn peer_kind(&self) -> PeerKind {
+        match (self.incarnation, self.standing) {
+            (Some(incarnation), Standing::Upgrading { digest }) => PeerKind::Upgrading { incarnation, digest },
+            (Some(incarnation), Standing::Blank) => PeerKind::Managed { incarnation, blank: true },
+            (Some(incarnation), Standing::Holding) => PeerKind::Managed { incarnation, blank: false },
+            _ => PeerKind::Static,
+        }
+    }
 }
 
 impl Serialize for Hello {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(if self.incarnation.is_some() { 5 } else { 4 })?;
+        let three = self.version >= 3 && self.incarnation.is_some();
+        let fields = if three {
+            7
+        } else if self.incarnation.is_some() {
+            5
+        } else {
+            4
+        };
+        let mut t = s.serialize_tuple(fields)?;
         t.serialize_element(&self.magic)?;
         t.serialize_element(&self.version)?;
         t.serialize_element(&self.cluster_id)?;
@@ -77,13 +134,19 @@ impl Serialize for Hello {
         if let Some(i) = &self.incarnation {
             t.serialize_element(i)?;
         }
+        if three {
+            let (tag, digest) = self.standing.tag();
+            t.serialize_element(&tag)?;
+            t.serialize_element(&digest)?;
+        }
         t.end()
     }
 }
 
 impl<'de> Deserialize<'de> for Hello {
-    /// Reads the incarnation only in version 2: a version-1 hello is four
-    /// fields, and [`decode`] refuses bytes left over.
+    /// Reads the incarnation from version 2 and the standing in version 3:
+    /// a version-1 hello is four fields, and [`decode`] refuses bytes left
+    /// over.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Fields;
         impl<'de> Visitor<'de> for Fields {
@@ -97,13 +160,27 @@ impl<'de> Deserialize<'de> for Hello {
                 let cluster_id = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(2, &self))?;
                 let node_id = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(3, &self))?;
                 let incarnation = match version {
-                    2 => Some(seq.next_element()?.ok_or_else(|| de::Error::invalid_length(4, &self))?),
+                    2 | 3 => Some(seq.next_element()?.ok_or_else(|| de::Error::invalid_length(4, &self))?),
                     _ => None,
                 };
-                Ok(Hello { magic, version, cluster_id, node_id, incarnation })
+                let standing = match version {
+                    3 => {
+                        let tag: u8 = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(5, &self))?;
+                        let digest: u64 = seq.next_element()?.ok_or_else(|| de::Error::invalid_length(6, &self))?;
+                        match tag {
+                            0 => Standing::Static,
+                            1 => Standing::Upgrading { digest },
+                            2 => Standing::Blank,
+                            3 => Standing::Holding,
+                            _ => return Err(de::Error::custom(format!("unknown standing {tag}"))),
+                        }
+                    }
+                    _ => Standing::Static,
+                };
+                Ok(Hello { magic, version, cluster_id, node_id, incarnation, standing })
             }
         }
-        d.deserialize_tuple(5, Fields)
+        d.deserialize_tuple(7, Fields)
     }
 }
 
@@ -371,9 +448,40 @@ mod tests {
         v1_with_more[at] = 1;
         assert!(matches!(check_hello(&v1_with_more, "pg", voters), Err(FrameError::Malformed(_))));
         assert!(matches!(check_hello(&extended, "pg", voters), Err(FrameError::Malformed(_))), "2 without incarnation");
-        let mut v3 = p2.clone();
-        v3[at] = 3;
-        assert_eq!(check_hello(&v3, "pg", voters), Err(FrameError::Version(3)));
+        let mut v4 = p2.clone();
+        v4[at] = 4;
+        assert_eq!(check_hello(&v4, "pg", voters), Err(FrameError::Version(4)));
+    }
+
+    /// Version 3 is version 2 and the standing; it decodes only whole, an
+    /// unknown standing is malformed, and each standing maps to what the
+    /// core is told of the peer.
+    #[test]
+    fn a_version_3_hello_carries_the_standing() {
+        let inc = Incarnation(0x77);
+        let standings = [
+            (Standing::Static, PeerKind::Static),
+            (Standing::Upgrading { digest: 9 }, PeerKind::Upgrading { incarnation: inc, digest: 9 }),
+            (Standing::Blank, PeerKind::Managed { incarnation: inc, blank: true }),
+            (Standing::Holding, PeerKind::Managed { incarnation: inc, blank: false }),
+        ];
+        for (standing, kind) in standings {
+            let three = Hello::with_standing("pg", &NodeId::new("a"), inc, standing);
+            let p3 = encode(&three).expect("encode")[4..].to_vec();
+            let got = check_hello(&p3, "pg", voters).expect("decodes");
+            assert_eq!((got.peer_kind(), got), (kind, three));
+            for cut in 0..p3.len() {
+                assert!(check_hello(&p3[..cut], "pg", voters).is_err(), "cut at {cut}");
+            }
+        }
+        let mut bad = Hello::with_standing("pg", &NodeId::new("a"), inc, Standing::Blank);
+        bad.standing = Standing::Holding;
+        let mut p = encode(&bad).expect("encode")[4..].to_vec();
+        let tag_at = p.len() - 2;
+        p[tag_at] = 4;
+        assert!(matches!(check_hello(&p, "pg", voters), Err(FrameError::Malformed(_))), "unknown standing");
+        let two = Hello::with_incarnation("pg", &NodeId::new("a"), inc);
+        assert_eq!(two.peer_kind(), PeerKind::Static, "an earlier version's hello");
     }
 
     #[test]

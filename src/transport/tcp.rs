@@ -32,11 +32,11 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 type Certificate = CertificateDer<'static>;
 use tracing::warn;
 
-use super::frame::{self, check_hello, FrameError, FrameReader, Hello};
+use super::frame::{self, check_hello, FrameError, FrameReader, Hello, Standing};
 use super::tls::{self, PeerTls};
 use crate::clock::boottime_now;
 use crate::core::rng::SplitMix64;
-use crate::core::{Envelope, Incarnation, NodeId};
+use crate::core::{Envelope, Incarnation, NodeId, PeerKind};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -72,9 +72,14 @@ pub struct TransportConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// Mutual TLS on every connection; None: plain TCP.
     pub tls: Option<Arc<PeerTls>>,
-    /// This node's incarnation, for hellos of version 2; None: version 1
-    /// only.
+    /// This node's incarnation, for hellos of version 2 and 3; None:
+    /// version 1 only.
     pub incarnation: Option<Incarnation>,
+    /// What this node's version-3 hellos say it is (membership rule 11).
+    pub standing: Standing,
+    /// Where each peer's hello is reported, as the core's `Input::Peer`
+    /// wants it (membership rule 11), in the order they arrived.
+    pub hellos: Option<mpsc::UnboundedSender<(NodeId, PeerKind)>>,
 }
 
 struct Ctx {
@@ -87,6 +92,9 @@ struct Ctx {
     /// This node's incarnation now: a managed node may draw a new one
     /// while running (membership rule 8).
     incarnation: RwLock<Option<Incarnation>>,
+    /// This node's standing now: it changes when it converts or receives
+    /// its first configuration.
+    standing: RwLock<Standing>,
 }
 
 impl Ctx {
@@ -104,9 +112,22 @@ impl Ctx {
 
     /// This node's hello in `version` (1 if it has no incarnation).
     fn hello(&self, version: u32) -> Hello {
+        let (cluster, node) = (&self.cfg.cluster_id, &self.cfg.node_id);
         match self.incarnation() {
-            Some(inc) if version >= 2 => Hello::with_incarnation(&self.cfg.cluster_id, &self.cfg.node_id, inc),
-            _ => Hello::new(&self.cfg.cluster_id, &self.cfg.node_id),
+            Some(inc) if version >= 3 => {
+                let standing = self.standing.read().map(|s| *s).unwrap_or_default();
+                Hello::with_standing(cluster, node, inc, standing)
+            }
+            Some(inc) if version == 2 => Hello::with_incarnation(cluster, node, inc),
+            _ => Hello::new(cluster, node),
+        }
+    }
+
+    /// A peer's hello was accepted: the events, and the driver's report.
+    fn heard(&self, hello: &Hello) {
+        self.events.peer_hello(&hello.node_id, hello.incarnation);
+        if let Some(tx) = &self.cfg.hellos {
+            let _ = tx.send((hello.node_id.clone(), hello.peer_kind()));
         }
     }
 
@@ -139,7 +160,8 @@ impl Transport {
         let local_addr = listener.local_addr()?;
         let peers = RwLock::new(cfg.peers.clone());
         let incarnation = RwLock::new(cfg.incarnation);
-        let ctx = Arc::new(Ctx { cfg, events, peers, incarnation });
+        let standing = RwLock::new(cfg.standing);
+        let ctx = Arc::new(Ctx { cfg, events, peers, incarnation, standing });
         if let Some(tls) = &ctx.cfg.tls {
             let events = ctx.events.clone();
             tokio::spawn(tls::watch(tls.clone(), move |ok| events.tls_reloaded(ok)));
@@ -171,6 +193,13 @@ impl Transport {
     pub fn set_incarnation(&self, incarnation: Incarnation) {
         if let Ok(mut i) = self.ctx.incarnation.write() {
             *i = Some(incarnation);
+        }
+    }
+
+    /// What this node's hellos of new connections say it is from now on.
+    pub fn set_standing(&self, standing: Standing) {
+        if let Ok(mut s) = self.ctx.standing.write() {
+            *s = standing;
         }
     }
 
@@ -320,7 +349,7 @@ async fn serve_inbound(stream: TcpStream, ctx: &Ctx, inbound: mpsc::Sender<Envel
     if let (Some(cert), Some(addr)) = (&client_cert, ctx.address_of(&hello.node_id)) {
         tls::certificate_names(cert, &addr).map_err(|e| Closed::Tls(format!("hello as {}: {e}", hello.node_id)))?;
     }
-    ctx.events.peer_hello(&hello.node_id, hello.incarnation);
+    ctx.heard(&hello);
     let mine = frame::encode(&ctx.hello(hello.version))?;
     timeout(WRITE_TIMEOUT, stream.write_all(&mine)).await.map_err(|_| Closed::Io)??;
     loop {
@@ -380,8 +409,8 @@ async fn dial_loop(peer: NodeId, ctx: Arc<Ctx>, mut queue: mpsc::Receiver<Envelo
             Err(Closed::Io) => None,
             Err(Closed::NoHello) if version > 1 => {
                 // Most likely a node of an earlier version: greet it in
-                // version 1 at once, without a backoff.
-                version = 1;
+                // the version below at once, without a backoff.
+                version -= 1;
                 continue;
             }
             Err(Closed::NoHello) => {
@@ -421,7 +450,7 @@ async fn dial(peer: &NodeId, addr: &str, ctx: &Ctx, version: u32) -> Result<Box<
     // The node answering at this address must be the peer we meant.
     let hello = check_hello(&payload, &ctx.cfg.cluster_id, |id| id == peer)?;
     debug_assert_eq!(&hello.node_id, peer);
-    ctx.events.peer_hello(peer, hello.incarnation);
+    ctx.heard(&hello);
     Ok(stream)
 }
 

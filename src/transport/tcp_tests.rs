@@ -82,6 +82,8 @@ async fn pair_with(tls_a: Option<Arc<PeerTls>>, tls_b: Option<Arc<PeerTls>>) -> 
         peers: peers.clone(),
         tls,
         incarnation: Some(incarnation(me)),
+        standing: Default::default(),
+        hellos: None,
     };
     let (ta, ra) = mpsc::channel(16);
     let (tb, rb) = mpsc::channel(16);
@@ -123,6 +125,8 @@ async fn a_node_of_an_earlier_version_is_greeted_in_version_1_after_it_closes() 
         peers,
         tls: None,
         incarnation: Some(incarnation("a")),
+        standing: Default::default(),
+        hellos: None,
     };
     let (ta, _ra) = mpsc::channel(16);
     let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
@@ -198,8 +202,15 @@ async fn a_peer_that_dies_is_noticed_without_a_write_and_the_next_message_arrive
     // of writing it into the dead one.
     let (la, lb, peers) = two_listeners().await;
     let events = Arc::new(Recorded::default());
-    let cfg =
-        TransportConfig { cluster_id: "pg".into(), node_id: NodeId::new("a"), peers, tls: None, incarnation: None };
+    let cfg = TransportConfig {
+        cluster_id: "pg".into(),
+        node_id: NodeId::new("a"),
+        peers,
+        tls: None,
+        incarnation: None,
+        standing: Default::default(),
+        hellos: None,
+    };
     let (ta, _ra) = mpsc::channel(16);
     let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
     let accept_hello = || async {
@@ -400,6 +411,8 @@ mod over_tls {
                 peers,
                 tls: Some(load(&na, &ca.cert)),
                 incarnation: None,
+                standing: Default::default(),
+                hellos: None,
             };
             let (ta, _ra) = mpsc::channel(16);
             let _a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
