@@ -706,3 +706,55 @@ fn the_chart_scales_from_three_to_five_and_back_online() {
     assert!(longest <= Duration::from_secs(3), "a gap without a leader of {longest:?}: more than one failover");
     assert!(observer.finish() > 0);
 }
+
+/// Membership rule 11 through the chart: a release that runs static
+/// (`sidecar.membership=static`, `--peers`) upgraded with
+/// `sidecar.membership=managed` at the same replica count, replayed as the
+/// StatefulSet's rolling update does it: highest ordinal first, each pod
+/// stopped with SIGTERM and started as newly rendered (the ConfigMap's
+/// file instead of `--peers`) once a leader is back. The group elects
+/// throughout and ends converted, three voters listed, under the observer
+/// check (each SIGTERM a planned hand-over).
+#[test]
+fn the_chart_converts_a_static_release_by_its_rolling_update() {
+    let render = |membership: &str| {
+        let m = format!("sidecar.membership={membership}");
+        Rendered::from(&helm_template(&[&m, "sidecar.leaseTtl=1s"]), "lh-leasehold")
+    };
+    let static_render = render("static");
+    assert!(strings(&static_render.sidecar["args"]).iter().any(|a| a.starts_with("--peers=")), "static: --peers");
+    let mut g = Group::start(static_render, "convert");
+    let mut observer = Observer::start(g.apis().iter().map(|a| a.unwrap_or_default().to_string()).collect());
+    assert!(wait_for_one_leader(&g.apis(), Duration::from_secs(20), None).is_some(), "a static leader");
+    g.rendered = render("managed");
+    for i in (0..3).rev() {
+        let asked = Instant::now();
+        // SAFETY: kill(2) on the pid of a child this test spawned.
+        unsafe { libc::kill(g.pods[i].child.id() as i32, libc::SIGTERM) };
+        let _ = g.pods[i].child.wait();
+        observer.handovers.push((i, asked, Instant::now()));
+        g.pods[i] = g.spawn(i);
+        let back = wait_for_one_leader(&g.apis(), Duration::from_secs(20), None);
+        assert!(back.is_some(), "no leader after restarting pod {i}; its log:\n{}", g.log(i));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let converted = loop {
+        let statuses: Vec<Value> = g
+            .apis()
+            .iter()
+            .filter_map(|a| get(a.unwrap_or_default(), "/v1/status"))
+            .filter_map(|(_, body)| serde_json::from_str(&body).ok())
+            .collect();
+        let listed = |v: &Value| v["membership"]["voters"].as_array().map_or(0, Vec::len);
+        if statuses.len() == 3 && statuses.iter().all(|v| listed(v) == 3) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(converted, "the group never converted; log of pod 0:\n{}", g.log(0));
+    assert!(wait_for_one_leader(&g.apis(), Duration::from_secs(10), None).is_some(), "a managed leader");
+    assert!(observer.finish() > 0);
+}

@@ -150,6 +150,7 @@ pub async fn start(
         ),
     }
     let upgrading = prepared.claimed.how == Claim::Upgrading;
+    let prepared_voters = prepared.claimed.identity.voters.len();
     let standing = match prepared.claimed.initial.as_ref().and_then(|hs| hs.members.as_ref()) {
         _ if upgrading => Standing::Upgrading { digest: core::static_digest(&prepared.claimed.identity.voters) },
         Some(m) if m.config.is_some() => Standing::Holding,
@@ -216,6 +217,10 @@ pub async fn start(
             let counter = metrics.clone();
             let refused = move || counter.membership_change("refused");
             tokio::spawn(crate::desired::watch(path.clone(), first.clone(), tx, refused));
+            if upgrading {
+                // Until the group converts (rule 11), its static voters.
+                metrics.static_voters(prepared_voters);
+            }
             let (driver, membership) = driver.with_desired(first, rx);
             tokio::spawn(metrics.clone().follow_membership(membership.clone(), config.node.lease_ttl));
             (driver, Some(membership))
