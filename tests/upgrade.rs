@@ -134,7 +134,8 @@ fn protocol_1_frames_decode_as_written() {
             version: 1,
             cluster_id: "pg-main".into(),
             node_id: NodeId::new("pg-0"),
-            incarnation: None
+            incarnation: None,
+            standing: Default::default(),
         }
     );
     for (name, expected) in messages() {

@@ -100,10 +100,10 @@ async fn read_hello(s: &mut TcpStream) -> (Vec<u8>, FrameReader) {
     (read.expect("in time").ok().expect("a hello"), reader)
 }
 
-/// Two nodes of this version greet each other in version 2 and learn
+/// Two nodes of this version greet each other in version 3 and learn
 /// each other's incarnation, on the connections of both directions.
 #[tokio::test]
-async fn nodes_of_this_version_greet_in_version_2_and_learn_each_others_incarnation() {
+async fn nodes_of_this_version_greet_in_version_3_and_learn_each_others_incarnation() {
     let (_a, _ra, _b, _rb, events) = pair().await;
     let seen = |peer: &str| (NodeId::new(peer), Some(incarnation(peer)));
     eventually("four hellos", || events.hellos.lock().expect("lock").len() >= 4).await;
@@ -113,8 +113,8 @@ async fn nodes_of_this_version_greet_in_version_2_and_learn_each_others_incarnat
 }
 
 /// b is a node of protocol 1: it refuses any hello but version 1 by
-/// closing the connection. a greets it in version 2, then in version 1,
-/// with exactly protocol 1's bytes, and its messages get through.
+/// closing the connection. a greets it in version 3, then 2, then 1, with
+/// exactly protocol 1's bytes, and its messages get through.
 #[tokio::test]
 async fn a_node_of_an_earlier_version_is_greeted_in_version_1_after_it_closes() {
     let (la, lb, peers) = two_listeners().await;
@@ -132,8 +132,12 @@ async fn a_node_of_an_earlier_version_is_greeted_in_version_1_after_it_closes() 
     let a = Transport::start(cfg, la, ta, events.clone()).expect("start a");
     let (mut s, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("dialled").expect("accept");
     let (hello, _) = read_hello(&mut s).await;
-    assert_eq!(check_hello(&hello, "pg", |_| true).expect("hello").version, 2);
+    assert_eq!(check_hello(&hello, "pg", |_| true).expect("hello").version, 3);
     drop(s); // what a node of protocol 1 does with it
+    let (mut s, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("redialled").expect("accept");
+    let (hello, _) = read_hello(&mut s).await;
+    assert_eq!(check_hello(&hello, "pg", |_| true).expect("hello").version, 2);
+    drop(s);
     let (mut s, _) = timeout(Duration::from_secs(5), lb.accept()).await.expect("redialled").expect("accept");
     let (hello, mut reader) = read_hello(&mut s).await;
     let v1 = frame::encode(&Hello::new("pg", &NodeId::new("a"))).expect("encode");
