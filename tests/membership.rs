@@ -589,9 +589,11 @@ fn a_static_group_converts_online_by_a_rolling_restart() {
         g.spawn(i);
     }
     g.wait_leader(Duration::from_secs(20), "a static group of three", |v| v["membership"].is_null());
-    let before: Vec<String> =
-        (0..3).map(|i| g.status(i).expect("status")["incarnation"].as_str().expect("incarnation").to_string()).collect();
+    let before: Vec<String> = (0..3)
+        .map(|i| g.status(i).expect("status")["incarnation"].as_str().expect("incarnation").to_string())
+        .collect();
     g.desire(3);
+    let mut last_start = Instant::now();
     for i in (0..3).rev() {
         // SIGTERM is a planned hand-over if the node leads: its lease ends
         // before its successor campaigns.
@@ -599,10 +601,15 @@ fn a_static_group_converts_online_by_a_rolling_restart() {
         g.terminate(i);
         g.observer.as_mut().expect("observer").handovers.push((i, asked, Instant::now()));
         g.slots[i].static_peers = false;
+        last_start = Instant::now();
         g.spawn(i);
         g.wait_leader(Duration::from_secs(20), "a leader after the restart", |_| true);
     }
     let listed = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(20));
+    eprintln!(
+        "measured: converted, every node listing three voters, {:?} after the last node started",
+        last_start.elapsed()
+    );
     for (i, inc) in before.iter().enumerate() {
         assert_eq!(&listed[&format!("n{}", i + 1)], inc, "each name by its static state file's incarnation");
     }
