@@ -229,7 +229,28 @@ fn a_converted_node_hands_its_configuration_to_a_static_peer() {
     let mut a = Node::new(cfg, Some(durable), boot(), 7).expect("valid config");
     let out = deliver(&mut a, at(3_000), msg("c", "a", 6, Body::PreVoteRequest { next_term: Term(7) }));
     assert!(out.rejected.iter().any(|r| r.reason == RejectReason::Version), "protocol 1 is refused");
-    let handed = out.send_now.iter().find(|m| matches!(m.body, Body::Config { .. })).expect("its configuration");
-    assert_eq!((handed.to.as_str(), handed.to_incarnation), ("c", Some(Incarnation(3))));
-    assert_eq!(a.hard_state().term, Term(4), "a static message moves nothing");
+    assert_eq!(granted_vote(&out), None, "and never answered as a vote");
+    // c's term is above a's: a takes it first (durably), so that c, which
+    // converts only on a message of its own term or a later one, does.
+    let hs = out.persist.clone().expect("the term is written first");
+    assert_eq!(hs.term, Term(6));
+    assert!(!out.send_now.iter().any(|m| matches!(m.body, Body::Config { .. })), "not before the term is durable");
+    let handed =
+        out.send_after_persist.iter().find(|m| matches!(m.body, Body::Config { .. })).expect("its configuration");
+    assert_eq!((handed.to.as_str(), handed.to_incarnation, handed.term), ("c", Some(Incarnation(3)), Term(6)));
+    let mut c = upgrading("c", HardState::new(Term(6), None), Broken::default());
+    assert!(converted(&deliver(&mut c, at(3_001), handed.clone())), "c converts on it");
+}
+
+/// A first configuration of an earlier term than the upgrading node's
+/// (delayed in flight while the node acked a later static leader, which
+/// may have converted the group since) is not converted on.
+#[test]
+fn an_upgrading_node_does_not_convert_on_a_message_of_an_earlier_term() {
+    let mut b = upgrading("b", HardState::new(Term(6), None), Broken::default());
+    let late = managed_msg("a", 4, Body::Heartbeat { round: 1, leader_address: "a".into() }, first());
+    let out = deliver(&mut b, at(5_000), late);
+    assert!(!converted(&out) && b.incarnation().is_none(), "still static");
+    let now = managed_msg("a", 6, Body::Heartbeat { round: 1, leader_address: "a".into() }, first());
+    assert!(converted(&deliver(&mut b, at(5_001), now)), "the same configuration in the node's term converts it");
 }

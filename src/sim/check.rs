@@ -139,6 +139,9 @@ pub struct Checker {
     /// Each node's latest promise that left it: its local time, to whom, and
     /// the term it was made in.
     promises: BTreeMap<usize, Promise>,
+    /// Rule 11: the incarnation of each static node's state file, by
+    /// which its votes are keyed.
+    static_life: BTreeMap<usize, u128>,
     /// Each node's latest promise decided but not yet on the wire (waiting
     /// for a write); a crash discards it.
     tentative: BTreeMap<usize, Promise>,
@@ -348,6 +351,23 @@ impl Checker {
         self.tentative.insert(node, Promise { at: local, to: to.clone(), to_inc, term });
     }
 
+    /// Rule 11: `node` runs as a static node whose state file is the
+    /// identity `life`.
+    pub fn on_static_boot(&mut self, node: usize, life: Incarnation) {
+        self.static_life.insert(node, life.0);
+    }
+
+    /// Rule 11: `node` converted. A promise it made by name is to the
+    /// identity its first configuration lists under that name (`listed`),
+    /// or, if none is listed, to no identity any candidate has.
+    pub fn on_converted(&mut self, node: usize, listed: impl Fn(&NodeId) -> Option<Incarnation>) {
+        for p in [self.promises.get_mut(&node), self.tentative.get_mut(&node)].into_iter().flatten() {
+            if p.to_inc.is_none() {
+                p.to_inc = Some(listed(&p.to).unwrap_or(Incarnation(0)));
+            }
+        }
+    }
+
     /// The node's latest promise, decided or sent.
     fn latest_promise(&self, node: usize) -> Option<Promise> {
         match (self.promises.get(&node), self.tentative.get(&node)) {
@@ -401,9 +421,7 @@ impl Checker {
             self.tentative.remove(&node);
             return;
         }
-        // A promise made by name in a static group is to the one identity
-        // of that name its conversion lists (rule 11).
-        let same = p.to == *candidate && (p.to_inc == candidate_inc || p.to_inc.is_none());
+        let same = p.to == *candidate && p.to_inc == candidate_inc;
         if !same && local < p.at.plus(self.lease_ttl) {
             let detail = format!(
                 "{name} voted for {candidate} {:?} after promising {} in term {} (lease_ttl {:?})",
@@ -448,7 +466,9 @@ impl Checker {
             *sent = m.term;
         }
         if let Body::VoteResponse { granted: true } = m.body {
-            let life = m.from_incarnation.map_or(0, |i| i.0);
+            // A static node's votes count as its static identity's, so that
+            // a vote before its conversion and one after meet (rule 11).
+            let life = m.from_incarnation.map(|i| i.0).or_else(|| self.static_life.get(&node).copied()).unwrap_or(0);
             match self.votes.get(&(node, life, m.term)) {
                 Some(c) if *c != m.to => {
                     let detail = format!("{} voted for {} and {} in term {}", m.from, c, m.to, m.term);

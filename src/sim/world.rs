@@ -399,6 +399,9 @@ impl World {
             self.checker.on_blank_boot(self.now, i, &self.slots[i].id, self.slots[i].life);
             self.slots[i].disk = Some(HardState { members: Some(Box::default()), ..HardState::default() });
         }
+        if self.cfg.upgrade && !managed {
+            self.checker.on_static_boot(i, self.slots[i].life);
+        }
         if self.cfg.upgrade && !managed && disk.is_none() {
             // A static node writes its state file (with its incarnation)
             // before it opens a socket, too: restarted with --peers-file

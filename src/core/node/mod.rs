@@ -248,7 +248,7 @@ impl Node {
                 self.introduce(&m);
             }
             if reason == RejectReason::Version {
-                self.hand_configuration_to_static(&m);
+                self.hand_configuration_to_static(now, &m);
             }
             return;
         }
@@ -412,12 +412,12 @@ impl Node {
             self.count_managed();
             self.maybe_change(now);
         }
-        // Rule 11: a static leader converts only once its term is durable.
-        self.maybe_convert(now);
         if !self.storage_ok {
             self.storage_ok = true;
             self.out.events.push(Event::StorageRecovered);
         }
+        // Rule 11: a static leader converts only once its term is durable.
+        self.maybe_convert(now);
         self.maybe_win(now);
     }
 

@@ -102,11 +102,16 @@ impl Node {
     }
 
     /// A follower's half of rule 11: an upgrading node converts on a
-    /// protocol-2 message, addressed to its identity, that carries a
-    /// configuration listing it. A leader of a static term steps down.
+    /// protocol-2 message, addressed to its identity, of its term or a
+    /// later one, that carries a configuration listing it. A leader of a
+    /// static term steps down. *Found by review:* converting on a message
+    /// of an earlier term let a first configuration whose every other
+    /// holder had lost its volume (delayed in flight) pull a node out of
+    /// the group a later leader had converted since, for good.
     pub(super) fn maybe_convert_on(&mut self, now: Nanos, m: &Envelope) {
         let Some(mine) = self.cfg.upgrading else { return };
         if self.me().is_some()
+            || m.term < self.hard.term
             || m.version != MANAGED_PROTOCOL_VERSION
             || m.cluster_id != self.cfg.cluster_id
             || m.to != self.cfg.node_id
@@ -134,14 +139,25 @@ impl Node {
     /// its configuration lists with that configuration, addressed to the
     /// listed identity, which converts on it if it is upgrading. Without
     /// it a follower that never leads (priority 0) would leave a static
-    /// peer behind for good, each refusing the other's protocol.
-    pub(super) fn hand_configuration_to_static(&mut self, m: &Envelope) {
+    /// peer behind for good, each refusing the other's protocol. An
+    /// upgrading node converts only on a message of its own term or a
+    /// later one, so this node first adopts a higher term the static
+    /// message carries (rule 6: the sender's own term, also in a pre-vote
+    /// or a vote request, which it refuses all the same), and its answer
+    /// leaves once that term is durable. Without it, static nodes that
+    /// campaigned above the term of a configuration made while they were
+    /// cut off would never convert (the simulator found it). The cost is
+    /// one election at most per static node, during the conversion only.
+    pub(super) fn hand_configuration_to_static(&mut self, now: Nanos, m: &Envelope) {
         if m.version != crate::core::PROTOCOL_VERSION || m.cluster_id != self.cfg.cluster_id {
             return;
         }
         let Some(config) = self.configuration() else { return };
         let Some(incarnation) = config.incarnation_of(&m.from) else { return };
         let config = Box::new(config.clone());
+        if m.term > self.hard.term {
+            self.adopt_term(now, m.term);
+        }
         self.send_to(m.from.clone(), Some(incarnation), Body::Config { config });
     }
 
@@ -164,9 +180,11 @@ impl Node {
         if let Some((name, inc @ None)) = &mut self.promise.to {
             *inc = config.incarnation_of(name);
         }
-        if let Some(l) = &mut self.leader {
-            l.incarnation = config.incarnation_of(&l.id);
-        }
+        // A leader the configuration does not list is no leader of it.
+        self.leader = self.leader.take().and_then(|mut l| {
+            l.incarnation = Some(config.incarnation_of(&l.id)?);
+            Some(l)
+        });
         let (group, voters) = (config.group, config.voters.len());
         self.hard.members = Some(Box::new(MemberState { config: Some(config), ..MemberState::default() }));
         if let Some((names, _)) = &self.members.desired {

@@ -22,6 +22,10 @@ impl World {
                     self.checker.on_promise_decided(i, local, &me, my_life, *term);
                 }
                 Event::TransferStarted { term, .. } => self.checker.on_abdicate(i, &me, *term),
+                Event::Converted { .. } => {
+                    let config = self.slots[i].node.as_ref().and_then(|n| n.configuration()).cloned();
+                    self.checker.on_converted(i, |name| config.as_ref().and_then(|c| c.incarnation_of(name)));
+                }
                 _ => {}
             }
         }
