@@ -108,7 +108,10 @@ fn members(args: &ClientArgs) -> ExitCode {
     let status: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
     let membership = &status["membership"];
     if membership.is_null() {
-        return fail("this node runs no managed group (start it with --peers-file for membership that changes online)");
+        return fail(
+            "this node runs no managed group: a static one, or one converting (it becomes managed once every voter \
+             runs with --peers-file); see docs/operations.md",
+        );
     }
     if args.json {
         println!("{membership}");

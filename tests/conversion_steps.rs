@@ -42,6 +42,10 @@ fn upgrading_kind(name: &str) -> PeerKind {
     PeerKind::Upgrading { incarnation: Incarnation(life_of(name)), digest: static_digest(&names()) }
 }
 
+fn sent_to<'a>(out: &'a Outputs, to: &str) -> Option<&'a Envelope> {
+    out.send_now.iter().chain(&out.send_after_persist).find(|m| m.to.as_str() == to)
+}
+
 fn converted(out: &Outputs) -> bool {
     out.events.iter().any(|e| matches!(e, Event::Converted { .. }))
 }
@@ -251,6 +255,10 @@ fn an_upgrading_node_does_not_convert_on_a_message_of_an_earlier_term() {
     let late = managed_msg("a", 4, Body::Heartbeat { round: 1, leader_address: "a".into() }, first());
     let out = deliver(&mut b, at(5_000), late);
     assert!(!converted(&out) && b.incarnation().is_none(), "still static");
+    // It tells the sender its term, in protocol 1: a refused ack.
+    let told = sent_to(&out, "a").expect("an answer");
+    assert_eq!((told.version, told.term), (leasehold::core::PROTOCOL_VERSION, Term(6)));
+    assert!(matches!(told.body, Body::HeartbeatAck { ok: false, .. }));
     let now = managed_msg("a", 6, Body::Heartbeat { round: 1, leader_address: "a".into() }, first());
     assert!(converted(&deliver(&mut b, at(5_001), now)), "the same configuration in the node's term converts it");
 }

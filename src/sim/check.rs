@@ -142,6 +142,11 @@ pub struct Checker {
     /// Rule 11: the incarnation of each static node's state file, by
     /// which its votes are keyed.
     static_life: BTreeMap<usize, u128>,
+    /// Rule 11: each converted node's first configuration, name to
+    /// listed incarnation.
+    converted: BTreeMap<usize, BTreeMap<NodeId, Incarnation>>,
+    /// The same for a conversion not yet durable.
+    converting: BTreeMap<usize, BTreeMap<NodeId, Incarnation>>,
     /// Each node's latest promise decided but not yet on the wire (waiting
     /// for a write); a crash discards it.
     tentative: BTreeMap<usize, Promise>,
@@ -357,14 +362,29 @@ impl Checker {
         self.static_life.insert(node, life.0);
     }
 
-    /// Rule 11: `node` converted. A promise it made by name is to the
-    /// identity its first configuration lists under that name (`listed`),
-    /// or, if none is listed, to no identity any candidate has.
-    pub fn on_converted(&mut self, node: usize, listed: impl Fn(&NodeId) -> Option<Incarnation>) {
-        for p in [self.promises.get_mut(&node), self.tentative.get_mut(&node)].into_iter().flatten() {
-            if p.to_inc.is_none() {
-                p.to_inc = Some(listed(&p.to).unwrap_or(Incarnation(0)));
-            }
+    /// Rule 11: `node` converted. A promise it made by name, before or
+    /// after (a static vote may leave once its write is done, after the
+    /// conversion), is to the identity its first configuration lists
+    /// under that name (`listed`), or, if none is listed, to no identity
+    /// any candidate has. Until the conversion is durable a crash undoes
+    /// it ([`Checker::on_durable_configuration`]).
+    pub fn on_converted(&mut self, node: usize, listed: BTreeMap<NodeId, Incarnation>) {
+        self.converting.insert(node, listed);
+    }
+
+    /// A configuration of `node`'s is durable: its conversion, if one was
+    /// under way, stands.
+    pub fn on_durable_configuration(&mut self, node: usize) {
+        if let Some(listed) = self.converting.remove(&node) {
+            self.converted.insert(node, listed);
+        }
+    }
+
+    /// The identity a promise is to: by name, mapped on conversion.
+    fn promised_life(&self, node: usize, p: &Promise) -> Option<Incarnation> {
+        match (p.to_inc, self.converting.get(&node).or_else(|| self.converted.get(&node))) {
+            (None, Some(listed)) => Some(listed.get(&p.to).copied().unwrap_or(Incarnation(0))),
+            (inc, _) => inc,
         }
     }
 
@@ -421,7 +441,7 @@ impl Checker {
             self.tentative.remove(&node);
             return;
         }
-        let same = p.to == *candidate && p.to_inc == candidate_inc;
+        let same = p.to == *candidate && self.promised_life(node, &p) == candidate_inc;
         if !same && local < p.at.plus(self.lease_ttl) {
             let detail = format!(
                 "{name} voted for {candidate} {:?} after promising {} in term {} (lease_ttl {:?})",
@@ -439,6 +459,7 @@ impl Checker {
     pub fn on_crash(&mut self, node: usize) {
         self.current.remove(&node);
         self.tentative.remove(&node);
+        self.converting.remove(&node);
     }
 
     /// True if some node holds a lease at true time `t`.

@@ -708,6 +708,7 @@ impl World {
         if let Some(c) = written.state.members.as_ref().and_then(|m| m.config.as_ref()) {
             let (id, life) = (self.slots[i].id.clone(), self.slots[i].life);
             self.checker.on_configuration_held(self.now, &id, life, c);
+            self.checker.on_durable_configuration(i);
         }
         for Held { msg, made_at } in written.send {
             self.transmit(i, msg, made_at);

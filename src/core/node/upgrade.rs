@@ -111,7 +111,6 @@ impl Node {
     pub(super) fn maybe_convert_on(&mut self, now: Nanos, m: &Envelope) {
         let Some(mine) = self.cfg.upgrading else { return };
         if self.me().is_some()
-            || m.term < self.hard.term
             || m.version != MANAGED_PROTOCOL_VERSION
             || m.cluster_id != self.cfg.cluster_id
             || m.to != self.cfg.node_id
@@ -122,6 +121,16 @@ impl Node {
         }
         let Some(config) = m.config.as_deref() else { return };
         if !config.lists(&Identity::new(self.cfg.node_id.clone(), mine)) {
+            return;
+        }
+        if m.term < self.hard.term {
+            // Tell the sender this node's term, in the protocol it speaks
+            // (a refused ack, as to any stale leader): a node holding the
+            // configuration takes the term and hands it over again in it.
+            // Otherwise a follower that never campaigns (priority 0) and
+            // acked a later static leader would never convert.
+            let refused = self.ack_body(now, 0, false);
+            self.send(m.from.clone(), refused);
             return;
         }
         let led = self.hard.term;

@@ -23,8 +23,9 @@ impl World {
                 }
                 Event::TransferStarted { term, .. } => self.checker.on_abdicate(i, &me, *term),
                 Event::Converted { .. } => {
-                    let config = self.slots[i].node.as_ref().and_then(|n| n.configuration()).cloned();
-                    self.checker.on_converted(i, |name| config.as_ref().and_then(|c| c.incarnation_of(name)));
+                    let config = self.slots[i].node.as_ref().and_then(|n| n.configuration());
+                    let listed = config.iter().flat_map(|c| &c.voters).map(|v| (v.name.clone(), v.incarnation));
+                    self.checker.on_converted(i, listed.collect());
                 }
                 _ => {}
             }
