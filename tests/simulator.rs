@@ -169,3 +169,26 @@ fn the_command_passes_a_clean_run_and_replays_with_a_trace() {
     assert!(stdout.contains(" won term "), "trace shows elections");
     assert!(stdout.contains("recv n"), "trace shows messages");
 }
+
+/// Each node runs a database, written by the lease holder's application
+/// and replicated synchronously to a majority (`--positions`). Elections
+/// that ignore how far each database got, as they do today, hand the
+/// lease to a node whose database lacks writes its clients were told had
+/// committed: the checker catches it (`acked-write-kept`) in many seeds.
+/// This is the negative control the position-aware rule of issue 17 must
+/// turn clean; with the databases off, the same seeds are clean.
+#[test]
+fn elections_that_ignore_replication_positions_lose_acknowledged_writes() {
+    let mut opts = SeedOptions::new(3);
+    opts.wipes = false;
+    opts.positions = true;
+    let lost: Vec<u64> = (1..=200)
+        .filter(|&seed| run_seed(seed, &opts).violations.iter().any(|v| v.invariant == Invariant::AckedWriteKept))
+        .collect();
+    assert!(lost.len() > 40, "only {} of 200 seeds lost an acknowledged write", lost.len());
+    opts.positions = false;
+    for seed in lost.iter().take(20) {
+        let r = run_seed(*seed, &opts);
+        assert!(!r.has_safety_violation(), "seed {seed} without databases: {:?}", r.violations);
+    }
+}

@@ -94,6 +94,13 @@ struct Args {
     /// wiped during it comes back blank and managed.
     #[arg(long, conflicts_with = "membership")]
     upgrade: bool,
+    /// Each node runs a database that the lease holder's application
+    /// writes to, replicated synchronously to a majority; a new leader
+    /// whose database lacks an acknowledged write fails the seed
+    /// (`acked-write-kept`). Elections do not use replication positions
+    /// yet, so this is the negative control of position-aware votes.
+    #[arg(long)]
+    positions: bool,
     /// Stop at the first seed with a violation.
     #[arg(long)]
     stop_on_violation: bool,
@@ -131,6 +138,7 @@ fn main() -> ExitCode {
     opts.membership = args.membership;
     opts.force_new_group = args.force_new_group;
     opts.upgrade = args.upgrade;
+    opts.positions = args.positions;
     opts.wipes = !args.no_wipes;
     if args.trace {
         opts.verbosity = Verbosity::Messages;
@@ -287,6 +295,9 @@ fn print_failure(args: &Args, r: &SeedReport) {
     }
     if args.upgrade {
         replay.push_str(" --upgrade");
+    }
+    if args.positions {
+        replay.push_str(" --positions");
     }
     println!("  replay: {replay} --trace");
 }

@@ -57,6 +57,9 @@ pub enum Invariant {
     /// the desired set stable, the configuration did not come to list
     /// every node's identity within the bound.
     Converges,
+    /// Positions: a new leader's database lacks a write acknowledged to
+    /// its client before it took over.
+    AckedWriteKept,
 }
 
 impl Invariant {
@@ -83,6 +86,7 @@ impl Invariant {
             Invariant::OneConfigPerStamp => "one-config-per-stamp",
             Invariant::GenesisOnce => "genesis-once",
             Invariant::Converges => "converges",
+            Invariant::AckedWriteKept => "acked-write-kept",
         }
     }
 }
@@ -553,6 +557,12 @@ impl Checker {
                 self.group_of.insert((name.clone(), life), c.group);
             }
         }
+    }
+
+    /// Positions: an acknowledged write is missing from a new leader's
+    /// database.
+    pub fn acked_write_lost(&mut self, t: u64, detail: String) {
+        self.violate(t, Invariant::AckedWriteKept, detail);
     }
 
     /// Membership did not converge within `bound_ns` of the heal.

@@ -30,6 +30,10 @@ pub struct SeedOptions {
     /// Rule 11: a static group converted online by a rolling upgrade to
     /// `--peers-file` during the fault phase.
     pub upgrade: bool,
+    /// Each node runs a database; the lease holder's application writes,
+    /// replicated synchronously to a majority, and no acknowledged write
+    /// may be missing from a later leader's database.
+    pub positions: bool,
     pub verbosity: Verbosity,
 }
 
@@ -44,6 +48,7 @@ impl SeedOptions {
             membership: false,
             force_new_group: false,
             upgrade: false,
+            positions: false,
             verbosity: Verbosity::Quiet,
         }
     }
@@ -159,6 +164,7 @@ fn choose_params(seed: u64, opts: &SeedOptions, rng: &mut SplitMix64) -> Params 
         breakage: opts.breakage,
         membership: opts.membership,
         upgrade: opts.upgrade,
+        positions: opts.positions,
         wall_skew_us,
         seed,
     };
@@ -241,6 +247,9 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         schedule_upgrade(&mut world, seed, ttl, p.fault_phase);
     }
     let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
+    if opts.positions {
+        schedule_writes(&mut world, p.cfg.heartbeat_interval.as_nanos() as u64, run_end);
+    }
     schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
     let heal_at = p.fault_phase;
     let calm = NetConfig {
@@ -373,6 +382,19 @@ fn schedule_desired_changes(world: &mut World, seed: u64, ttl: u64, fault_phase:
                 }
             }),
         );
+    }
+}
+
+/// The lease holder's application writes once every heartbeat interval
+/// (at most 100,000 writes).
+fn schedule_writes(world: &mut World, every: u64, until: u64) {
+    let mut t = every;
+    for _ in 0..100_000 {
+        if t >= until {
+            break;
+        }
+        world.at(t, Box::new(|w: &mut World| w.app_write()));
+        t += every.max(1);
     }
 }
 

@@ -11,6 +11,7 @@ use super::check::{fmt_ns, Checker};
 use super::clock::Clock;
 
 mod config;
+mod db;
 mod fmt;
 mod members;
 mod observe;
@@ -147,6 +148,8 @@ pub struct World {
     /// The group the desired nodes were restarted with `--force-new-group`
     /// for (rule 10).
     forced: Option<GroupUid>,
+    /// The nodes' databases, with `WorldConfig::positions`.
+    db: Option<db::Databases>,
 }
 
 impl World {
@@ -206,7 +209,11 @@ impl World {
             generation: 1,
             scaled_down: BTreeSet::new(),
             forced: None,
+            db: None,
         };
+        if world.cfg.positions {
+            world.db = Some(db::Databases::new(world.slots.len(), world.cfg.seed));
+        }
         world.desired = (0..world.slots.len()).collect();
         for i in 0..world.slots.len() {
             world.boot(i);

@@ -71,6 +71,10 @@ pub struct WorldConfig {
     /// `--peers-file` (a rolling upgrade), which converts it to a managed
     /// group online. A node wiped during it comes back managed and blank.
     pub upgrade: bool,
+    /// Each node runs a database that the lease holder's application
+    /// writes to, replicated synchronously to a majority; the checker
+    /// holds every new leader to the writes acknowledged before it.
+    pub positions: bool,
     /// Each node's wall clock, as an offset from true time in
     /// microseconds (NTP-grade: a few milliseconds).
     pub wall_skew_us: Vec<i64>,
@@ -94,6 +98,7 @@ impl WorldConfig {
             breakage: Breakage::default(),
             membership: false,
             upgrade: false,
+            positions: false,
             wall_skew_us: vec![0; nodes],
             seed,
         }

@@ -58,6 +58,9 @@ impl World {
         let was_leading = self.checker.lease_active_at(self.now);
         self.checker.on_view(self.now, i, &view, lease_end);
         let leading = view.role == Role::Leader && lease_end.is_some_and(|e| e > self.now);
+        if leading {
+            self.db_on_lease(i, view.term);
+        }
         if leading && self.heal_at.is_some() && self.leader_since_heal.is_none() {
             self.leader_since_heal = Some(self.now);
         }
