@@ -174,6 +174,7 @@ impl Config {
             mode: core::Mode::Static,
             force_new_group,
             upgrading: None,
+            positions: false,
             broken: core::Broken::default(),
         };
         node.validate()?;

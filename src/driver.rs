@@ -419,6 +419,7 @@ mod tests {
             mode: core::Mode::Static,
             force_new_group: None,
             upgrading: None,
+            positions: false,
             broken: core::Broken::default(),
         }
     }

@@ -36,6 +36,7 @@ fn envelope(body: Body) -> Envelope {
         to_incarnation: None,
         group: None,
         config: None,
+        position: None,
     }
 }
 

@@ -171,24 +171,24 @@ fn the_command_passes_a_clean_run_and_replays_with_a_trace() {
 }
 
 /// Each node runs a database, written by the lease holder's application
-/// and replicated synchronously to a majority (`--positions`). Elections
-/// that ignore how far each database got, as they do today, hand the
-/// lease to a node whose database lacks writes its clients were told had
-/// committed: the checker catches it (`acked-write-kept`) in many seeds.
-/// This is the negative control the position-aware rule of issue 17 must
-/// turn clean; with the databases off, the same seeds are clean.
+/// and replicated synchronously to a majority (`--positions`). With
+/// position-aware votes no new leader lacks a write its clients were told
+/// had committed; with the negative control (votes that ignore positions,
+/// as elections did before) the checker catches it (`acked-write-kept`)
+/// in many seeds. A fixed voter set: membership changes need a rule of
+/// their own (docs/safety.md, "Replication positions", open).
 #[test]
-fn elections_that_ignore_replication_positions_lose_acknowledged_writes() {
+fn position_aware_votes_keep_every_acknowledged_write() {
     let mut opts = SeedOptions::new(3);
     opts.wipes = false;
     opts.positions = true;
-    let lost: Vec<u64> = (1..=200)
-        .filter(|&seed| run_seed(seed, &opts).violations.iter().any(|v| v.invariant == Invariant::AckedWriteKept))
-        .collect();
-    assert!(lost.len() > 40, "only {} of 200 seeds lost an acknowledged write", lost.len());
-    opts.positions = false;
-    for seed in lost.iter().take(20) {
-        let r = run_seed(*seed, &opts);
-        assert!(!r.has_safety_violation(), "seed {seed} without databases: {:?}", r.violations);
+    for seed in 1..=300 {
+        let r = run_seed(seed, &opts);
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
     }
+    opts.breakage.core.votes_ignore_positions = true;
+    let lost = (1..=200)
+        .filter(|&seed| run_seed(seed, &opts).violations.iter().any(|v| v.invariant == Invariant::AckedWriteKept))
+        .count();
+    assert!(lost > 40, "the control lost an acknowledged write in only {lost} of 200 seeds");
 }

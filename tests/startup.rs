@@ -558,6 +558,7 @@ fn a_replayed_message_of_an_old_term_changes_nothing_and_is_counted() {
         to_incarnation: None,
         group: None,
         config: None,
+        position: None,
     };
     s.write_all(&encode(&Hello::new("leasehold", &NodeId::new("n2"))).expect("hello")).expect("send");
     s.write_all(&encode(&vote(5)).expect("frame")).expect("send");

@@ -68,6 +68,7 @@ fn envelope(body: Body) -> Envelope {
         to_incarnation: None,
         group: None,
         config: None,
+        position: None,
     }
 }
 

@@ -49,6 +49,8 @@ enum Break {
     LeaseUnderFirst,
     /// With --upgrade: a static node forgets its vote when it converts.
     ConvertForgetsVote,
+    /// With --positions: votes and pre-votes ignore replication positions.
+    VotesIgnorePositions,
 }
 
 /// Deterministic simulation of a leasehold group under faults.
@@ -95,10 +97,10 @@ struct Args {
     #[arg(long, conflicts_with = "membership")]
     upgrade: bool,
     /// Each node runs a database that the lease holder's application
-    /// writes to, replicated synchronously to a majority; a new leader
-    /// whose database lacks an acknowledged write fails the seed
-    /// (`acked-write-kept`). Elections do not use replication positions
-    /// yet, so this is the negative control of position-aware votes.
+    /// writes to, replicated synchronously to a majority, and reads its
+    /// position every heartbeat interval; votes are position-aware; a new
+    /// leader whose database lacks an acknowledged write fails the seed
+    /// (`acked-write-kept`).
     #[arg(long)]
     positions: bool,
     /// Stop at the first seed with a violation.
@@ -133,6 +135,7 @@ fn main() -> ExitCode {
             lease_under_first: args.breakage == Some(Break::LeaseUnderFirst),
             force_floor_from_clock: args.breakage == Some(Break::ForceFloorFromClock),
             convert_forgets_vote: args.breakage == Some(Break::ConvertForgetsVote),
+            votes_ignore_positions: args.breakage == Some(Break::VotesIgnorePositions),
         },
     };
     opts.membership = args.membership;
@@ -281,6 +284,7 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::EpochOrder => "epoch-order",
             Break::LeaseUnderFirst => "lease-under-first",
             Break::ConvertForgetsVote => "convert-forgets-vote",
+            Break::VotesIgnorePositions => "votes-ignore-positions",
         };
         replay.push_str(&format!(" --break {name}"));
     }

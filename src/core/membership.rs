@@ -149,6 +149,8 @@ pub struct Broken {
     /// A static node that converts to a managed one forgets the vote it
     /// cast in its current term (rule 11).
     pub convert_forgets_vote: bool,
+    /// Votes and pre-votes ignore replication positions.
+    pub votes_ignore_positions: bool,
 }
 
 /// Which membership rules a node follows.

@@ -10,7 +10,7 @@ use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::membership::{Configuration, GroupUid, Proposal};
-use super::{Incarnation, NodeId, Term};
+use super::{Incarnation, NodeId, Position, Term};
 
 /// Version of the peer protocol of a static group (DESIGN §2): the
 /// envelope's first six fields.
@@ -21,6 +21,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// group and the sender's configuration. A static node refuses it, and a
 /// managed node refuses protocol 1 (`RejectReason::Version`).
 pub const MANAGED_PROTOCOL_VERSION: u32 = 2;
+
+/// Protocol 2 and the sender's replication position (docs/safety.md,
+/// "Replication positions"): sent only by a managed node that uses
+/// positions; accepted by every managed node.
+pub const POSITIONS_PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
@@ -42,6 +47,8 @@ pub struct Envelope {
     /// Managed groups: the sender's latest configuration, on every message
     /// once it holds one (rules 1, 2, 3, 5 and 7 of docs/safety.md read it).
     pub config: Option<Box<Configuration>>,
+    /// Protocol 3 only: the sender's replication position, as last read.
+    pub position: Option<Position>,
 }
 
 impl Serialize for Envelope {
@@ -50,7 +57,14 @@ impl Serialize for Envelope {
     /// dropped); protocol 2 adds the four managed fields.
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let managed = self.version >= MANAGED_PROTOCOL_VERSION;
-        let mut t = s.serialize_tuple(if managed { 10 } else { 6 })?;
+        let positioned = self.version >= POSITIONS_PROTOCOL_VERSION;
+        let mut t = s.serialize_tuple(if positioned {
+            11
+        } else if managed {
+            10
+        } else {
+            6
+        })?;
         t.serialize_element(&self.version)?;
         t.serialize_element(&self.cluster_id)?;
         t.serialize_element(&self.from)?;
@@ -62,6 +76,9 @@ impl Serialize for Envelope {
             t.serialize_element(&self.to_incarnation)?;
             t.serialize_element(&self.group)?;
             t.serialize_element(&self.config)?;
+        }
+        if positioned {
+            t.serialize_element(&self.position)?;
         }
         t.end()
     }
@@ -93,10 +110,13 @@ impl<'de> Deserialize<'de> for Envelope {
                     m.group = field(&mut seq, 8, &self)?;
                     m.config = field(&mut seq, 9, &self)?;
                 }
+                if version >= POSITIONS_PROTOCOL_VERSION {
+                    m.position = field(&mut seq, 10, &self)?;
+                }
                 Ok(m)
             }
         }
-        d.deserialize_tuple(10, Fields)
+        d.deserialize_tuple(11, Fields)
     }
 }
 
@@ -124,6 +144,7 @@ impl Envelope {
             to_incarnation: None,
             group: None,
             config: None,
+            position: None,
         }
     }
 }

@@ -27,7 +27,10 @@ use serde::{Deserialize, Serialize};
 pub use membership::{
     static_digest, Broken, Configuration, GroupUid, Identity, MemberState, MembershipView, Mode, PeerKind, Proposal,
 };
-pub use message::{Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, PROTOCOL_VERSION};
+pub use message::{
+    Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, POSITIONS_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
 pub use node::Node;
 
 /// A monotonic instant in nanoseconds on the node's own clock.
@@ -119,6 +122,22 @@ impl std::str::FromStr for Incarnation {
     }
 }
 
+/// A replication position of the local database (docs/safety.md,
+/// "Replication positions"): the fencing token of the leadership whose
+/// write ends its history, then how far it got (a PostgreSQL LSN).
+/// Compared in that order, as Raft compares logs by last term, then index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub branch: Term,
+    pub at: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.at, self.branch)
+    }
+}
+
 /// What must survive a crash: the term and the vote cast in it, and in a
 /// managed group the voted-for incarnation and the membership state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,6 +187,10 @@ pub struct Config {
     /// upgrading and acked a round of its term; as a follower, when a
     /// message carries a configuration that lists it.
     pub upgrading: Option<Incarnation>,
+    /// Position-aware votes (docs/safety.md, "Replication positions"): a
+    /// voter grants only a candidate whose position is at least its own,
+    /// read after its promise ended; requests carry the candidate's.
+    pub positions: bool,
     /// Rules broken on purpose, for the simulator's negative controls only.
     pub broken: Broken,
 }
@@ -221,6 +244,9 @@ impl Config {
 }
 
 /// What can happen to a node.
+// A message is most of what a node is fed, one at a time: boxing it to
+// shrink the other variants would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// Time passed; timers may fire. Call at `Outputs::wake_at` (or any time).
@@ -248,6 +274,9 @@ pub enum Input {
         name: NodeId,
         kind: PeerKind,
     },
+    /// The local database's replication position, read now (None: it
+    /// could not be read). With `Config::positions` only.
+    Position(Option<Position>),
 }
 
 #[derive(Clone, Debug, PartialEq)]

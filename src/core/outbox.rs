@@ -188,6 +188,7 @@ mod tests {
             to_incarnation: None,
             group: None,
             config: None,
+            position: None,
         }
     }
 

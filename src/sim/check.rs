@@ -559,10 +559,13 @@ impl Checker {
         }
     }
 
-    /// Positions: an acknowledged write is missing from a new leader's
-    /// database.
-    pub fn acked_write_lost(&mut self, t: u64, detail: String) {
-        self.violate(t, Invariant::AckedWriteKept, detail);
+    /// Positions: an acknowledged write is missing from the database of
+    /// `node`, which began leading with `token`. In a static group, a
+    /// leadership that counted a wiped node's forgotten vote is the known
+    /// hole, reported as such.
+    pub fn acked_write_lost(&mut self, t: u64, node: usize, token: Term, detail: String) {
+        let known_open = self.tainted(token, node);
+        self.violate_unless_wiped(t, Invariant::AckedWriteKept, known_open, detail);
     }
 
     /// Membership did not converge within `bound_ns` of the heal.
@@ -724,6 +727,7 @@ mod tests {
             to_incarnation: None,
             group: None,
             config: None,
+            position: None,
         }
     }
 

@@ -261,7 +261,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     world.at(heal_at, Box::new(move |w: &mut World| heal(w, calm)));
     world.run_until(heal_at + p.liveness_bound);
     let time_to_leader = world.leader_seen_since_heal().map(|t| t - heal_at);
-    let stuck = time_to_leader.is_none() && managed && !world.electable();
+    let stuck = time_to_leader.is_none() && ((managed && !world.electable()) || world.positions_block());
     if time_to_leader.is_none() && !stuck {
         world.checker.liveness_failed(heal_at, p.liveness_bound);
     }
@@ -292,7 +292,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         let wiped_at = world.now();
         let bound = p.liveness_bound + (4 + 4 * opts.nodes as u64) * ttl;
         world.run_until(wiped_at + bound);
-        if !world.converged() && world.electable() {
+        if !world.converged() && world.electable() && !world.positions_block() {
             world.checker.membership_stuck(wiped_at, bound);
         }
     }
@@ -304,7 +304,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
         let bound = p.liveness_bound + (4 + 4 * opts.nodes as u64) * ttl;
         world.run_until(heal_at + bound);
         // Excused, like liveness, when no configuration can elect any more.
-        if !world.converged() && world.electable() {
+        if !world.converged() && world.electable() && !world.positions_block() {
             world.checker.membership_stuck(heal_at, bound);
         }
     }
@@ -393,7 +393,13 @@ fn schedule_writes(world: &mut World, every: u64, until: u64) {
         if t >= until {
             break;
         }
-        world.at(t, Box::new(|w: &mut World| w.app_write()));
+        world.at(
+            t,
+            Box::new(|w: &mut World| {
+                w.app_write();
+                w.read_positions();
+            }),
+        );
         t += every.max(1);
     }
 }

@@ -381,6 +381,7 @@ impl World {
             mode: if self.runs_managed(i) { Mode::Managed { incarnation: self.slots[i].life } } else { Mode::Static },
             force_new_group: self.forced,
             upgrading: self.upgrading(i),
+            positions: self.cfg.positions,
             broken: self.cfg.breakage.core,
         }
     }

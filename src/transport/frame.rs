@@ -259,7 +259,7 @@ pub fn decode_envelope(payload: &[u8], hello_version: u32) -> Result<Envelope, F
         if version >= MANAGED_PROTOCOL_VERSION && hello_version < 2 {
             return Err(FrameError::Malformed(format!("protocol {version} after a hello of version 1")));
         }
-        if version > MANAGED_PROTOCOL_VERSION {
+        if version > crate::core::POSITIONS_PROTOCOL_VERSION {
             return Err(FrameError::Malformed(format!("protocol {version} is not one this node speaks")));
         }
     }
@@ -346,6 +346,7 @@ mod tests {
             to_incarnation: None,
             group: None,
             config: None,
+            position: None,
         }
     }
 
@@ -399,9 +400,22 @@ mod tests {
         old.version = PROTOCOL_VERSION;
         old.body = envelope().body;
         assert_eq!(encode(&old), encode(&envelope()));
+        // Protocol 2's bytes read as protocol 3 lack the position.
         let mut later = frame[4..].to_vec();
         later[0] = 3;
         assert!(matches!(decode_envelope(&later, 2), Err(FrameError::Malformed(_))));
+        // Protocol 3 adds the sender's position, and protocol 2 drops it.
+        let mut three = m.clone();
+        three.version = crate::core::POSITIONS_PROTOCOL_VERSION;
+        three.position = Some(crate::core::Position { branch: Term(4), at: 0x16_b374_d048 });
+        let frame3 = encode(&three).expect("encodes");
+        assert_eq!(decode_envelope(&frame3[4..], 2), Ok(three.clone()));
+        let mut two = three.clone();
+        two.version = MANAGED_PROTOCOL_VERSION;
+        assert_eq!(encode(&two), encode(&m), "protocol 2 carries no position");
+        let mut four = frame3[4..].to_vec();
+        four[0] = 4;
+        assert!(matches!(decode_envelope(&four, 2), Err(FrameError::Malformed(_))), "protocol 4 is not spoken");
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn envelope(from: &str, to: &str, round: u64) -> Envelope {
         to_incarnation: None,
         group: None,
         config: None,
+        position: None,
     }
 }
 

@@ -27,6 +27,7 @@ pub fn config(me: &str, voters: &[&str]) -> Config {
         mode: leasehold::core::Mode::Static,
         force_new_group: None,
         upgrading: None,
+        positions: false,
         broken: leasehold::core::Broken::default(),
     }
 }

@@ -16,11 +16,14 @@ use leader::LeaderState;
 use members::Members;
 
 use super::lease::{self, quorum};
-use super::message::{Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, PROTOCOL_VERSION};
+use super::message::{
+    Body, Envelope, RejectReason, MANAGED_PROTOCOL_VERSION, MAX_TERM_AHEAD, POSITIONS_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
 use super::rng::SplitMix64;
 use super::{
-    Config, ConfigError, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, NodeId, Outputs, Rejection,
-    Role, StepDownReason, Term,
+    Config, ConfigError, Event, HardState, Incarnation, Input, LeaderView, Mode, Nanos, NodeId, Outputs, Position,
+    Rejection, Role, StepDownReason, Term,
 };
 
 /// A promise (rule 1): not to vote for anyone but `to` before `until`.
@@ -89,6 +92,13 @@ pub struct Node {
     published: Option<LeaderView>,
     /// Managed groups: what this node knows of the other members.
     members: Members,
+    /// The local database's replication position and when it was read
+    /// (`Config::positions`).
+    position: Option<(Position, Nanos)>,
+    /// The end of the last promise this node made to another node (its
+    /// acks of a leader, its votes): a write acknowledged under that
+    /// lease is in its database before then.
+    acked_until: Nanos,
     out: Outputs,
 }
 
@@ -135,6 +145,8 @@ impl Node {
             persist_latency: Duration::ZERO,
             published: None,
             members: Members::default(),
+            position: None,
+            acked_until: Nanos::ZERO,
             out: Outputs::default(),
         };
         node.election_due = boot_promise_until.plus(node.jitter());
@@ -202,6 +214,7 @@ impl Node {
             Input::Health(h) => self.on_health(now, h),
             Input::Desired { names, generation } => self.on_desired(names, generation),
             Input::Peer { name, kind } => self.on_peer(now, name, kind),
+            Input::Position(p) => self.position = p.map(|p| (p, now)),
             Input::Admin(req) => {
                 let result = self.on_admin(now, req);
                 self.out.admin = Some(result);
@@ -297,7 +310,7 @@ impl Node {
 
     /// Rule 10: version, cluster, addressee and sender are checked first.
     fn invalid(&self, m: &Envelope) -> Option<RejectReason> {
-        if m.version != self.protocol() {
+        if !self.accepts(m.version) {
             Some(RejectReason::Version)
         } else if m.cluster_id != self.cfg.cluster_id {
             Some(RejectReason::ClusterId)
@@ -659,6 +672,9 @@ impl Node {
         if matches!(self.role, RoleState::Follower) {
             self.election_due = until.plus(self.succession_delay(&to));
         }
+        if to != self.cfg.node_id {
+            self.acked_until = self.acked_until.max(until);
+        }
         self.promise = Promise { until, to: Some((to, incarnation)) };
     }
 
@@ -703,6 +719,7 @@ impl Node {
             to_incarnation: to_incarnation.filter(|_| managed),
             group: self.configuration().map(|c| c.group),
             config: self.configuration().cloned().map(Box::new),
+            position: self.position.filter(|_| self.cfg.positions).map(|(p, _)| p),
         };
         if self.hard == self.durable {
             self.out.send_now.push(m);
@@ -711,13 +728,40 @@ impl Node {
         }
     }
 
-    /// The protocol this node speaks and accepts: 1 in a static group, 2
-    /// in a managed one (DESIGN §2b).
+    /// The protocol this node speaks: 1 in a static group, 2 in a managed
+    /// one (DESIGN §2b), 3 in a managed one that uses replication
+    /// positions.
     fn protocol(&self) -> u32 {
         match self.cfg.mode {
             Mode::Static => PROTOCOL_VERSION,
+            Mode::Managed { .. } if self.cfg.positions => POSITIONS_PROTOCOL_VERSION,
             Mode::Managed { .. } => MANAGED_PROTOCOL_VERSION,
         }
+    }
+
+    /// Does this node accept a message of `version`? A managed node takes
+    /// protocol 2 and 3 (a node that uses no positions ignores them).
+    fn accepts(&self, version: u32) -> bool {
+        match self.cfg.mode {
+            Mode::Static => version == PROTOCOL_VERSION,
+            Mode::Managed { .. } => (MANAGED_PROTOCOL_VERSION..=POSITIONS_PROTOCOL_VERSION).contains(&version),
+        }
+    }
+
+    /// Replication positions (docs/safety.md): may this voter grant `m`'s
+    /// candidate? Only if its own position was read after the last lease
+    /// it acked or held ended, and after its boot promise, and the
+    /// candidate's, carried in the request, is at least as far. A promise
+    /// to itself as a candidate does not count: a voter that campaigned
+    /// holds no write of that campaign. A voter that uses no positions
+    /// grants as before.
+    fn position_allows(&self, m: &Envelope) -> bool {
+        if !self.cfg.positions || self.cfg.broken.votes_ignore_positions {
+            return true;
+        }
+        let Some((mine, read_at)) = self.position else { return false };
+        let fresh = read_at >= self.boot_promise_until.max(self.acked_until).max(self.own_lease_until);
+        fresh && m.position.is_some_and(|theirs| theirs >= mine)
     }
 
     fn broadcast(&mut self, body: impl Fn(&NodeId) -> Body) {

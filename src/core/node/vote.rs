@@ -19,6 +19,7 @@ impl Node {
             && self.counts(m)
             && self.config_at_least_mine(m)
             && self.may_vote_for(now, &m.from, m.from_incarnation, None, next_term)
+            && self.position_allows(m)
             && !self.pre_vote_held_for_another(now, &m.from, next_term);
         if granted {
             self.pre_vote_hold = Some((next_term, m.from.clone(), now.plus(self.cfg.heartbeat_interval)));
@@ -101,7 +102,13 @@ impl Node {
         // Membership rule 1: the candidate's configuration, adopted first
         // if newer (rule 2, in `on_message`), must be exactly this node's.
         let same_config = self.me().is_none() || self.carried_order(m) == Some(Ordering::Equal);
-        let granted = free && self.storage_ok && allowed_by_promise && self.is_voter() && self.counts(m) && same_config;
+        let granted = free
+            && self.storage_ok
+            && allowed_by_promise
+            && self.is_voter()
+            && self.counts(m)
+            && same_config
+            && self.position_allows(m);
         if granted {
             if self.hard.voted_for.is_none() {
                 self.hard.voted_for = Some(m.from.clone());

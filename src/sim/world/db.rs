@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use super::World;
 use crate::core::lease::quorum;
 use crate::core::rng::SplitMix64;
-use crate::core::Term;
+use crate::core::{Input, Position, Term};
 
 /// Every node's database, and the writes in flight and acknowledged.
 #[derive(Debug)]
@@ -78,6 +78,17 @@ impl World {
             }
         }
         self.maybe_ack(id);
+    }
+
+    /// Every running sidecar that is not paused reads its database's
+    /// position (`--position-exec`).
+    pub fn read_positions(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].node.is_some() && !self.slots[i].paused {
+                let p = self.db_position(i).map(|(branch, at)| Position { branch, at });
+                self.step(i, Input::Position(p));
+            }
+        }
     }
 
     /// Streams `from`'s write at `index` to `to`, over the network.
@@ -149,6 +160,30 @@ impl World {
         Some((last, h.len() as u64))
     }
 
+    /// Can no node that may lead win the votes of a majority under the
+    /// position rule? Each voter grants only a candidate at least as far
+    /// as itself, so if every running node that may lead is behind more
+    /// than a minority of the running voters (a priority-0 node ahead of
+    /// all the others, say), the group waits: by design, a write only
+    /// such nodes hold may have been acknowledged.
+    pub fn positions_block(&self) -> bool {
+        let Some(_) = self.db.as_ref() else { return false };
+        let running: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].node.is_some()).collect();
+        let voters: Vec<usize> =
+            running.iter().copied().filter(|&i| self.slots[i].node.as_ref().is_some_and(|n| n.is_voter())).collect();
+        let size = self
+            .slots
+            .iter()
+            .filter_map(|s| s.node.as_ref())
+            .find_map(|n| n.configuration())
+            .map_or(self.slots.len(), |c| c.voters.len());
+        !voters.iter().any(|&c| {
+            let pc = self.db_position(c);
+            let behind = voters.iter().filter(|&&v| self.db_position(v) <= pc).count();
+            self.cfg.priorities[c] > 0 && behind >= quorum(size)
+        })
+    }
+
     /// Node `i` holds a lease of `token`: the first time for this token,
     /// its database becomes the primary, and must hold every write
     /// acknowledged so far.
@@ -166,7 +201,7 @@ impl World {
                 index + 1,
                 db.history[i].len()
             );
-            self.checker.acked_write_lost(self.now, detail);
+            self.checker.acked_write_lost(self.now, i, token, detail);
         }
     }
 }

@@ -1,0 +1,75 @@
+//! Position-aware votes (docs/safety.md, "Replication positions") in the
+//! core, one step test each: a voter grants only a candidate whose
+//! position, carried in its request, is at least its own, and only with
+//! its own read after the last lease it acked ended; the negative control
+//! `votes_ignore_positions` grants regardless.
+#![allow(clippy::disallowed_types, clippy::disallowed_methods)]
+
+use leasehold::core::{Body, Broken, Envelope, HardState, Input, Node, Position, Term};
+
+mod common;
+use common::steps::*;
+
+fn voter(broken: Broken) -> Node {
+    let mut cfg = config("b", &["a", "b", "c"]);
+    cfg.positions = true;
+    cfg.broken = broken;
+    Node::new(cfg, Some(HardState::new(Term(3), None)), boot(), 7).expect("valid config")
+}
+
+fn at_pos(branch: u64, at: u64) -> Position {
+    Position { branch: Term(branch), at }
+}
+
+/// a's vote request for term 4, carrying `position`.
+fn request(position: Option<Position>) -> Envelope {
+    let mut m = vote_request("a", "b", 4, None);
+    m.position = position;
+    m
+}
+
+#[test]
+fn a_voter_grants_only_a_candidate_at_least_as_far_as_itself() {
+    let mut b = voter(Broken::default());
+    let _ = b.step(at(0), Input::Position(Some(at_pos(3, 10))));
+    assert_eq!(granted_vote(&deliver(&mut b, at(1), request(Some(at_pos(3, 9))))), Some(false), "behind");
+    assert_eq!(granted_vote(&deliver(&mut b, at(2), request(None))), Some(false), "no position");
+    let mut b = voter(Broken::default());
+    let _ = b.step(at(0), Input::Position(Some(at_pos(3, 10))));
+    assert_eq!(granted_vote(&deliver(&mut b, at(1), request(Some(at_pos(3, 10))))), Some(true), "as far");
+    // A later branch is ahead whatever its length.
+    let mut b = voter(Broken::default());
+    let _ = b.step(at(0), Input::Position(Some(at_pos(3, 10))));
+    assert_eq!(granted_vote(&deliver(&mut b, at(1), request(Some(at_pos(4, 2))))), Some(true), "a later branch");
+    // Without a position of its own, a voter that uses them grants no one.
+    let mut b = voter(Broken::default());
+    assert_eq!(granted_vote(&deliver(&mut b, at(1), request(Some(at_pos(9, 99))))), Some(false), "unknown");
+}
+
+#[test]
+fn a_voter_needs_a_read_taken_after_the_last_lease_it_acked() {
+    let mut b = voter(Broken::default());
+    // b acks a leader c of term 3: it promises c until one lease from now.
+    let _ = b.step(at(0), Input::Position(Some(at_pos(3, 10))));
+    let out = deliver(&mut b, at(100), heartbeat("c", "b", 3, 1));
+    assert!(out
+        .send_now
+        .iter()
+        .chain(&out.send_after_persist)
+        .any(|m| matches!(m.body, Body::HeartbeatAck { ok: true, .. })));
+    // After the promise (2 s), a read taken before its end is not enough.
+    let late = at(100 + TTL.as_millis() as u64 + 10);
+    assert_eq!(granted_vote(&deliver(&mut b, late, request(Some(at_pos(3, 10))))), Some(false), "a read from before");
+    let _ = b.step(late, Input::Position(Some(at_pos(3, 11))));
+    let mut m = request(Some(at_pos(3, 11)));
+    m.term = Term(5);
+    assert_eq!(granted_vote(&deliver(&mut b, late, m)), Some(true), "a read after the lease it acked");
+}
+
+#[test]
+fn the_control_grants_a_candidate_behind_the_voter() {
+    let broken = Broken { votes_ignore_positions: true, ..Broken::default() };
+    let mut b = voter(broken);
+    let _ = b.step(at(0), Input::Position(Some(at_pos(3, 10))));
+    assert_eq!(granted_vote(&deliver(&mut b, at(1), request(Some(at_pos(3, 1))))), Some(true), "the rule is off");
+}
