@@ -115,11 +115,21 @@ impl World {
         if self.slots[to].node.is_none() {
             return;
         }
+        let leads = self.holds_lease(to);
         let Some(db) = self.db.as_mut() else { return };
         if db.history[from].get(index) != Some(&id) || db.history[to].get(index) == Some(&id) {
             return;
         }
         // The sender went another way since, or the receiver has it.
+        // A database never rewinds onto an older branch than its own, and
+        // a lease holder's never rewinds (PostgreSQL follows only a newer
+        // primary; a primary follows no one).
+        let branch = |h: &[u64]| h.last().map_or(Term(0), |id| db.token_of[*id as usize]);
+        let diverges = db.history[to].len() > index
+            || (index > 0 && db.history[to].get(index - 1) != db.history[from].get(index - 1));
+        if diverges && (leads || branch(&db.history[from][..=index]) < branch(&db.history[to])) {
+            return;
+        }
         let follows = index == 0 || db.history[to].get(index - 1) == db.history[from].get(index - 1);
         if follows && db.history[to].len() == index {
             db.history[to].push(id);
