@@ -66,6 +66,18 @@ fn a_voter_needs_a_read_taken_after_the_last_lease_it_acked() {
     assert_eq!(granted_vote(&deliver(&mut b, late, m)), Some(true), "a read after the lease it acked");
 }
 
+/// The fence: a follower's database may confirm the writes of the leader
+/// it follows only while its promise to it holds.
+#[test]
+fn a_database_confirms_the_leaders_writes_only_while_promised() {
+    let mut b = voter(Broken::default());
+    assert_eq!(b.replication_source(at(0)), None, "no leader yet");
+    let _ = deliver(&mut b, at(100), heartbeat("c", "b", 3, 1));
+    assert_eq!(b.replication_source(at(150)), Some((id("c"), Term(3))), "following c in term 3");
+    let end = at(100 + TTL.as_millis() as u64);
+    assert_eq!(b.replication_source(end), None, "the promise ended: fenced");
+}
+
 #[test]
 fn the_control_grants_a_candidate_behind_the_voter() {
     let broken = Broken { votes_ignore_positions: true, ..Broken::default() };

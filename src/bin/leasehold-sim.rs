@@ -51,6 +51,9 @@ enum Break {
     ConvertForgetsVote,
     /// With --positions: votes and pre-votes ignore replication positions.
     VotesIgnorePositions,
+    /// With --positions: databases confirm writes whatever their sidecar
+    /// promised (no fence).
+    UnfencedReplication,
 }
 
 /// Deterministic simulation of a leasehold group under faults.
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         blank_boot_without_promise: args.breakage == Some(Break::BlankBootWithoutPromise),
         wiped_keeps_incarnation: args.breakage == Some(Break::WipedKeepsIncarnation),
         forced_keeps_identity: args.breakage == Some(Break::ForcedKeepsIdentity),
+        unfenced_replication: args.breakage == Some(Break::UnfencedReplication),
         core: Broken {
             learners_vote: args.breakage == Some(Break::LearnersVote),
             genesis_majority: args.breakage == Some(Break::GenesisMajority),
@@ -285,6 +289,7 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::LeaseUnderFirst => "lease-under-first",
             Break::ConvertForgetsVote => "convert-forgets-vote",
             Break::VotesIgnorePositions => "votes-ignore-positions",
+            Break::UnfencedReplication => "unfenced-replication",
         };
         replay.push_str(&format!(" --break {name}"));
     }

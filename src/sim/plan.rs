@@ -249,6 +249,7 @@ pub fn run_seed(seed: u64, opts: &SeedOptions) -> SeedReport {
     let run_end = p.fault_phase + p.liveness_bound + 2 * ttl;
     if opts.positions {
         schedule_writes(&mut world, p.cfg.heartbeat_interval.as_nanos() as u64, run_end);
+        schedule_position_reads(&mut world, ttl / 3, run_end);
     }
     schedule_clock_changes(&mut world, &mut rng, ttl, run_end, opts.clock_drift);
     let heal_at = p.fault_phase;
@@ -393,13 +394,21 @@ fn schedule_writes(world: &mut World, every: u64, until: u64) {
         if t >= until {
             break;
         }
-        world.at(
-            t,
-            Box::new(|w: &mut World| {
-                w.app_write();
-                w.read_positions();
-            }),
-        );
+        world.at(t, Box::new(|w: &mut World| w.app_write()));
+        t += every.max(1);
+    }
+}
+
+/// Each sidecar reads its database's position every `every` (its
+/// `--position-exec` interval, well below the lease), at most 100,000
+/// times.
+fn schedule_position_reads(world: &mut World, every: u64, until: u64) {
+    let mut t = every / 2;
+    for _ in 0..100_000 {
+        if t >= until {
+            break;
+        }
+        world.at(t, Box::new(|w: &mut World| w.read_positions()));
         t += every.max(1);
     }
 }

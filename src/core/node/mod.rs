@@ -748,6 +748,20 @@ impl Node {
         }
     }
 
+    /// Replication positions (docs/safety.md): the leader whose writes the
+    /// local database may confirm now, and its term: the one this node
+    /// follows in its current term, while its promise to it holds. Once
+    /// the promise ends the database must stop confirming (a fence: stop
+    /// the WAL receiver) before the position it votes with is read, so
+    /// that no write it confirms is missing from that read. None on a
+    /// leader (its database is the primary) and between leaders.
+    pub fn replication_source(&self, now: Nanos) -> Option<(NodeId, Term)> {
+        let l = self.leader.as_ref()?;
+        let following = matches!(self.role, RoleState::Follower) && l.id != self.cfg.node_id;
+        let promised = now < self.promise.until && self.promise.is_to(&l.id, l.incarnation);
+        (following && promised).then(|| (l.id.clone(), self.hard.term))
+    }
+
     /// Replication positions (docs/safety.md): may this voter grant `m`'s
     /// candidate? Only if its own position was read after the last lease
     /// it acked or held ended, and after its boot promise, and the

@@ -25,6 +25,9 @@ pub struct Breakage {
     /// `--force-new-group` leaves the old group under the node's old
     /// identity instead of a new one (rule 10).
     pub forced_keeps_identity: bool,
+    /// With positions: a database confirms a primary's writes whatever
+    /// its sidecar promised (no fence: replication outlives the promise).
+    pub unfenced_replication: bool,
     /// Rules of the core broken on purpose (managed groups).
     pub core: Broken,
 }

@@ -91,11 +91,10 @@ impl World {
         }
     }
 
-    /// Streams `from`'s write at `index` to `to`, over the network.
+    /// Streams `from`'s write at `index` to `to`, over the network. The
+    /// databases' links are their own: a partition of the sidecars does
+    /// not stop replication (only random loss does).
     fn stream(&mut self, from: usize, to: usize, index: usize) {
-        if self.cut.contains(&(from, to)) {
-            return;
-        }
         let Some(db) = self.db.as_mut() else { return };
         if db.rng.chance(self.net.loss) {
             return;
@@ -116,7 +115,17 @@ impl World {
             return;
         }
         let leads = self.holds_lease(to);
+        // The fence: a database takes (and so confirms) a primary's writes
+        // only while its sidecar follows that primary's leadership under a
+        // promise that holds.
+        let local = self.local_now(to);
+        let source = self.slots[to].node.as_ref().and_then(|n| n.replication_source(local));
+        let fenced = !self.cfg.breakage.unfenced_replication;
         let Some(db) = self.db.as_mut() else { return };
+        let writer = (self.slots[from].id.clone(), db.token_of[id as usize]);
+        if fenced && source.as_ref() != Some(&writer) {
+            return;
+        }
         if db.history[from].get(index) != Some(&id) || db.history[to].get(index) == Some(&id) {
             return;
         }
