@@ -151,14 +151,25 @@ impl World {
     /// A write held by a majority of databases, its writer up and its lease
     /// not yet over, is acknowledged to the client.
     fn maybe_ack(&mut self, id: u64) {
+        // The synchronous standbys are the voters of the writer's
+        // configuration (all nodes in a static group): a learner's
+        // database confirms nothing (`synchronous_standby_names` names
+        // the voters).
+        let Some(&(writer, _, _)) = self.db.as_ref().and_then(|d| d.pending.get(&id)) else { return };
+        let config = self.slots[writer].node.as_ref().and_then(|n| n.configuration());
+        let listed = |j: usize| {
+            config.is_none_or(|c| c.lists(&crate::core::Identity::new(self.slots[j].id.clone(), self.slots[j].life)))
+        };
+        let voters: Vec<usize> = (0..self.slots.len()).filter(|&j| listed(j)).collect();
+        let size = config.map_or(self.slots.len(), |c| c.voters.len());
         let Some(db) = self.db.as_mut() else { return };
         let Some(&(writer, index, end)) = db.pending.get(&id) else { return };
-        let holders = db.history.iter().filter(|h| h.get(index) == Some(&id)).count();
+        let holders = voters.iter().filter(|&&j| db.history[j].get(index) == Some(&id)).count();
         if self.now >= end || self.slots[writer].node.is_none() {
             db.pending.remove(&id);
             return;
         }
-        if holders >= quorum(self.slots.len()) {
+        if holders >= quorum(size) {
             db.pending.remove(&id);
             db.acked.push((index, id));
         }
