@@ -85,3 +85,35 @@ fn the_control_grants_a_candidate_behind_the_voter() {
     let _ = b.step(at(0), Input::Position(Some(at_pos(3, 10))));
     assert_eq!(granted_vote(&deliver(&mut b, at(1), request(Some(at_pos(3, 1))))), Some(true), "the rule is off");
 }
+
+/// A former leader votes only with a read taken after the deadline it
+/// published: its application may write until then, a hand-over that cut
+/// its lease short notwithstanding (found by review).
+/// `a`, elected in term 1, handed over at once; the deadline it
+/// published.
+fn handed_over() -> (Node, leasehold::core::Nanos) {
+    let mut cfg = config("a", &["a", "b", "c"]);
+    cfg.positions = true;
+    let mut a = Node::new(cfg, Some(HardState::default()), boot(), 7).expect("valid config");
+    let _ = a.step(at(1_000), Input::Tick);
+    let _ = deliver(&mut a, at(1_001), msg("b", "a", 0, Body::PreVoteResponse { next_term: Term(1), granted: true }));
+    let out = deliver(&mut a, at(1_002), msg("b", "a", 1, Body::VoteResponse { granted: true }));
+    let deadline = out.view.as_ref().and_then(|v| v.lease_until).expect("a lease");
+    // Its lease ends now; the deadline it gave stands.
+    let _ = a.step(at(1_003), Input::Admin(leasehold::core::AdminRequest::StepDown));
+    (a, deadline)
+}
+
+#[test]
+fn a_former_leader_needs_a_read_taken_after_the_deadline_it_published() {
+    // c campaigns on a's hand-over: a's transfer vote.
+    let mut m = msg("c", "a", 2, Body::VoteRequest { transfer_from: Some(id("a")) });
+    m.position = Some(at_pos(1, 5));
+    let (mut a, _) = handed_over();
+    let _ = a.step(at(1_004), Input::Position(Some(at_pos(1, 5))));
+    assert_eq!(granted_vote(&deliver(&mut a, at(1_005), m.clone())), Some(false), "a read before its deadline");
+    let (mut a, deadline) = handed_over();
+    let after = leasehold::core::Nanos(deadline.0 + 1);
+    let _ = a.step(after, Input::Position(Some(at_pos(1, 5))));
+    assert_eq!(granted_vote(&deliver(&mut a, after, m)), Some(true), "a read after it");
+}

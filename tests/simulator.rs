@@ -176,9 +176,7 @@ fn the_command_passes_a_clean_run_and_replays_with_a_trace() {
 /// had committed; with the negative control (votes that ignore positions,
 /// as elections did before) the checker catches it (`acked-write-kept`)
 /// in many seeds. A fixed voter set: membership changes need a rule of
-/// their own, and the rule is not yet safe where a sidecar is cut off
-/// while its database still replicates, which these seeds never do
-/// (docs/safety.md, "Replication positions", open).
+/// their own (docs/safety.md, "Replication positions", open).
 #[test]
 fn position_aware_votes_keep_every_acknowledged_write() {
     let mut opts = SeedOptions::new(3);

@@ -99,6 +99,8 @@ pub struct Node {
     /// acks of a leader, its votes): a write acknowledged under that
     /// lease is in its database before then.
     acked_until: Nanos,
+    /// The latest lease end this node ever published as leader.
+    deadline_given: Nanos,
     out: Outputs,
 }
 
@@ -147,6 +149,7 @@ impl Node {
             members: Members::default(),
             position: None,
             acked_until: Nanos::ZERO,
+            deadline_given: Nanos::ZERO,
             out: Outputs::default(),
         };
         node.election_due = boot_promise_until.plus(node.jitter());
@@ -229,6 +232,11 @@ impl Node {
 
     fn finish(&mut self, _now: Nanos) -> Outputs {
         let view = self.view();
+        // The latest lease end ever published: an application may have
+        // cached it and write until then, a hand-over notwithstanding.
+        if let Some(until) = view.lease_until {
+            self.deadline_given = self.deadline_given.max(until);
+        }
         if self.published.as_ref() != Some(&view) {
             self.published = Some(view.clone());
             self.out.view = Some(view);
@@ -774,7 +782,10 @@ impl Node {
             return true;
         }
         let Some((mine, read_at)) = self.position else { return false };
-        let fresh = read_at >= self.boot_promise_until.max(self.acked_until).max(self.own_lease_until);
+        // A former leader's own database took its application's writes
+        // until the deadline it published, even after a hand-over cut its
+        // lease short (found by review).
+        let fresh = read_at >= self.boot_promise_until.max(self.acked_until).max(self.deadline_given);
         fresh && m.position.is_some_and(|theirs| theirs >= mine)
     }
 
