@@ -114,17 +114,17 @@ pub fn read(path: &Path) -> Result<Desired, String> {
     // A regular file only (a ConfigMap's symlink to one is fine): a FIFO
     // or a device would block or never end.
     match std::fs::metadata(path) {
-        Ok(m) if !m.is_file() => return Err(format!("--peers-file {}: not a regular file", path.display())),
-        Err(e) => return Err(format!("--peers-file {}: {e}", path.display())),
+        Ok(m) if !m.is_file() => return Err(format!("--peers-file {path:?}: not a regular file")),
+        Err(e) => return Err(format!("--peers-file {path:?}: {e}")),
         Ok(_) => {}
     }
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
-        .map_err(|e| format!("--peers-file {}: {e}", path.display()))?;
+        .map_err(|e| format!("--peers-file {path:?}: {e}"))?;
     if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("--peers-file {}: larger than {MAX_FILE_BYTES} bytes", path.display()));
+        return Err(format!("--peers-file {path:?}: larger than {MAX_FILE_BYTES} bytes"));
     }
-    parse(&text).map_err(|e| format!("--peers-file {}: {e}", path.display()))
+    parse(&text).map_err(|e| format!("--peers-file {path:?}: {e}"))
 }
 
 /// Reads `path` every [`POLL`] and sends each desired set that differs
