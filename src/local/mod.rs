@@ -22,31 +22,9 @@ struct Sidecar {
     exited: bool,
 }
 
-/// A loopback port free now, for a process started next (a sidecar of the
-/// tour, of a test, of a benchmark). It is taken below Linux's ephemeral
-/// range (32768 and up), so that no outgoing connection can be given it
-/// between this check and its owner's bind; and in turn from a start that
-/// differs between processes, so that one process never hands out a port
-/// twice and two processes rarely meet.
-pub fn free_port() -> std::io::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = *START.get_or_init(|| {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        std::process::id().wrapping_mul(7919) ^ nanos
-    });
-    for _ in 0..SPAN {
-        let port = LOW + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
-        let port = u16::try_from(port).unwrap_or(u16::MAX);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+mod ports;
+
+pub use ports::free_port;
 
 pub fn run(args: &LocalArgs) -> ExitCode {
     if !(1..=9).contains(&args.nodes) {
