@@ -73,7 +73,8 @@ fn claim_block(held: &mut Held) -> Option<u32> {
     for _ in 0..blocks {
         let first = LOW + held.cursor * BLOCK;
         held.cursor = (held.cursor + 1) % blocks;
-        let Ok(file) = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(first.to_string()))
+        let Ok(file) =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(first.to_string()))
         else {
             continue;
         };
