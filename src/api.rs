@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::clock::boottime_now;
 use crate::core::{AdminError, AdminRequest, LeaderView, Nanos, NodeId, Role};
 use crate::driver::AdminCall;
+use crate::position::{Reading, Upstream};
 
 type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
 
@@ -44,6 +45,11 @@ pub struct ApiState {
     pub incarnation: Option<crate::core::Incarnation>,
     /// A managed group's membership (`--peers-file`), shown in `/v1/status`.
     pub membership: Option<watch::Receiver<Option<crate::core::MembershipView>>>,
+    /// `--position-from-api`: where `PUT /v1/position` sends its readings.
+    pub positions: Option<mpsc::Sender<Reading>>,
+    /// Position-aware votes: the upstream the local database may take
+    /// writes from now, shown in `/v1/status`.
+    pub upstream: Option<watch::Receiver<Upstream>>,
 }
 
 /// The most API connections served at once. Long polls and watch streams
@@ -83,10 +89,88 @@ async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> 
             None => {}
         }
     }
+    if path == "/v1/position" {
+        return match *req.method() {
+            Method::PUT => put_position(req, state).await,
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "PUT /v1/position only"),
+        };
+    }
     match *req.method() {
         Method::GET | Method::HEAD => read(&path, &query, state).await,
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
     }
+}
+
+/// The largest `PUT /v1/position` body read.
+const MAX_POSITION_BODY: usize = 1024;
+
+/// `PUT /v1/position` (`--position-from-api`): `{"position": N or "X/Y",
+/// "branch": T, "read_at_boottime_ns": NS}`, the last two optional. The
+/// read counts from `read_at_boottime_ns` if given (it must not be in the
+/// future), else from the request's arrival. Guarded as the mutating
+/// endpoints are.
+async fn put_position(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
+    if let Err((status, message)) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
+        return error(status, message);
+    }
+    let arrived = boottime_now();
+    let Some(tx) = &state.positions else {
+        return error(
+            StatusCode::CONFLICT,
+            "this node takes no position from the API: start it with --position-from-api (and --peers-file)",
+        );
+    };
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_POSITION_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 1 KiB, or was cut off"),
+    };
+    let reading = match position_body(&body, arrived) {
+        Ok(r) => r,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    if tx.send(reading).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
+    }
+    let p = reading.position.unwrap_or_default();
+    json_response(StatusCode::OK, json!({"ok": true, "position": position_json(p, 0)}))
+}
+
+/// The reading a `PUT /v1/position` body names; `Err` is the message of a 400.
+pub fn position_body(body: &[u8], arrived: Nanos) -> Result<Reading, String> {
+    const SHAPE: &str = r#"the body must be {"position": N or "X/Y", "branch": T, "read_at_boottime_ns": NS}"#;
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("{SHAPE}: {e}"))?;
+    let Some(obj) = v.as_object() else { return Err(SHAPE.to_string()) };
+    if let Some(k) = obj.keys().find(|k| !["position", "branch", "read_at_boottime_ns"].contains(&k.as_str())) {
+        return Err(format!("unknown field {k:?}: {SHAPE}"));
+    }
+    let at = match obj.get("position") {
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| format!("position {n} is not an unsigned integer"))?,
+        Some(Value::String(s)) => crate::position::parse_lsn(s)?,
+        _ => return Err(SHAPE.to_string()),
+    };
+    let branch = match obj.get("branch") {
+        None | Some(Value::Null) => 0,
+        Some(b) => b.as_u64().ok_or_else(|| format!("branch {b} is not an unsigned integer"))?,
+    };
+    let read_at = match obj.get("read_at_boottime_ns") {
+        None | Some(Value::Null) => arrived,
+        Some(t) => match t.as_u64() {
+            Some(t) if t <= arrived.0 => Nanos(t),
+            Some(t) => return Err(format!("read_at_boottime_ns {t} is in the future (now {})", arrived.0)),
+            None => return Err(format!("read_at_boottime_ns {t} is not an unsigned integer")),
+        },
+    };
+    Ok(Reading { position: Some(crate::core::Position { branch: crate::core::Term(branch), at }), read_at })
+}
+
+/// A position as `/v1/status` and `PUT /v1/position` show it.
+fn position_json(p: crate::core::Position, read_ms_ago: u64) -> Value {
+    json!({
+        "branch": p.branch.0,
+        "position": p.at,
+        "lsn": crate::position::format_lsn(p.at),
+        "read_ms_ago": read_ms_ago,
+    })
 }
 
 /// The hand-over a `POST` to `path` asks for, with its `?wait=`; `None` if
@@ -126,12 +210,23 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
                             "connected": p.connected,
                             "last_contact_ms_ago": p.last_contact_ms_ago,
                             "incarnation": p.incarnation.map(|i| i.to_string()),
+                            "position": p.position.map(|(pos, ago)| position_json(pos, ago)),
                         })
                     })
                     .collect()
             });
             body["peers"] = Value::Array(peers);
             body["incarnation"] = json!(state.incarnation.map(|i| i.to_string()));
+            if let Some(up) = &state.upstream {
+                let own = state.peers.as_ref().and_then(|t| t.own());
+                let up = up.borrow().clone();
+                body["position"] = json!({
+                    "own": own.map(|(p, ago)| position_json(p, ago)),
+                    "role": up.role,
+                    "upstream_id": up.leader_id,
+                    "upstream": up.address,
+                });
+            }
             if let Some(m) = &state.membership {
                 let view = m.borrow().clone();
                 body["incarnation"] = json!(view.as_ref().map(|v| v.me.incarnation.to_string()));

@@ -184,6 +184,20 @@ pub struct RunArgs {
     /// (see docs/operations.md first).
     #[arg(long, env = "LEASEHOLD_ACCEPT_NEW_MEMBERSHIP")]
     pub accept_new_membership: bool,
+    /// Position-aware votes (docs/positions.md): a command that fences the
+    /// local database to the upstream in LEASEHOLD_UPSTREAM (or none), then
+    /// prints its replication position: N or X/Y (an LSN), optionally after
+    /// the branch token. Run every --position-interval. Needs --peers-file.
+    #[arg(long, env = "LEASEHOLD_POSITION_EXEC", conflicts_with = "position_from_api")]
+    pub position_exec: Option<String>,
+    /// Position-aware votes, with the position set by the application with
+    /// PUT /v1/position instead of a command. Needs --peers-file.
+    #[arg(long, env = "LEASEHOLD_POSITION_FROM_API")]
+    pub position_from_api: bool,
+    /// How often --position-exec runs (default: lease-ttl / 4; at most
+    /// lease-ttl / 2).
+    #[arg(long, env = "LEASEHOLD_POSITION_INTERVAL", value_parser = duration)]
+    pub position_interval: Option<Duration>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -29,6 +29,16 @@ fn invalid(flag: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { flag, message: message.into() }
 }
 
+/// Where the local database's replication position comes from
+/// (position-aware votes, docs/positions.md).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Positions {
+    /// `--position-exec CMD`, run every `interval`.
+    Exec { command: String, interval: std::time::Duration },
+    /// `--position-from-api`: `PUT /v1/position`.
+    Api,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum HealthCheck {
     None,
@@ -65,6 +75,8 @@ pub struct Config {
     pub force_new_group: Option<core::GroupUid>,
     /// Set with `--backend etcd`.
     pub etcd: Option<EtcdConfig>,
+    /// Position-aware votes: where the position comes from.
+    pub positions: Option<Positions>,
 }
 
 /// How to reach etcd and which election to run (`--backend etcd`).
@@ -178,6 +190,8 @@ impl Config {
             broken: core::Broken::default(),
         };
         node.validate()?;
+        let positions = positions(a, peers_file.is_some())?;
+        let node = core::Config { positions: positions.is_some(), ..node };
         let health_check = match (&a.health_check_url, &a.health_check_exec) {
             (Some(u), _) if !u.starts_with("http://") => {
                 return Err(invalid(
@@ -212,8 +226,49 @@ impl Config {
             accept_new_membership: a.accept_new_membership,
             force_new_group,
             etcd,
+            positions,
         })
     }
+}
+
+/// `--position-exec`, `--position-from-api` and `--position-interval`:
+/// positions travel in the managed protocol only, and a read must settle
+/// well within a lease.
+fn positions(a: &RunArgs, managed: bool) -> Result<Option<Positions>, ConfigError> {
+    let flag = if a.position_exec.is_some() { "--position-exec" } else { "--position-from-api" };
+    let source = match &a.position_exec {
+        Some(c) if c.trim().is_empty() => return Err(invalid("--position-exec", "is empty")),
+        Some(c) => {
+            let interval = a.position_interval.unwrap_or(a.lease_ttl / 4);
+            if interval.is_zero() || interval > a.lease_ttl / 2 {
+                return Err(invalid(
+                    "--position-interval",
+                    format!(
+                        "{} must be above 0 and at most half the lease ({}): a voter waits for a read taken after a \
+                         lease ended",
+                        humantime::format_duration(interval),
+                        humantime::format_duration(a.lease_ttl)
+                    ),
+                ));
+            }
+            Positions::Exec { command: c.clone(), interval }
+        }
+        None if a.position_from_api => Positions::Api,
+        None if a.position_interval.is_some() => {
+            return Err(invalid("--position-interval", "goes with --position-exec"));
+        }
+        None => return Ok(None),
+    };
+    if a.backend == Backend::Etcd {
+        return Err(invalid(flag, "is for the built-in group; etcd's election knows no replication position"));
+    }
+    if !managed {
+        return Err(invalid(
+            flag,
+            "needs --peers-file: positions travel in the managed group's protocol (the static one is frozen)",
+        ));
+    }
+    Ok(Some(source))
 }
 
 /// The etcd flags, checked; refused in a build without the `etcd` feature.

@@ -20,6 +20,7 @@ use crate::core::{
     Outputs, PeerKind,
 };
 use crate::desired::Desired;
+use crate::position::{Reading, Upstream};
 use crate::storage::{Identity, StateFile};
 use crate::transport::frame::Standing;
 use crate::transport::tcp::Transport;
@@ -37,6 +38,11 @@ pub trait Observer: Send + Sync + 'static {
     fn rejected(&self, reason: &'static str);
     /// A desired set was refused (managed groups).
     fn desired_refused(&self) {}
+    /// A replication position: this node's own as read (`own`), or a
+    /// peer's as its message carried it.
+    fn position(&self, _node: &NodeId, _p: core::Position, _own: bool) {}
+    /// A read of this node's position succeeded or failed.
+    fn position_read(&self, _ok: bool) {}
 }
 
 pub struct Driver {
@@ -72,6 +78,10 @@ pub struct Driver {
     /// this node's hellos say it is.
     hellos: Option<mpsc::UnboundedReceiver<(NodeId, PeerKind)>>,
     standing: Standing,
+    /// Replication positions: the reads of the local database's position,
+    /// and where the upstream it may take writes from is published.
+    readings: Option<mpsc::Receiver<Reading>>,
+    upstream: Option<watch::Sender<Upstream>>,
 }
 
 impl Driver {
@@ -111,6 +121,8 @@ impl Driver {
             announced,
             hellos: None,
             standing: Standing::Static,
+            readings: None,
+            upstream: None,
         };
         Ok((driver, view_rx))
     }
@@ -134,6 +146,16 @@ impl Driver {
         self.hellos = Some(hellos);
         self.standing = standing;
         self
+    }
+
+    /// Replication positions: feeds each reading to the node, and publishes
+    /// after every step which upstream the local database may take writes
+    /// from (the fence, `Node::replication_source`).
+    pub fn with_positions(mut self, readings: mpsc::Receiver<Reading>) -> (Self, watch::Receiver<Upstream>) {
+        let (tx, rx) = watch::channel(Upstream { role: "none", ..Upstream::default() });
+        self.readings = Some(readings);
+        self.upstream = Some(tx);
+        (self, rx)
     }
 
     /// Feeds the results of a health check. Until the first result the
@@ -170,11 +192,17 @@ impl Driver {
         self.step(Input::Tick).await;
         let (mut inbound_open, mut admin_open) = (true, true);
         let mut hellos = self.hellos.take();
+        let mut readings = self.readings.take();
         loop {
             let wake = self.wake_instant();
             tokio::select! {
                 m = self.inbound.recv(), if inbound_open => match m {
-                    Some(m) => { self.step(Input::Message(m)).await; }
+                    Some(m) => {
+                        if let Some(p) = m.position {
+                            self.observer.position(&m.from, p, false);
+                        }
+                        self.step(Input::Message(m)).await;
+                    }
                     None => inbound_open = false,
                 },
                 call = self.admin.recv(), if admin_open => match call {
@@ -194,6 +222,10 @@ impl Driver {
                 p = next_hello(&mut hellos), if hellos.is_some() => match p {
                     Some((name, kind)) => { self.step(Input::Peer { name, kind }).await; }
                     None => hellos = None,
+                },
+                r = next_reading(&mut readings), if readings.is_some() => match r {
+                    Some(r) => self.read(r).await,
+                    None => readings = None,
                 },
                 d = next_desired(&mut desired), if desired.is_some() => match d {
                     Some(d) => self.desire(d).await,
@@ -259,6 +291,48 @@ impl Driver {
         self.step(Input::Desired { names, generation: d.generation }).await;
     }
 
+    /// A reading of the local database's position.
+    async fn read(&mut self, r: Reading) {
+        self.observer.position_read(r.position.is_some());
+        if let Some(p) = r.position {
+            let me = self.identity.node_id.clone();
+            self.observer.position(&me, p, true);
+        }
+        self.step(Input::Position { position: r.position, read_at: r.read_at }).await;
+    }
+
+    /// Which database the local one may take writes from now: its own
+    /// writes while this node holds the lease, the leader's while this node
+    /// is promised to it, none otherwise.
+    fn publish_upstream(&self) {
+        let Some(tx) = &self.upstream else { return };
+        let now = boottime_now();
+        let v = self.view.borrow();
+        let next = if v.is_leader(now) {
+            Upstream {
+                role: "leader",
+                leader_id: Some(v.node_id.to_string()),
+                address: v.leader_address.clone(),
+                token: v.fencing_token.map(|t| t.0),
+            }
+        } else {
+            match self.node.replication_source(now) {
+                Some((id, _)) if v.leader_id.as_ref() == Some(&id) => Upstream {
+                    role: "follower",
+                    leader_id: Some(id.to_string()),
+                    address: v.leader_address.clone(),
+                    token: v.fencing_token.map(|t| t.0),
+                },
+                _ => Upstream { role: "none", ..Upstream::default() },
+            }
+        };
+        tx.send_if_modified(|old| {
+            let changed = *old != next;
+            *old = next;
+            changed
+        });
+    }
+
     /// Feeds one input and carries out everything that follows from it.
     async fn step(&mut self, input: Input) -> Option<Result<(), AdminError>> {
         if self.membership.is_some() {
@@ -302,6 +376,17 @@ impl Driver {
             self.send(msg);
         }
         self.wake_at = out.wake_at;
+        if self.upstream.is_some() {
+            self.publish_upstream();
+            // The fence must follow the end of a promise or a lease at once,
+            // not at the node's next timer.
+            let now = boottime_now();
+            let v = self.view.borrow();
+            let ends = [Some(v.promise_until), v.lease_until].into_iter().flatten().filter(|t| *t > now).min();
+            if let Some(end) = ends {
+                self.wake_at = self.wake_at.min(end);
+            }
+        }
         if let Some(hs) = dispatch.write {
             Box::pin(self.write(hs)).await;
         }
@@ -375,6 +460,13 @@ async fn next_hello(rx: &mut Option<mpsc::UnboundedReceiver<(NodeId, PeerKind)>>
     match rx {
         Some(rx) => rx.recv().await,
         None => None,
+    }
+}
+
+async fn next_reading(rx: &mut Option<mpsc::Receiver<Reading>>) -> Option<Reading> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

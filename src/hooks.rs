@@ -23,24 +23,44 @@ pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs `sh -c cmd` with `env`, killing it after `limit`. Ok(true) if it
 /// exited 0.
 fn run_command(cmd: &str, env: &[(&str, String)], limit: Duration) -> Result<bool, String> {
+    run_capturing(cmd, env, limit).map(|(ok, _)| ok)
+}
+
+/// Runs `sh -c cmd` with `env`, killing it after `limit`: whether it exited
+/// 0, and the first 4 KiB of its standard output (the rest is read and
+/// dropped, so that a command that prints much is not stopped by a full
+/// pipe).
+pub fn run_capturing(cmd: &str, env: &[(&str, String)], limit: Duration) -> Result<(bool, Vec<u8>), String> {
     let mut child = Command::new("sh")
         .args(["-c", cmd])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start: {e}"))?;
+    let Some(mut stdout) = child.stdout.take() else { return Err("no standard output".to_string()) };
+    // Read on its own thread, so that a command that never exits still
+    // ends at the deadline.
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut kept, mut chunk) = (Vec::new(), [0u8; 4096]);
+        while let Ok(n @ 1..) = stdout.read(&mut chunk) {
+            let room = 4096usize.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..n.min(room)]);
+        }
+        kept
+    });
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return Ok(status.success()),
+            Ok(Some(status)) => return Ok((status.success(), reader.join().unwrap_or_default())),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("killed after {limit:?}"));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e.to_string()),
         }
     }

@@ -50,10 +50,11 @@ pub mod reason {
 /// The `path` of `leasehold_api_requests_total`: the paths the API and the
 /// metrics listener serve. Any other path counts as [`OTHER_PATH`], so that
 /// a scanner cannot create unbounded label values.
-pub const API_PATHS: [&str; 11] = [
+pub const API_PATHS: [&str; 12] = [
     "/v1/leader",
     "/v1/watch",
     "/v1/status",
+    "/v1/position",
     "/v1/step-down",
     "/v1/transfer",
     "/healthz",

@@ -64,6 +64,7 @@ pub mod labels;
 pub mod local;
 pub mod metrics;
 pub mod observe;
+pub mod position;
 pub mod report;
 pub mod sim;
 pub mod storage;

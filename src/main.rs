@@ -112,6 +112,8 @@ fn start_readers(config: &Config, l: Listeners, b: &Running, reporter: &Reporter
         peers: b.peers.clone(),
         incarnation: b.incarnation,
         membership: b.membership.clone(),
+        positions: b.positions.clone(),
+        upstream: b.upstream.clone(),
     };
     tokio::spawn(api::serve(l.api, Arc::new(api_state)));
     tokio::spawn(leasehold::metrics::serve(l.metrics, reporter.metrics.clone(), b.view.clone()));

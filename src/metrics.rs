@@ -46,6 +46,10 @@ pub struct Metrics {
     voters: IntGauge,
     learners: IntGauge,
     membership_changes: IntCounterVec,
+    position_reads: IntCounterVec,
+    position_refusals: IntCounterVec,
+    position: IntGaugeVec,
+    position_branch: IntGaugeVec,
 }
 
 /// A change pending longer than this many leases is reported stuck.
@@ -135,6 +139,39 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            position_reads: IntCounterVec::new(
+                Opts::new(
+                    "leasehold_position_reads_total",
+                    "Reads of the local database's replication position (--position-exec, PUT /v1/position), by \
+                     result: ok or error (the node grants no vote until a read succeeds)",
+                ),
+                &["result"],
+            )?,
+            position_refusals: IntCounterVec::new(
+                Opts::new(
+                    "leasehold_position_refusals_total",
+                    "Votes and pre-votes this node refused for replication positions alone, by reason: behind (the \
+                     candidate's database is behind this node's), stale (no read since the last lease ended), \
+                     unknown (no successful read)",
+                ),
+                &["reason"],
+            )?,
+            position: IntGaugeVec::new(
+                Opts::new(
+                    "leasehold_replication_position",
+                    "The last known replication position (e.g. a PostgreSQL LSN as a number) of this node's \
+                     database and of each peer's, as their messages carried it",
+                ),
+                &["node"],
+            )?,
+            position_branch: IntGaugeVec::new(
+                Opts::new(
+                    "leasehold_replication_branch",
+                    "The branch of that position: the fencing token of the leadership whose write ends the \
+                     database's history",
+                ),
+                &["node"],
+            )?,
             registry,
         };
         let build_info =
@@ -160,6 +197,10 @@ impl Metrics {
         r.register(Box::new(m.voters.clone()))?;
         r.register(Box::new(m.learners.clone()))?;
         r.register(Box::new(m.membership_changes.clone()))?;
+        r.register(Box::new(m.position_reads.clone()))?;
+        r.register(Box::new(m.position_refusals.clone()))?;
+        r.register(Box::new(m.position.clone()))?;
+        r.register(Box::new(m.position_branch.clone()))?;
         r.register(Box::new(build_info))?;
         // Every peer and result appears from the start, at 0.
         for p in peers {
@@ -210,6 +251,27 @@ impl Metrics {
 
     pub fn api_request(&self, path: &str, code: u16) {
         self.api_requests.with_label_values(&[path, &code.to_string()]).inc();
+    }
+
+    /// Counts a read of the local database's position.
+    pub fn position_read(&self, result: &str) {
+        self.position_reads.with_label_values(&[result]).inc();
+    }
+
+    /// Positions are on: their counters appear from the start, at 0.
+    pub fn positions_on(&self) {
+        for result in ["ok", "error"] {
+            self.position_reads.with_label_values(&[result]);
+        }
+        for reason in ["behind", "stale", "unknown"] {
+            self.position_refusals.with_label_values(&[reason]);
+        }
+    }
+
+    /// The last known position of `node`'s database.
+    pub fn position(&self, node: &NodeId, p: crate::core::Position) {
+        self.position.with_label_values(&[node.as_str()]).set(i64::try_from(p.at).unwrap_or(i64::MAX));
+        self.position_branch.with_label_values(&[node.as_str()]).set(i64::try_from(p.branch.0).unwrap_or(i64::MAX));
     }
 
     /// A static group's voters: its `--peers`, fixed.
@@ -284,6 +346,7 @@ impl Observer for Metrics {
             Event::ElectionLost { .. } => self.elections.with_label_values(&["lost"]).inc(),
             Event::PreVoteFailed { .. } => self.elections.with_label_values(&["pre_vote_failed"]).inc(),
             Event::MembershipChange { add, .. } => self.membership_change(if *add { "added" } else { "removed" }),
+            Event::PositionRefused { reason, .. } => self.position_refusals.with_label_values(&[reason.as_str()]).inc(),
             Event::AckRoundTrip { peer, rtt } => {
                 self.peer_rtt.with_label_values(&[peer.as_str()]).observe(rtt.as_secs_f64())
             }

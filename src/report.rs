@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use crate::core::{Event, Incarnation, NodeId, StepDownReason};
+use crate::core::{Event, Incarnation, NodeId, Position, StepDownReason};
 use crate::driver::Observer;
 use crate::metrics::Metrics;
 use crate::transport::tcp;
@@ -24,6 +24,8 @@ use crate::transport::tcp;
 #[derive(Default)]
 pub struct PeerTable {
     peers: Mutex<BTreeMap<NodeId, PeerState>>,
+    /// This node's own replication position, and when it was read.
+    own: Mutex<Option<(Position, Instant)>>,
 }
 
 #[derive(Default)]
@@ -31,6 +33,7 @@ struct PeerState {
     up: bool,
     last: Option<Instant>,
     incarnation: Option<Incarnation>,
+    position: Option<(Position, Instant)>,
 }
 
 /// One peer as `/v1/status` shows it.
@@ -42,11 +45,17 @@ pub struct PeerRow {
     pub last_contact_ms_ago: Option<u64>,
     /// None: not heard yet, or a node of an earlier version.
     pub incarnation: Option<Incarnation>,
+    /// Its replication position as its last message carried it, and how
+    /// many milliseconds ago that message came.
+    pub position: Option<(Position, u64)>,
 }
 
 impl PeerTable {
     pub fn new(peers: impl IntoIterator<Item = NodeId>) -> Self {
-        PeerTable { peers: Mutex::new(peers.into_iter().map(|p| (p, PeerState::default())).collect()) }
+        PeerTable {
+            peers: Mutex::new(peers.into_iter().map(|p| (p, PeerState::default())).collect()),
+            own: Mutex::new(None),
+        }
     }
 
     pub fn set_up(&self, peer: &NodeId, up: bool) {
@@ -73,6 +82,26 @@ impl PeerTable {
         before.filter(|b| incarnation.is_some_and(|now| now != *b))
     }
 
+    /// Records a peer's replication position, as a message carried it.
+    pub fn position(&self, peer: &NodeId, p: Position) {
+        if let Ok(mut m) = self.peers.lock() {
+            m.entry(peer.clone()).or_default().position = Some((p, Instant::now()));
+        }
+    }
+
+    /// Records this node's own position, as a read found it.
+    pub fn own_position(&self, p: Option<Position>) {
+        if let Ok(mut own) = self.own.lock() {
+            *own = p.map(|p| (p, Instant::now()));
+        }
+    }
+
+    /// This node's position and how many milliseconds ago it was read.
+    pub fn own(&self) -> Option<(Position, u64)> {
+        let own = self.own.lock().ok()?;
+        own.map(|(p, t)| (p, t.elapsed().as_millis() as u64))
+    }
+
     pub fn snapshot(&self) -> Vec<PeerRow> {
         let Ok(m) = self.peers.lock() else { return Vec::new() };
         m.iter()
@@ -81,6 +110,7 @@ impl PeerTable {
                 connected: s.up,
                 last_contact_ms_ago: s.last.map(|t| t.elapsed().as_millis() as u64),
                 incarnation: s.incarnation,
+                position: s.position.map(|(p, t)| (p, t.elapsed().as_millis() as u64)),
             })
             .collect()
     }
@@ -119,6 +149,11 @@ impl Observer for Reporter {
                 warn!("writing the state file failed; not voting or campaigning until a write succeeds")
             }
             Event::StorageRecovered => info!("state file writable again"),
+            Event::PositionRefused { candidate, reason } => debug!(
+                candidate = %candidate,
+                reason = reason.as_str(),
+                "refused a vote for the replication position alone"
+            ),
             Event::PreVoteStarted { next_term } => debug!(next_term = next_term.0, "asking for pre-votes"),
             Event::PreVoteFailed { next_term } => debug!(next_term = next_term.0, "the pre-vote failed"),
             Event::ElectionStarted { term, transfer } => debug!(term = term.0, transfer, "campaigning"),
@@ -165,6 +200,22 @@ impl Observer for Reporter {
 
     fn desired_refused(&self) {
         self.metrics.membership_change("refused");
+    }
+
+    fn position(&self, node: &NodeId, p: Position, own: bool) {
+        self.metrics.position(node, p);
+        if own {
+            self.peers.own_position(Some(p));
+        } else {
+            self.peers.position(node, p);
+        }
+    }
+
+    fn position_read(&self, ok: bool) {
+        self.metrics.position_read(if ok { "ok" } else { "error" });
+        if !ok {
+            self.peers.own_position(None);
+        }
     }
 }
 

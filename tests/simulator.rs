@@ -201,3 +201,29 @@ fn position_aware_votes_keep_every_acknowledged_write() {
     let r = run_seed(1246, &opts);
     assert!(r.violations.iter().any(|v| v.invariant == Invariant::AckedWriteKept), "unfenced: {:?}", r.violations);
 }
+
+/// A managed group with positions (`--positions --membership`): votes keep
+/// every acknowledged write, and the leader makes no membership change
+/// while positions decide elections (docs/safety.md, "Replication
+/// positions", membership changes), whatever the desired set asks; the
+/// negative control, a leader that changes anyway, is caught
+/// (`no-change-with-positions`).
+#[test]
+fn managed_groups_with_positions_make_no_membership_change() {
+    let mut opts = SeedOptions::new(3);
+    opts.wipes = false;
+    opts.positions = true;
+    opts.membership = true;
+    for seed in 1..=150 {
+        let r = run_seed(seed, &opts);
+        assert!(r.violations.is_empty(), "seed {seed}: {:?}", r.violations);
+        assert_eq!(r.changes, 0, "seed {seed}");
+    }
+    opts.breakage.core.changes_ignore_positions = true;
+    let caught = (1..=50)
+        .filter(|&seed| {
+            run_seed(seed, &opts).violations.iter().any(|v| v.invariant == Invariant::NoChangeWithPositions)
+        })
+        .count();
+    assert!(caught > 10, "the control was caught in only {caught} of 50 seeds");
+}

@@ -87,6 +87,11 @@ pub struct Running {
     pub incarnation: Option<Incarnation>,
     /// A managed group's membership (`--peers-file`); None otherwise.
     pub membership: Option<watch::Receiver<Option<crate::core::MembershipView>>>,
+    /// Position-aware votes: where `PUT /v1/position` sends its readings
+    /// (`--position-from-api`), and the upstream the database may take
+    /// writes from, for `/v1/status`.
+    pub positions: Option<mpsc::Sender<crate::position::Reading>>,
+    pub upstream: Option<watch::Receiver<crate::position::Upstream>>,
     pub lease_ttl: Duration,
     pub hand_over: HandOver,
     pub task: JoinHandle<Result<(), String>>,

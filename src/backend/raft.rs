@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{HandOver, Running};
 use crate::clock::boottime_now;
-use crate::config::Config;
+use crate::config::{Config, Positions};
 use crate::core;
 use crate::desired::Desired;
 use crate::driver::Driver;
@@ -230,6 +230,22 @@ pub async fn start(
             (driver, None)
         }
     };
+    let (driver, positions, upstream) = match &config.positions {
+        None => (driver, None, None),
+        Some(source) => {
+            metrics.positions_on();
+            let (tx, rx) = mpsc::channel(16);
+            let (driver, upstream) = driver.with_positions(rx);
+            match source {
+                Positions::Exec { command, interval } => {
+                    // The driver counts and reports every reading it is fed.
+                    tokio::spawn(crate::position::watch_exec(command.clone(), *interval, upstream.clone(), tx));
+                    (driver, None, Some(upstream))
+                }
+                Positions::Api => (driver, Some(tx), Some(upstream)),
+            }
+        }
+    };
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         driver.run(stop_rx).await;
@@ -243,6 +259,8 @@ pub async fn start(
         node_id: config.node.node_id.clone(),
         incarnation: current,
         membership,
+        positions,
+        upstream,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::StepDown,
         task,

@@ -54,6 +54,8 @@ enum Break {
     /// With --positions: databases confirm writes whatever their sidecar
     /// promised (no fence).
     UnfencedReplication,
+    /// With --positions --membership: a leader makes membership changes.
+    ChangesIgnorePositions,
 }
 
 /// Deterministic simulation of a leasehold group under faults.
@@ -140,6 +142,7 @@ fn main() -> ExitCode {
             force_floor_from_clock: args.breakage == Some(Break::ForceFloorFromClock),
             convert_forgets_vote: args.breakage == Some(Break::ConvertForgetsVote),
             votes_ignore_positions: args.breakage == Some(Break::VotesIgnorePositions),
+            changes_ignore_positions: args.breakage == Some(Break::ChangesIgnorePositions),
         },
     };
     opts.membership = args.membership;
@@ -289,6 +292,7 @@ fn print_failure(args: &Args, r: &SeedReport) {
             Break::LeaseUnderFirst => "lease-under-first",
             Break::ConvertForgetsVote => "convert-forgets-vote",
             Break::VotesIgnorePositions => "votes-ignore-positions",
+            Break::ChangesIgnorePositions => "changes-ignore-positions",
             Break::UnfencedReplication => "unfenced-replication",
         };
         replay.push_str(&format!(" --break {name}"));

@@ -151,6 +151,8 @@ pub struct Broken {
     pub convert_forgets_vote: bool,
     /// Votes and pre-votes ignore replication positions.
     pub votes_ignore_positions: bool,
+    /// A leader makes membership changes while positions decide elections.
+    pub changes_ignore_positions: bool,
 }
 
 /// Which membership rules a node follows.

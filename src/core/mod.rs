@@ -274,9 +274,14 @@ pub enum Input {
         name: NodeId,
         kind: PeerKind,
     },
-    /// The local database's replication position, read now (None: it
-    /// could not be read). With `Config::positions` only.
-    Position(Option<Position>),
+    /// The local database's replication position (None: it could not be
+    /// read), and the instant its read started: everything the database
+    /// confirmed before that instant is in it. With `Config::positions`
+    /// only; an instant later than the step's counts as the step's.
+    Position {
+        position: Option<Position>,
+        read_at: Nanos,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -367,6 +372,30 @@ pub enum StepDownReason {
     Transferred,
 }
 
+/// Why a voter that uses replication positions refused a candidate it
+/// would otherwise have granted (docs/safety.md, "Replication positions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PositionRefusal {
+    /// The local database's position could not be read.
+    Unknown,
+    /// The last read started before the last lease this node acked or
+    /// published ended, or before its boot promise ended.
+    Stale,
+    /// The candidate's position is behind this node's.
+    Behind,
+}
+
+impl PositionRefusal {
+    /// The label of `leasehold_position_refusals_total{reason}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PositionRefusal::Unknown => "unknown",
+            PositionRefusal::Stale => "stale",
+            PositionRefusal::Behind => "behind",
+        }
+    }
+}
+
 /// Things that happened inside a step, for metrics and logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -396,6 +425,12 @@ pub enum Event {
     },
     StorageFault,
     StorageRecovered,
+    /// This voter refused `candidate` (a vote or a pre-vote) for its
+    /// replication position alone.
+    PositionRefused {
+        candidate: NodeId,
+        reason: PositionRefusal,
+    },
     /// This managed node holds a configuration of `group` from now on,
     /// as a voter or a learner.
     ConfigurationHeld {

@@ -60,6 +60,9 @@ pub enum Invariant {
     /// Positions: a new leader's database lacks a write acknowledged to
     /// its client before it took over.
     AckedWriteKept,
+    /// Positions in a managed group: a leader made a membership change,
+    /// which positions do not allow yet (docs/safety.md).
+    NoChangeWithPositions,
 }
 
 impl Invariant {
@@ -87,6 +90,7 @@ impl Invariant {
             Invariant::GenesisOnce => "genesis-once",
             Invariant::Converges => "converges",
             Invariant::AckedWriteKept => "acked-write-kept",
+            Invariant::NoChangeWithPositions => "no-change-with-positions",
         }
     }
 }
@@ -569,6 +573,12 @@ impl Checker {
     }
 
     /// Membership did not converge within `bound_ns` of the heal.
+    /// Positions: `changes` membership changes were made in a run.
+    pub fn changed_with_positions(&mut self, at_ns: u64, changes: u64) {
+        let detail = format!("{changes} membership change(s) made while positions decide elections");
+        self.violate(at_ns, Invariant::NoChangeWithPositions, detail);
+    }
+
     pub fn membership_stuck(&mut self, heal_at: u64, bound_ns: u64) {
         let detail = format!(
             "the configuration does not list every node's identity {} after the heal at {}",

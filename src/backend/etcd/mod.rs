@@ -118,6 +118,8 @@ pub fn start(config: &Config, p: Prepared, health: Option<mpsc::Receiver<bool>>)
         node_id: config.node.node_id.clone(),
         incarnation: None,
         membership: None,
+        positions: None,
+        upstream: None,
         lease_ttl: config.node.lease_ttl,
         hand_over: HandOver::ByTheTask(RESIGN_TIMEOUT * 2 + Duration::from_secs(1)),
         task,

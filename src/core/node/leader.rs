@@ -20,6 +20,8 @@ pub(super) struct PeerReport {
     pub(super) healthy_since: Option<Nanos>,
     pub(super) last_ack_at: Nanos,
     pub(super) last_ack_round: u64,
+    /// The replication position its latest ack carried (protocol 3).
+    pub(super) position: Option<crate::core::Position>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,7 +96,9 @@ impl Node {
             healthy_since: None,
             last_ack_at: now,
             last_ack_round: 0,
+            position: None,
         });
+        report.position = m.position.or(report.position);
         report.priority = priority;
         report.healthy_since = match (healthy, report.healthy_since) {
             (true, None) => Some(now),
@@ -293,8 +297,9 @@ impl Node {
     }
 
     /// The best transfer target among peers passing `filter`: eligible
-    /// (priority > 0, healthy, acked within two heartbeats), then highest
-    /// priority, then most recent round, then lowest id.
+    /// (listed, priority > 0, healthy, acked within two heartbeats); with
+    /// positions the most advanced database first (as its last ack said);
+    /// then highest priority, then most recent round, then lowest id.
     pub(super) fn best_peer(&self, now: Nanos, filter: impl Fn(&NodeId) -> bool) -> Option<NodeId> {
         let RoleState::Leader(l) = &self.role else {
             return None;
@@ -308,7 +313,10 @@ impl Node {
                 filter(id) && listed(id) && p.priority > 0 && p.healthy && now.since(p.last_ack_at) <= recent
             })
             .max_by(|(a_id, a), (b_id, b)| {
-                (a.priority, a.last_ack_round).cmp(&(b.priority, b.last_ack_round)).then(b_id.cmp(a_id))
+                // With positions, the most advanced database first: its
+                // voters grant it, and it holds the most writes.
+                let (pa, pb) = if self.cfg.positions { (a.position, b.position) } else { (None, None) };
+                (pa, a.priority, a.last_ack_round).cmp(&(pb, b.priority, b.last_ack_round)).then(b_id.cmp(a_id))
             })
             .map(|(id, _)| id.clone())
     }

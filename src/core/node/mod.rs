@@ -218,7 +218,7 @@ impl Node {
             Input::Health(h) => self.on_health(now, h),
             Input::Desired { names, generation } => self.on_desired(names, generation),
             Input::Peer { name, kind } => self.on_peer(now, name, kind),
-            Input::Position(p) => self.position = p.map(|p| (p, now)),
+            Input::Position { position, read_at } => self.position = position.map(|p| (p, read_at.min(now))),
             Input::Admin(req) => {
                 let result = self.on_admin(now, req);
                 self.out.admin = Some(result);

@@ -5,7 +5,7 @@
 use super::{Node, RoleState};
 use crate::core::message::Envelope;
 use crate::core::message::{MANAGED_PROTOCOL_VERSION, POSITIONS_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use crate::core::{Mode, Nanos, NodeId, Term};
+use crate::core::{Event, Mode, Nanos, NodeId, Position, PositionRefusal, Term};
 
 impl Node {
     /// Does this node accept a message of `version`? A managed node takes
@@ -37,16 +37,45 @@ impl Node {
     /// candidate's, carried in the request, is at least as far. A promise
     /// to itself as a candidate does not count: a voter that campaigned
     /// holds no write of that campaign. A voter that uses no positions
-    /// grants as before.
-    pub(super) fn position_allows(&self, m: &Envelope) -> bool {
-        if !self.cfg.positions || self.cfg.broken.votes_ignore_positions {
-            return true;
+    /// grants as before. None: allowed.
+    pub(super) fn position_refusal(&self, m: &Envelope) -> Option<PositionRefusal> {
+        // A node upgrading to a managed group (rule 11) speaks protocol 1,
+        // which carries no position: positions count from the conversion.
+        let upgrading = self.cfg.upgrading.is_some() && self.cfg.mode == Mode::Static;
+        if !self.cfg.positions || upgrading || self.cfg.broken.votes_ignore_positions {
+            return None;
         }
-        let Some((mine, read_at)) = self.position else { return false };
+        let Some((mine, read_at)) = self.position else { return Some(PositionRefusal::Unknown) };
         // A former leader's own database took its application's writes
         // until the deadline it published, even after a hand-over cut its
         // lease short (found by review).
-        let fresh = read_at >= self.boot_promise_until.max(self.acked_until).max(self.deadline_given);
-        fresh && m.position.is_some_and(|theirs| theirs >= mine)
+        if read_at < self.boot_promise_until.max(self.acked_until).max(self.deadline_given) {
+            return Some(PositionRefusal::Stale);
+        }
+        match m.position {
+            Some(theirs) if theirs >= mine => None,
+            _ => Some(PositionRefusal::Behind),
+        }
+    }
+
+    /// Applies [`Node::position_refusal`] to a request every other rule
+    /// grants (`otherwise`), and reports a refusal for the position alone.
+    pub(super) fn position_allows(&mut self, m: &Envelope, otherwise: bool) -> bool {
+        if !otherwise {
+            return false;
+        }
+        match self.position_refusal(m) {
+            None => true,
+            Some(reason) => {
+                self.out.events.push(Event::PositionRefused { candidate: m.from.clone(), reason });
+                false
+            }
+        }
+    }
+
+    /// The local database's position as last read, and when the read
+    /// started (`Config::positions`).
+    pub fn position(&self) -> Option<(Position, Nanos)> {
+        self.position
     }
 }

@@ -161,9 +161,16 @@ impl Node {
     /// by a leader holding its lease whose latest configuration is
     /// committed in its own term, with no transfer under way, and toward a
     /// desired generation no older than one already applied (replacing a
-    /// stale incarnation needs none).
+    /// stale incarnation needs none). Never with replication positions.
     pub(super) fn maybe_change(&mut self, now: Nanos) {
         let Some(me) = self.me() else { return };
+        // Replication positions: a change could leave a majority whose
+        // databases lack an acknowledged write (docs/safety.md, "Replication
+        // positions", membership changes); none is made while positions
+        // decide elections.
+        if self.cfg.positions && !self.cfg.broken.changes_ignore_positions {
+            return;
+        }
         let broken = self.cfg.broken;
         let steady = self.cfg.lease_ttl * STEADY_LEASES;
         let recent = self.cfg.heartbeat_interval * 2;

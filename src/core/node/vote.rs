@@ -13,14 +13,14 @@ impl Node {
     pub(super) fn on_pre_vote_request(&mut self, now: Nanos, m: &Envelope, next_term: Term) {
         // Rule 4: granted only if the voter's promise has expired (or is to
         // this very candidate) and the candidate's term would not be stale.
-        let granted = next_term > self.hard.term
+        let otherwise = next_term > self.hard.term
             && m.term < next_term
             && self.is_voter()
             && self.counts(m)
             && self.config_at_least_mine(m)
             && self.may_vote_for(now, &m.from, m.from_incarnation, None, next_term)
-            && self.position_allows(m)
             && !self.pre_vote_held_for_another(now, &m.from, next_term);
+        let granted = self.position_allows(m, otherwise);
         if granted {
             self.pre_vote_hold = Some((next_term, m.from.clone(), now.plus(self.cfg.heartbeat_interval)));
             if self.yields_pre_vote_to(&m.from, next_term) {
@@ -102,13 +102,9 @@ impl Node {
         // Membership rule 1: the candidate's configuration, adopted first
         // if newer (rule 2, in `on_message`), must be exactly this node's.
         let same_config = self.me().is_none() || self.carried_order(m) == Some(Ordering::Equal);
-        let granted = free
-            && self.storage_ok
-            && allowed_by_promise
-            && self.is_voter()
-            && self.counts(m)
-            && same_config
-            && self.position_allows(m);
+        let otherwise =
+            free && self.storage_ok && allowed_by_promise && self.is_voter() && self.counts(m) && same_config;
+        let granted = self.position_allows(m, otherwise);
         if granted {
             if self.hard.voted_for.is_none() {
                 self.hard.voted_for = Some(m.from.clone());

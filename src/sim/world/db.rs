@@ -86,7 +86,8 @@ impl World {
         for i in 0..self.slots.len() {
             if self.slots[i].node.is_some() && !self.slots[i].paused {
                 let p = self.db_position(i).map(|(branch, at)| Position { branch, at });
-                self.step(i, Input::Position(p));
+                let read_at = self.local_now(i);
+                self.step(i, Input::Position { position: p, read_at });
             }
         }
     }

@@ -32,6 +32,9 @@ pub(super) fn fmt_event(e: &Event) -> String {
         },
         Event::StorageFault => "storage fault".to_string(),
         Event::StorageRecovered => "storage recovered".to_string(),
+        Event::PositionRefused { candidate, reason } => {
+            format!("refuses {candidate} for its replication position ({})", reason.as_str())
+        }
         Event::AckRoundTrip { peer, rtt } => format!("ack from {peer} after {rtt:?}"),
         Event::ConfigurationHeld { group, voter } => {
             format!("holds the configuration of group {group} as a {}", if *voter { "voter" } else { "learner" })
