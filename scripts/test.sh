@@ -46,6 +46,13 @@ LEASEHOLD_K8S_TOOLS="$(bash scripts/k8s-tools.sh)"
 export LEASEHOLD_K8S_TOOLS
 echo "$LEASEHOLD_K8S_TOOLS"
 
+# PostgreSQL (Debian's) and psycopg 3 for examples/postgres, which
+# tests/postgres.rs runs through its faults.
+step "PostgreSQL and psycopg (Debian, PyPI) for examples/postgres"
+LEASEHOLD_PG_PYTHON="$(bash scripts/pg-tools.sh)"
+export LEASEHOLD_PG_PYTHON
+echo "$LEASEHOLD_PG_PYTHON"
+
 # --- checks ----------------------------------------------------------------
 step "cargo fmt --check (the crate, then the fuzz targets' own package)"
 cargo fmt --check
@@ -63,7 +70,7 @@ bash scripts/fuzz.sh
 step "Kubernetes: helm lint/template (helm 3 and 4), kustomize, kubernetes-validate, promtool rules"
 bash scripts/check-k8s.sh
 
-step "cargo test --features etcd (unit, scenarios, simulator: 3500 seeds and negative controls, real processes, real etcd)"
+step "cargo test --features etcd (unit, scenarios, simulator: 3500 seeds and negative controls, real processes, real etcd, real PostgreSQL)"
 # Bounded: a hung test fails the run instead of stalling it.
 timeout --signal=KILL 1200 cargo test --locked --all-targets --features etcd
 
