@@ -519,7 +519,10 @@ fn status_json(view: &LeaderView, now: Nanos, backend: &str) -> Value {
     json!({
         "leader": leader_json(view, now, backend),
         "role": view.role.as_str(),
-        "promise_remaining_ms": view.promise_until.since(now).as_millis() as u64,
+        // Rounded up: 0 only once the promise is over (a voter refuses
+        // every candidate until then).
+        "promise_remaining_ms": u64::try_from(view.promise_until.since(now).as_nanos().div_ceil(1_000_000))
+            .unwrap_or(u64::MAX),
         "healthy": view.healthy,
         "storage_ok": view.storage_ok,
     })
@@ -597,6 +600,50 @@ fn response(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A promise that holds for less than a millisecond more is not over:
+    /// a client that waits for 0 must find the node voting.
+    #[test]
+    fn the_promise_left_is_rounded_up() {
+        let view = LeaderView {
+            node_id: NodeId::new("a"),
+            role: Role::Follower,
+            term: crate::core::Term(3),
+            leader_id: None,
+            leader_address: None,
+            fencing_token: None,
+            lease_until: None,
+            promise_until: Nanos(10_000_000),
+            healthy: true,
+            storage_ok: true,
+        };
+        assert_eq!(status_json(&view, Nanos(9_999_500), "raft")["promise_remaining_ms"], 1);
+        assert_eq!(status_json(&view, Nanos(9_000_000), "raft")["promise_remaining_ms"], 1);
+        assert_eq!(status_json(&view, Nanos(10_000_000), "raft")["promise_remaining_ms"], 0);
+    }
+
+    /// `PUT /v1/position` bodies: an integer or an LSN, an optional
+    /// branch, a read instant that is not in the future, nothing else.
+    #[test]
+    fn position_bodies_are_checked() {
+        let now = Nanos(5_000);
+        let r = position_body(br#"{"position":"16/B374D848","branch":7,"read_at_boottime_ns":4000}"#, now);
+        let r = r.expect("a valid body");
+        assert_eq!(r.position, Some(crate::core::Position { branch: crate::core::Term(7), at: 0x16_B374_D848 }));
+        assert_eq!(r.read_at, Nanos(4_000));
+        assert_eq!(position_body(br#"{"position":12}"#, now).map(|r| r.read_at), Ok(now));
+        for bad in [
+            &br#"{"position":-1}"#[..],
+            br#"{"position":"x"}"#,
+            br#"{"branch":1}"#,
+            br#"[1]"#,
+            b"",
+            br#"{"position":1,"read_at_boottime_ns":5001}"#,
+            br#"{"position":1,"extra":true}"#,
+        ] {
+            assert!(position_body(bad, now).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     /// The `membership` object of DESIGN §2b: voters by identity with
     /// reachability, learners, and a pending change by id.

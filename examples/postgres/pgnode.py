@@ -290,8 +290,13 @@ def start_fenced(upstream=""):
         os.unlink(stuck_path())
     if USER and os.geteuid() == 0:
         subprocess.run(["chown", USER, auto, os.path.join(DATA, "standby.signal")], check=True)
-    if pg_ctl("start") != 0:
-        raise Failed("pg_ctl start failed")
+    # After a kill -9 of the postmaster its backends take a moment to
+    # notice and exit; until then the old shared memory is still in use.
+    for _ in range(10):
+        if pg_ctl("start") == 0:
+            return
+        time.sleep(1)
+    raise Failed("pg_ctl start failed")
 
 
 def elected():

@@ -102,7 +102,7 @@ class Writer:
             conn = self.connect(address)
             # Each write's own deadline: commits that return later are
             # not acknowledged (the lease may have passed to another).
-            remaining_ms = max(1, (deadline - MARGIN_NS - boottime_ns()) // 1_000_000)
+            remaining_ms = min(5000, max(1, (deadline - MARGIN_NS - boottime_ns()) // 1_000_000))
             conn.execute("SET statement_timeout = %d" % remaining_ms)
             self.notices.clear()
             conn.execute("INSERT INTO writes (id, token) VALUES (%s, %s)", (i, token))
