@@ -334,6 +334,17 @@ postgresql:
         return {int(x) for x in out.stdout.split()}
 
 
+def record(results, trial, gap, acked, have):
+    """One trial's result: its unavailability, and the acknowledged writes
+    missing from the new primary's rows (`have`)."""
+    system, setting, kind, t = trial
+    lost = [i for i, _ in acked if i not in have]
+    r = {"system": system, "setting": setting, "fault": kind, "trial": t, "unavailable_ms": gap,
+         "acked": len(acked), "lost": len(lost)}
+    print(json.dumps(r), flush=True)
+    results.append(r)
+
+
 def run_patroni(args, setting, ports, results):
     c = PatroniCluster(os.path.join(args.dir, "patroni-" + setting), args.patroni, setting, ports)
     try:
@@ -362,12 +373,7 @@ def run_patroni(args, setting, ports, results):
                     gap = m.gap(lambda: c.switchover(old, sync), None)
                 new = c.wait_primary(120)
                 with m.lock:
-                    have = c.rows(new)
-                    lost = [i for i, _ in w.acked if i not in have]
-                r = {"system": "patroni", "setting": setting, "fault": kind, "trial": t, "unavailable_ms": gap,
-                     "acked": len(w.acked), "lost": len(lost)}
-                print(json.dumps(r), flush=True)
-                results.append(r)
+                    record(results, ("patroni", setting, kind, t), gap, w.acked, c.rows(new))
         m.stop()
     finally:
         c.stop()
@@ -403,12 +409,7 @@ def run_leasehold(args, setting, ports, results):
                 new, _ = c.wait_leader(60)
                 with m.lock:
                     rows = c.sql_ok(new, "SELECT id FROM writes WHERE id > 0")
-                    have = {int(x) for x in rows.split()}
-                    lost = [i for i, _ in w.acked if i not in have]
-                r = {"system": "leasehold", "setting": setting, "fault": kind, "trial": t, "unavailable_ms": gap,
-                     "acked": len(w.acked), "lost": len(lost)}
-                print(json.dumps(r), flush=True)
-                results.append(r)
+                    record(results, ("leasehold", setting, kind, t), gap, w.acked, {int(x) for x in rows.split()})
         m.stop()
     finally:
         c.stop()
