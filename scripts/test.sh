@@ -53,6 +53,14 @@ LEASEHOLD_PG_PYTHON="$(bash scripts/pg-tools.sh)"
 export LEASEHOLD_PG_PYTHON
 echo "$LEASEHOLD_PG_PYTHON"
 
+# The API contract: schemathesis and openapi-spec-validator (PyPI) check the
+# live sidecars against docs/openapi.yaml; Go, a JDK and Jackson (Debian)
+# build and run the check-then-write loops of docs/api.md.
+step "API contract and client loops (PyPI: schemathesis; Debian: Go, JDK, Jackson)"
+LEASEHOLD_API_PYTHON="$(bash scripts/api-tools.sh)"
+export LEASEHOLD_API_PYTHON
+echo "$LEASEHOLD_API_PYTHON"
+
 # --- checks ----------------------------------------------------------------
 step "cargo fmt --check (the crate, then the fuzz targets' own package)"
 cargo fmt --check

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::disallowed_types, clippy::disallowed_methods)]
 
 pub mod certs;
+pub mod group;
 pub mod steps;
 
 use std::io::Read;

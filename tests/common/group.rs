@@ -1,0 +1,136 @@
+//! A static group of real sidecars on loopback for tests that drive it from
+//! outside (the API contract, the client loops): started with the layout of
+//! [`super::layout`] and per-node extra arguments, watched by the observer
+//! check, every process ended by its pid when the group is dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{get, wait_for_one_leader, Observer};
+
+pub struct Group {
+    pub dir: PathBuf,
+    pub apis: Vec<String>,
+    pub metrics: Vec<String>,
+    args: Vec<Vec<String>>,
+    children: Vec<Option<Child>>,
+    pub observer: Option<Observer>,
+}
+
+impl Group {
+    /// `n` sidecars `n1..nN` with lease `ttl`; `extra(i)` adds arguments to
+    /// node `i`'s. The observer starts with them.
+    pub fn start(name: &str, n: usize, ttl: Duration, extra: impl Fn(usize) -> Vec<String>) -> Group {
+        let dir = std::env::temp_dir().join(format!("leasehold-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("group dir");
+        let layout = super::layout(n, &dir, ttl);
+        let mut g = Group {
+            dir,
+            apis: layout.nodes.iter().map(|l| l.api.clone()).collect(),
+            metrics: layout.nodes.iter().map(|l| l.metrics.clone()).collect(),
+            args: layout.nodes.into_iter().enumerate().map(|(i, l)| [l.args, extra(i)].concat()).collect(),
+            children: (0..n).map(|_| None).collect(),
+            observer: None,
+        };
+        for i in 0..n {
+            g.spawn(i);
+        }
+        g.observer = Some(Observer::start(g.apis.clone()));
+        g
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("n{}.log", i + 1)))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(&self.args[i])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn leasehold");
+        self.children[i] = Some(child);
+    }
+
+    pub fn signal(&self, i: usize, sig: i32) {
+        if let Some(c) = &self.children[i] {
+            // SAFETY: kill(2) on the pid of a child this test spawned.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Waits (at most `within`) until exactly one node other than `not`
+    /// answers 200 on /v1/leader; its index and token.
+    pub fn leader(&self, within: Duration, not: Option<usize>) -> (usize, u64) {
+        let apis: Vec<Option<&str>> = self.apis.iter().map(|a| Some(a.as_str())).collect();
+        let (i, token, _) = wait_for_one_leader(&apis, within, not)
+            .unwrap_or_else(|| panic!("no leader within {within:?}\n{}", self.describe()));
+        (i, token)
+    }
+
+    /// Makes node `to` the leader by transfers from whoever leads (at most
+    /// 5 tries), recording each as a planned hand-over for the observer;
+    /// returns its token.
+    pub fn make_leader(&mut self, to: usize, bearer: Option<&str>) -> u64 {
+        for _ in 0..5 {
+            let (from, token) = self.leader(Duration::from_secs(10), None);
+            if from == to {
+                return token;
+            }
+            let auth = bearer.map(|t| format!("Authorization: Bearer {t}"));
+            let headers: Vec<&str> = auth.iter().map(String::as_str).collect();
+            let path = format!("/v1/transfer?to=n{}&wait=5s", to + 1);
+            let asked = Instant::now();
+            let answer =
+                leasehold::http::request(&self.apis[from], "POST", &path, &headers, "", Duration::from_secs(8));
+            if let Some(o) = self.observer.as_mut() {
+                o.handovers.push((from, asked, Instant::now()));
+            }
+            if !matches!(answer, Ok(ref a) if a.status == 200) {
+                // Refused (the target not heard from lately, say): try again.
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+        panic!("n{} did not become the leader in 5 transfers\n{}", to + 1, self.describe());
+    }
+
+    /// Stops the observer and asserts its check; how many proofs it saw.
+    pub fn check(&mut self) -> usize {
+        self.observer.take().expect("observer running").finish()
+    }
+
+    /// What every node says of itself and the end of its log, for a failure.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (i, api) in self.apis.iter().enumerate() {
+            let status = get(api, "/v1/status").map(|(_, b)| b);
+            let log = std::fs::read_to_string(self.dir.join(format!("n{}.log", i + 1))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            out += &format!("--- n{} status: {}\n", i + 1, status.as_deref().unwrap_or("(no answer)"));
+            for line in tail.iter().rev() {
+                out += line;
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        drop(self.observer.take());
+        for i in 0..self.children.len() {
+            self.signal(i, libc::SIGCONT);
+            self.signal(i, libc::SIGKILL);
+            if let Some(mut c) = self.children[i].take() {
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
