@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN};
+use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -25,10 +25,13 @@ use crate::core::{AdminError, AdminRequest, LeaderView, Nanos, NodeId, Role};
 use crate::driver::AdminCall;
 use crate::position::{Reading, Upstream};
 
-type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
+mod request;
+pub use request::{
+    admin_guard, admin_request, bearer_matches, constant_time_eq, host_allowed, leader_query, percent_decode,
+    wait_param, Query, MAX_WAIT,
+};
 
-/// The longest `?wait=` honoured.
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+type HttpBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// What the API reads and where it sends admin requests.
 pub struct ApiState {
@@ -79,26 +82,66 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>) {
     .await
 }
 
+/// Patroni's health-check paths (GET, HEAD and OPTIONS, which HAProxy's
+/// `option httpchk` sends): `/`, `/primary`, `/master`, `/leader` and
+/// `/read-write` answer 200 on the node that holds the lease, `/replica` on
+/// a healthy node that follows a known leader, `/read-only` on either.
+pub const PATRONI_PATHS: [&str; 7] = ["/", "/primary", "/master", "/leader", "/read-write", "/replica", "/read-only"];
+
+/// The methods `path` answers (the `Allow` header of a 405); `None` for a
+/// path the API does not serve.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/step-down" | "/v1/transfer" => Some("POST"),
+        "/v1/position" => Some("PUT"),
+        "/v1/leader" | "/v1/watch" | "/v1/status" | "/healthz" | "/readyz" => Some("GET, HEAD"),
+        p if PATRONI_PATHS.contains(&p) => Some("GET, HEAD, OPTIONS"),
+        _ => None,
+    }
+}
+
 async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
     let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
+    let Some(allow) = allowed_methods(&path) else {
+        return error(StatusCode::NOT_FOUND, "not found");
+    };
+    if !allow.split(", ").any(|m| m == req.method().as_str()) {
+        let mut r = error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} answers {allow} only"));
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+        return r;
+    }
+    if req.method() == Method::PUT {
+        return put_position(req, state).await;
+    }
+    // The guard comes first: a caller it refuses learns nothing of the query.
     if req.method() == Method::POST {
-        match admin_request(&path, &query) {
-            Some(Ok((request, wait))) => return admin(&req, state, request, wait).await,
-            Some(Err(msg)) => return error(StatusCode::BAD_REQUEST, &msg),
-            None => {}
+        if let Err(refused) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
+            return refusal(refused);
         }
     }
-    if path == "/v1/position" {
-        return match *req.method() {
-            Method::PUT => put_position(req, state).await,
-            _ => error(StatusCode::METHOD_NOT_ALLOWED, "PUT /v1/position only"),
-        };
+    let query = match Query::parse(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    match admin_request(&path, &query) {
+        Some(Ok((request, wait))) => admin(state, request, wait).await,
+        Some(Err(msg)) => error(StatusCode::BAD_REQUEST, &msg),
+        None if req.method() == Method::OPTIONS => {
+            // Patroni answers OPTIONS with the status of a GET alone.
+            let (parts, _) = read(&path, &query, state).await.into_parts();
+            Response::from_parts(parts, Full::new(Bytes::new()).boxed_unsync())
+        }
+        None => read(&path, &query, state).await,
     }
-    match *req.method() {
-        Method::GET | Method::HEAD => read(&path, &query, state).await,
-        _ => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+}
+
+/// A refusal of [`admin_guard`]; a 401 says which scheme it wants.
+fn refusal((status, message): (StatusCode, &str)) -> Response<HttpBody> {
+    let mut r = error(status, message);
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"leasehold\""));
     }
+    r
 }
 
 /// The largest `PUT /v1/position` body read.
@@ -110,8 +153,8 @@ const MAX_POSITION_BODY: usize = 1024;
 /// future), else from the request's arrival. Guarded as the mutating
 /// endpoints are.
 async fn put_position(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> {
-    if let Err((status, message)) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
-        return error(status, message);
+    if let Err(refused) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
+        return refusal(refused);
     }
     let arrived = boottime_now();
     let Some(tx) = &state.positions else {
@@ -132,7 +175,8 @@ async fn put_position(req: Request<Incoming>, state: &ApiState) -> Response<Http
         return error(StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down");
     }
     let p = reading.position.unwrap_or_default();
-    json_response(StatusCode::OK, json!({"ok": true, "position": position_json(p, 0)}))
+    let read_ms_ago = arrived.since(reading.read_at).as_millis() as u64;
+    json_response(StatusCode::OK, json!({"ok": true, "position": position_json(p, read_ms_ago)}))
 }
 
 /// The reading a `PUT /v1/position` body names; `Err` is the message of a 400.
@@ -173,21 +217,7 @@ fn position_json(p: crate::core::Position, read_ms_ago: u64) -> Value {
     })
 }
 
-/// The hand-over a `POST` to `path` asks for, with its `?wait=`; `None` if
-/// `path` is not a mutating endpoint, `Some(Err)` with the message of a 400.
-pub fn admin_request(path: &str, query: &str) -> Option<Result<(AdminRequest, Option<Duration>), String>> {
-    match path {
-        "/v1/step-down" => Some(wait_param(query).map(|wait| (AdminRequest::StepDown, wait))),
-        "/v1/transfer" => Some(match (query_param(query, "to"), wait_param(query)) {
-            (_, Err(msg)) => Err(msg),
-            (Some(to), Ok(wait)) if !to.is_empty() => Ok((AdminRequest::TransferTo(NodeId::new(to)), wait)),
-            _ => Err("POST /v1/transfer needs ?to=NODE_ID".to_string()),
-        }),
-        _ => None,
-    }
-}
-
-async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
+async fn read(path: &str, query: &Query, state: &ApiState) -> Response<HttpBody> {
     let now = boottime_now();
     let view = state.view.borrow().clone();
     let leading = view.is_leader(now);
@@ -229,7 +259,11 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
             }
             if let Some(m) = &state.membership {
                 let view = m.borrow().clone();
-                body["incarnation"] = json!(view.as_ref().map(|v| v.me.incarnation.to_string()));
+                // A node that runs its static group until it converts has
+                // no membership yet, and keeps its static incarnation.
+                if let Some(v) = &view {
+                    body["incarnation"] = json!(v.me.incarnation.to_string());
+                }
                 body["membership"] = membership_json(view.as_ref(), state.peers.as_deref(), now);
             }
             json_response(StatusCode::OK, body)
@@ -239,10 +273,13 @@ async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
             None => error(StatusCode::NOT_FOUND, "not found"),
         },
         // Patroni-compatible health checks for HAProxy and pgbouncer.
-        "/primary" | "/leader" => json_response(ok_if(leading), leader_json(&view, now, state.backend)),
-        "/replica" => {
+        "/" | "/primary" | "/master" | "/leader" | "/read-write" => {
+            json_response(ok_if(leading), leader_json(&view, now, state.backend))
+        }
+        "/replica" | "/read-only" => {
             let replica = !leading && view.role != Role::Leader && view.leader_id.is_some() && view.healthy;
-            json_response(ok_if(replica), leader_json(&view, now, state.backend))
+            let ok = replica || (path == "/read-only" && leading);
+            json_response(ok_if(ok), leader_json(&view, now, state.backend))
         }
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
@@ -259,18 +296,6 @@ pub fn path_label(path: &str) -> &'static str {
 /// whether this node holds the lease. Lease extensions are not changes.
 fn leadership(view: &LeaderView, now: Nanos) -> (Option<NodeId>, Option<u64>, bool) {
     (view.leader_id.clone(), view.fencing_token.map(|t| t.0), view.is_leader(now))
-}
-
-/// `GET /v1/leader`'s query: `None` answers at once; `Some((D, N))` is a
-/// long poll (`?wait=D[&after_token=N]`); `Err` is the message of a 400.
-/// `after_token` is looked at only with `wait`.
-pub fn leader_query(query: &str) -> Result<Option<(Duration, Option<u64>)>, String> {
-    let Some(wait) = wait_param(query)? else { return Ok(None) };
-    match query_param(query, "after_token").map(str::parse) {
-        None => Ok(Some((wait, None))),
-        Some(Ok(n)) => Ok(Some((wait, Some(n)))),
-        Some(Err(_)) => Err("after_token must be a number".to_string()),
-    }
 }
 
 /// `?wait=D[&after_token=N]`: with `after_token`, answers as soon as a
@@ -308,21 +333,6 @@ async fn wait_until(state: &ApiState, wait: Duration, done: impl Fn(&LeaderView)
     }
     let view = rx.borrow().clone();
     view
-}
-
-/// `?wait=D`, capped at [`MAX_WAIT`]; `Err` is the message of a 400.
-pub fn wait_param(query: &str) -> Result<Option<Duration>, String> {
-    match query_param(query, "wait") {
-        None => Ok(None),
-        Some(w) => humantime::parse_duration(w)
-            .map(|d| Some(d.min(MAX_WAIT)))
-            .map_err(|e| format!("wait={w}: {e} (examples: 30s, 500ms)")),
-    }
-}
-
-/// The value of the first `name=value` pair of `query` (undecoded).
-pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 /// `GET /v1/watch`: a server-sent event with the leader JSON now and at every
@@ -393,21 +403,14 @@ impl Body for WatchBody {
     }
 }
 
-/// Mutating endpoints: the Host must be loopback (or the configured name),
-/// no Origin header (a browser page must not depose the leader through DNS
-/// rebinding), and the bearer token if one is configured. With `?wait=D`,
+/// A hand-over, once [`admin_guard`] let it through (in [`handle`]): the
+/// Host must be loopback, no Origin header (a browser page must not depose
+/// the leader through DNS rebinding), and the bearer token if one is
+/// configured. With `?wait=D`,
 /// an accepted hand-over is answered once another node leads with a new
 /// token (200, the leader JSON), or with 504 after D: a preStop hook can
 /// block on one `curl -X POST` until the hand-over is done.
-async fn admin(
-    req: &Request<Incoming>,
-    state: &ApiState,
-    request: AdminRequest,
-    wait: Option<Duration>,
-) -> Response<HttpBody> {
-    if let Err((status, message)) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
-        return error(status, message);
-    }
+async fn admin(state: &ApiState, request: AdminRequest, wait: Option<Duration>) -> Response<HttpBody> {
     let (me, old_token) = {
         let v = state.view.borrow();
         (v.node_id.clone(), v.fencing_token)
@@ -446,57 +449,6 @@ async fn admin(
         }
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "no answer from the consensus loop"),
     }
-}
-
-/// The guard of the mutating endpoints, on the request's headers alone: no
-/// `Origin`, a `Host` that [`host_allowed`], and `Authorization: Bearer
-/// <token>` if a token is configured. `Err` is the status and message of
-/// the refusal.
-pub fn admin_guard(
-    headers: &HeaderMap,
-    host_name: Option<&str>,
-    token: Option<&str>,
-) -> Result<(), (StatusCode, &'static str)> {
-    if headers.contains_key(ORIGIN) {
-        return Err((StatusCode::FORBIDDEN, "requests with an Origin header are refused (browsers may not call this)"));
-    }
-    let host = headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    if !host_allowed(host, host_name) {
-        return Err((StatusCode::FORBIDDEN, "the Host header must name a loopback address"));
-    }
-    if let Some(token) = token {
-        let given = headers.get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), format!("Bearer {token}").as_bytes()) {
-            return Err((StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
-        }
-    }
-    Ok(())
-}
-
-/// A `Host` header that names a loopback address (`localhost`, an IPv4 or
-/// bracketed IPv6 loopback literal) or `name`, with or without a port.
-pub fn host_allowed(host: &str, name: Option<&str>) -> bool {
-    let bare = if let Some(rest) = host.strip_prefix('[') {
-        // "[::1]" or "[::1]:4040", nothing else after the bracket.
-        match rest.split_once(']') {
-            Some((ip, "")) => ip,
-            Some((ip, port))
-                if port.strip_prefix(':').is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())) =>
-            {
-                ip
-            }
-            _ => return false,
-        }
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
-    };
-    let loopback = bare == "localhost" || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback || name.is_some_and(|n| n == bare)
-}
-
-/// `a == b`, in a time that depends on the lengths only.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The answer to "am I the leader, with which token, for how much longer?"
@@ -680,33 +632,5 @@ mod tests {
         assert_eq!(j["pending"], json!({"add": "d", "incarnation": format!("{:032x}", 4), "since_ms": 120}));
         assert_eq!(j["desired_generation"], 2);
         assert_eq!(membership_json(None, None, Nanos(0)), Value::Null);
-    }
-
-    #[test]
-    fn only_loopback_hosts_or_the_configured_name_may_mutate() {
-        for ok in ["127.0.0.1", "127.0.0.1:4040", "localhost:4040", "[::1]:4040", "[::1]"] {
-            assert!(host_allowed(ok, None), "{ok}");
-        }
-        for bad in [
-            "",
-            "evil.example",
-            "evil.example:4040",
-            "10.0.0.1:4040",
-            "127.0.0.1.evil.example",
-            "[::1].evil.com",
-            "[::1]x",
-            "localhost.evil",
-        ] {
-            assert!(!host_allowed(bad, None), "{bad}");
-        }
-        assert!(host_allowed("pg-0:4040", Some("pg-0")));
-    }
-
-    #[test]
-    fn query_parameters_and_waits_parse() {
-        assert_eq!(query_param("wait=30s&after_token=7", "after_token"), Some("7"));
-        assert_eq!(wait_param("wait=2m").expect("valid"), Some(MAX_WAIT));
-        assert!(wait_param("wait=soon").is_err());
-        assert_eq!(wait_param("").expect("valid"), None);
     }
 }

@@ -50,7 +50,7 @@ pub mod reason {
 /// The `path` of `leasehold_api_requests_total`: the paths the API and the
 /// metrics listener serve. Any other path counts as [`OTHER_PATH`], so that
 /// a scanner cannot create unbounded label values.
-pub const API_PATHS: [&str; 12] = [
+pub const API_PATHS: [&str; 16] = [
     "/v1/leader",
     "/v1/watch",
     "/v1/status",
@@ -62,6 +62,10 @@ pub const API_PATHS: [&str; 12] = [
     "/primary",
     "/leader",
     "/replica",
+    "/",
+    "/master",
+    "/read-write",
+    "/read-only",
     "/metrics",
 ];
 pub const OTHER_PATH: &str = "other";

@@ -381,7 +381,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: watch::Re
         let (metrics, view) = (metrics.clone(), view.borrow().clone());
         async move {
             let path = req.uri().path();
+            let served = path == "/metrics" || crate::http::probe(path, &view).is_some();
+            let read = req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD;
             let (status, ctype, body) = match crate::http::probe(path, &view) {
+                _ if served && !read => {
+                    (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET or HEAD only\n".to_string())
+                }
                 Some((status, body)) => (status, "text/plain; charset=utf-8", body.to_string()),
                 None if path == "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render(&view)),
                 None => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_string()),
@@ -389,6 +394,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: watch::Re
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = status;
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+            r.headers_mut().insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            if status == StatusCode::METHOD_NOT_ALLOWED {
+                r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            }
             r
         }
     })

@@ -235,7 +235,7 @@ fn rust(g: &Group) -> Command {
 
 #[test]
 fn the_check_then_write_loops_of_the_docs_keep_to_the_lease() {
-    let mut g = Group::start("api-clients", 3, TTL, |_| Vec::new());
+    let mut g = Group::start("api-clients", 3, TTL, |_, a| a);
     let work = g.dir.join("build");
     std::fs::create_dir_all(&work).expect("build dir");
     let loops: [(&str, Command); 4] = [
@@ -259,7 +259,7 @@ fn the_check_then_write_loops_of_the_docs_keep_to_the_lease() {
 /// loop with one line changed.
 #[test]
 fn a_loop_that_asks_once_or_ignores_the_deadline_is_caught() {
-    let mut g = Group::start("api-clients-controls", 3, TTL, |_| Vec::new());
+    let mut g = Group::start("api-clients-controls", 3, TTL, |_, a| a);
     let source = std::fs::read_to_string(repo().join("examples/clients/check_then_write.py")).expect("python loop");
     let broken = |edits: &[(&str, &str)], name: &str| {
         let mut text = source.clone();

@@ -604,6 +604,16 @@ fn a_static_group_converts_online_by_a_rolling_restart() {
         last_start = Instant::now();
         g.spawn(i);
         g.wait_leader(Duration::from_secs(20), "a leader after the restart", |_| true);
+        // Upgrading, it shows no membership yet, but its incarnation.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            match g.status(i) {
+                Some(status) => break status,
+                None if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                None => panic!("n{} does not answer /v1/status", i + 1),
+            }
+        };
+        assert_eq!(status["incarnation"].as_str(), Some(before[i].as_str()), "n{} upgrading: {status}", i + 1);
     }
     let listed = g.wait_voters(&["n1", "n2", "n3"], Duration::from_secs(20));
     eprintln!(

@@ -11,10 +11,15 @@
 //!
 //! Properties:
 //! 1. Nothing panics.
-//! 2. `query_param` finds the first `name=value` pair and only that;
-//!    `wait_param`, `leader_query` and `admin_request` agree with it, every
-//!    accepted wait is at most `MAX_WAIT`, a transfer target is never empty.
-//! 3. The path label is one of a fixed set, the path itself when known.
+//! 2. `percent_decode` inverts %-encoding; `Query::parse` accepts a query
+//!    exactly when every pair decodes and no name repeats, and then holds
+//!    each decoded value; a wait is accepted exactly in its plain form
+//!    (digits, then `ms`, `s` or `m`) and means what humantime reads;
+//!    `wait_param`, `leader_query` and `admin_request` agree with it, every accepted wait is at most `MAX_WAIT`, a transfer
+//!    target is never empty.
+//! 3. The path label is one of a fixed set, the path itself when known; a
+//!    path the API serves has methods to list in a 405's `Allow`, and only
+//!    the mutating paths answer `POST` or `PUT`.
 //! 4. The guard refuses with an Origin header (403), then a Host that is
 //!    not loopback or the configured name (403), then a token mismatch
 //!    (401), and accepts otherwise. A Host it accepts is, once an optional
@@ -22,7 +27,8 @@
 //!    or the configured name: never a name a page could make resolve to
 //!    this host (DNS rebinding). Every loopback form with any port is
 //!    accepted.
-//! 5. The token comparison is equality.
+//! 5. The token comparison is the scheme `bearer ` in any case, then the
+//!    token byte for byte.
 #![no_main]
 // The clippy bans guard src/core; fuzz_target! reads files (its RUST_LIBFUZZER_DEBUG_PATH).
 #![allow(clippy::disallowed_types, clippy::disallowed_methods)]
@@ -32,64 +38,89 @@ use std::net::IpAddr;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, HOST, ORIGIN};
 use hyper::StatusCode;
 use leasehold::api::{
-    admin_guard, admin_request, constant_time_eq, host_allowed, leader_query, path_label, query_param, wait_param,
-    MAX_WAIT,
+    admin_guard, admin_request, allowed_methods, bearer_matches, host_allowed, leader_query, path_label,
+    percent_decode, wait_param, Query, MAX_WAIT,
 };
 use leasehold::core::AdminRequest;
 use leasehold::labels::{API_PATHS, OTHER_PATH};
 use libfuzzer_sys::fuzz_target;
 
+/// The API's form of a wait: 1 to 9 digits, then `ms`, `s` or `m`.
+fn plain_wait(w: &str) -> bool {
+    let unit = w.trim_start_matches(|c: char| c.is_ascii_digit());
+    let digits = w.len() - unit.len();
+    (1..=9).contains(&digits) && ["ms", "s", "m"].contains(&unit)
+}
+
+/// A query's raw `name=value` pairs, as [`Query::parse`] splits them.
+fn raw_pairs(query: &str) -> Vec<(&str, &str)> {
+    query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect()
+}
+
 fn check_query(query: &str) {
-    for name in ["wait", "after_token", "to"] {
-        let first = query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name);
-        match query_param(query, name) {
-            Some(v) => {
-                assert_eq!(first.map(|(_, v)| v), Some(v));
-                assert!(!v.contains('&'));
+    // Decoding inverts %-encoding of every byte.
+    let encoded: String = query.bytes().map(|b| format!("%{b:02X}")).collect();
+    assert_eq!(percent_decode(&encoded).as_deref(), Ok(query));
+    let decoded: Result<Vec<(String, String)>, String> =
+        raw_pairs(query).into_iter().map(|(n, v)| Ok((percent_decode(n)?, percent_decode(v)?))).collect();
+    let q = match Query::parse(query) {
+        Ok(q) => {
+            let decoded = decoded.expect("a parsed query decodes");
+            for (name, value) in &decoded {
+                assert_eq!(q.get(name), Some(value.as_str()), "{name} in {query:?}");
             }
-            None => assert!(first.is_none(), "{name} is in {query:?}"),
+            let mut names: Vec<&String> = decoded.iter().map(|(n, _)| n).collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), decoded.len(), "a name given twice was accepted: {query:?}");
+            q
         }
-    }
-    let wait_value = query_param(query, "wait");
-    let wait = wait_param(query);
+        Err(_) => {
+            if let Ok(decoded) = decoded {
+                let mut names: Vec<&String> = decoded.iter().map(|(n, _)| n).collect();
+                names.sort();
+                names.dedup();
+                assert!(names.len() < decoded.len(), "{query:?} refused, but it decodes and no name repeats");
+            }
+            return;
+        }
+    };
+    let wait = wait_param(&q);
     match &wait {
-        Ok(None) => assert!(wait_value.is_none()),
+        Ok(None) => assert!(q.get("wait").is_none()),
         Ok(Some(d)) => {
-            let given = humantime::parse_duration(wait_value.expect("a wait was given")).expect("it parses");
+            let w = q.get("wait").expect("a wait was given");
+            let given = humantime::parse_duration(w).expect("an accepted wait is a duration");
             assert_eq!(*d, given.min(MAX_WAIT));
+            assert!(plain_wait(w), "{w:?} accepted");
         }
         Err(msg) => {
             assert!(msg.starts_with("wait="), "{msg}");
-            assert!(humantime::parse_duration(wait_value.expect("a wait was given")).is_err());
+            assert!(!plain_wait(q.get("wait").expect("a wait was given")));
         }
     }
-    match leader_query(query) {
+    let after = q.get("after_token").map(|t| t.parse::<u64>());
+    match leader_query(&q) {
         Ok(None) => assert_eq!(wait, Ok(None)),
-        Ok(Some((d, after))) => {
+        Ok(Some((d, token))) => {
             assert_eq!(wait, Ok(Some(d)));
-            assert_eq!(
-                after.map(|n| n.to_string()),
-                query_param(query, "after_token").map(|t| t.parse::<u64>().expect("a number").to_string())
-            );
+            assert_eq!(token, after.map(|t| t.expect("a number")));
         }
-        Err(msg) => {
-            let bad_token = query_param(query, "after_token").is_some_and(|t| t.parse::<u64>().is_err());
-            assert!(wait.is_err() || (matches!(wait, Ok(Some(_))) && bad_token), "{msg}");
-        }
+        Err(msg) => assert!(wait.is_err() || matches!(after, Some(Err(_))), "{msg}"),
     }
-    match admin_request("/v1/step-down", query) {
+    match admin_request("/v1/step-down", &q) {
         Some(Ok((AdminRequest::StepDown, w))) => assert_eq!(Ok(w), wait),
         Some(Err(msg)) => assert_eq!(Err(msg), wait),
         other => panic!("step-down parsed as {other:?}"),
     }
-    match admin_request("/v1/transfer", query) {
+    match admin_request("/v1/transfer", &q) {
         Some(Ok((AdminRequest::TransferTo(to), w))) => {
             assert_eq!(Ok(w), wait);
             assert!(!to.as_str().is_empty());
-            assert_eq!(query_param(query, "to"), Some(to.as_str()));
+            assert_eq!(q.get("to"), Some(to.as_str()));
         }
         Some(Err(msg)) => {
-            assert!(wait.is_err() || query_param(query, "to").is_none_or(str::is_empty), "{msg}");
+            assert!(wait.is_err() || q.get("to").is_none_or(str::is_empty), "{msg}");
         }
         other => panic!("transfer parsed as {other:?}"),
     }
@@ -102,8 +133,16 @@ fn check_path(path: &str) {
     } else {
         assert_eq!(label, OTHER_PATH);
     }
-    if admin_request(path, "to=b").is_some() {
-        assert!(["/v1/step-down", "/v1/transfer"].contains(&path));
+    let mutating = ["/v1/step-down", "/v1/transfer", "/v1/position"].contains(&path);
+    if admin_request(path, &Query::parse("to=b").expect("valid")).is_some() {
+        assert!(mutating && path != "/v1/position");
+    }
+    match allowed_methods(path) {
+        Some(allow) => {
+            assert!(API_PATHS.contains(&path), "{path} is served but has no label");
+            assert_eq!(mutating, allow.contains("POST") || allow.contains("PUT"), "{path}: {allow}");
+        }
+        None => assert!(!API_PATHS.contains(&path) || path == "/metrics", "{path} has a label but is not served"),
     }
 }
 
@@ -120,7 +159,7 @@ fn bare_hosts(host: &str) -> Vec<&str> {
 }
 
 fn is_loopback_name(bare: &str) -> bool {
-    bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_host(host: &str, name: Option<&str>, port: u16) {
@@ -166,15 +205,18 @@ fuzz_target!(|data: &[u8]| {
     let port = data.iter().fold(0u16, |p, b| p.wrapping_mul(7).wrapping_add(u16::from(*b)));
     check_host(host_text, host_name.as_deref(), port);
 
-    let given = headers.get(AUTHORIZATION).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let expected = token.as_ref().map(|t| format!("Bearer {t}"));
-    if let Some(expected) = &expected {
-        assert_eq!(constant_time_eq(given.as_bytes(), expected.as_bytes()), given == expected);
+    let given = headers.get(AUTHORIZATION).map(|h| h.as_bytes()).unwrap_or(b"");
+    // The scheme in any case and one space, then the token byte for byte.
+    let token_ok = |t: &str| {
+        given.len() == 7 + t.len() && given[..7].eq_ignore_ascii_case(b"bearer ") && &given[7..] == t.as_bytes()
+    };
+    if let Some(t) = &token {
+        assert_eq!(bearer_matches(given, t), token_ok(t));
     }
     let verdict = admin_guard(&headers, host_name.as_deref(), token.as_deref());
     let want = if headers.contains_key(ORIGIN) || !host_allowed(host_text, host_name.as_deref()) {
         Err(StatusCode::FORBIDDEN)
-    } else if expected.is_some_and(|e| e != given) {
+    } else if token.as_deref().is_some_and(|t| !token_ok(t)) {
         Err(StatusCode::UNAUTHORIZED)
     } else {
         Ok(())

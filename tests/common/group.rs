@@ -20,10 +20,12 @@ pub struct Group {
 }
 
 impl Group {
-    /// `n` sidecars `n1..nN` with lease `ttl`; `extra(i)` adds arguments to
-    /// node `i`'s. The observer starts with them.
-    pub fn start(name: &str, n: usize, ttl: Duration, extra: impl Fn(usize) -> Vec<String>) -> Group {
-        let dir = std::env::temp_dir().join(format!("leasehold-{name}-{}", std::process::id()));
+    /// `n` sidecars `n1..nN` with lease `ttl`; `args(i, a)` makes node `i`'s
+    /// arguments from the layout's `a`. The observer starts with them.
+    /// `args` runs once the group's folder ([`Group::dir_for`]) exists, so
+    /// it may write files there.
+    pub fn start(name: &str, n: usize, ttl: Duration, args: impl Fn(usize, Vec<String>) -> Vec<String>) -> Group {
+        let dir = Group::dir_for(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("group dir");
         let layout = super::layout(n, &dir, ttl);
@@ -31,15 +33,27 @@ impl Group {
             dir,
             apis: layout.nodes.iter().map(|l| l.api.clone()).collect(),
             metrics: layout.nodes.iter().map(|l| l.metrics.clone()).collect(),
-            args: layout.nodes.into_iter().enumerate().map(|(i, l)| [l.args, extra(i)].concat()).collect(),
+            args: layout.nodes.into_iter().enumerate().map(|(i, l)| args(i, l.args)).collect(),
             children: (0..n).map(|_| None).collect(),
             observer: None,
         };
         for i in 0..n {
             g.spawn(i);
         }
+        // Every API answers before the test goes on (at most 10 s).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !g.apis.iter().all(|a| get(a, "/healthz").is_some()) {
+            assert!(Instant::now() < deadline, "a node's API did not answer within 10 s\n{}", g.describe());
+            thread::sleep(Duration::from_millis(10));
+        }
         g.observer = Some(Observer::start(g.apis.clone()));
         g
+    }
+
+    /// The folder of the group `name` of this test process, removed when
+    /// the group is dropped.
+    pub fn dir_for(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("leasehold-{name}-{}", std::process::id()))
     }
 
     fn spawn(&mut self, i: usize) {
