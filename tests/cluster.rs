@@ -93,12 +93,7 @@ impl Cluster {
         for (i, n) in self.nodes.iter().enumerate() {
             let status = n.child.as_ref().and_then(|_| get(&n.api, "/v1/status")).map(|(_, b)| b);
             let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            out += &format!("--- n{} status: {}\n", i + 1, status.as_deref().unwrap_or("(not running)"));
-            for line in tail.iter().rev() {
-                out += line;
-                out.push('\n');
-            }
+            out += &describe_node(&format!("n{}", i + 1), status, &log, 40);
         }
         out
     }

@@ -306,6 +306,8 @@ fn api_query_seeds() -> Seeds {
     seeds.insert("seed-rebinding", request(&["/v1/step-down", "", "evil.example:4040"]));
     seeds.insert("seed-bad-wait", request(&["/v1/leader", "wait=soon&after_token=x&to="]));
     seeds.insert("seed-patroni", request(&["/replica", "", "localhost"]));
+    seeds.insert("seed-escaped-query", request(&["/v1/transfer", "to=pg%2D1&wait=1%30s&x+y", "LocalHost:4040"]));
+    seeds.insert("seed-repeated-name", request(&["/v1/leader", "wait=1s&wait=2s", "127.0.0.1", "", "t", "bearer t"]));
     seeds
 }
 

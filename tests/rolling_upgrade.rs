@@ -134,13 +134,7 @@ impl Group {
         let mut out = String::new();
         for n in &self.nodes {
             let status = n.child.as_ref().and_then(|_| get(&n.api, "/v1/status")).map(|(_, b)| b);
-            out += &format!("--- {} status: {}\n", n.id, status.as_deref().unwrap_or("(not running)"));
-            let log = n.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            for line in tail.iter().rev() {
-                out += line;
-                out.push('\n');
-            }
+            out += &describe_node(&n.id, status, &n.log(), 30);
         }
         out
     }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{get, wait_for_one_leader, Observer};
+use super::{describe_node, get, wait_for_one_leader, Observer};
 
 pub struct Group {
     pub dir: PathBuf,
@@ -120,18 +120,12 @@ impl Group {
 
     /// What every node says of itself and the end of its log, for a failure.
     pub fn describe(&self) -> String {
-        let mut out = String::new();
-        for (i, api) in self.apis.iter().enumerate() {
-            let status = get(api, "/v1/status").map(|(_, b)| b);
-            let log = std::fs::read_to_string(self.dir.join(format!("n{}.log", i + 1))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            out += &format!("--- n{} status: {}\n", i + 1, status.as_deref().unwrap_or("(no answer)"));
-            for line in tail.iter().rev() {
-                out += line;
-                out.push('\n');
-            }
-        }
-        out
+        let log = |i: usize| std::fs::read_to_string(self.dir.join(format!("n{}.log", i + 1))).unwrap_or_default();
+        (0..self.apis.len())
+            .map(|i| {
+                describe_node(&format!("n{}", i + 1), get(&self.apis[i], "/v1/status").map(|(_, b)| b), &log(i), 30)
+            })
+            .collect()
     }
 }
 

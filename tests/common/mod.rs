@@ -66,6 +66,18 @@ pub fn layout(n: usize, dir: &std::path::Path, lease_ttl: Duration) -> Layout {
     Layout { peers, nodes }
 }
 
+/// One node's part of a failure report: what it says of itself (`None`:
+/// not running or not answering) and the last `lines` lines of its log.
+pub fn describe_node(name: &str, status: Option<String>, log: &str, lines: usize) -> String {
+    let mut out = format!("--- {name} status: {}\n", status.as_deref().unwrap_or("(no answer)"));
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    for line in tail.iter().rev() {
+        out += line;
+        out.push('\n');
+    }
+    out
+}
+
 /// One GET over a fresh connection; None if the node does not answer.
 pub fn get(api: &str, path: &str) -> Option<(u16, String)> {
     leasehold::http::get(api, path, Duration::from_millis(700))
