@@ -113,26 +113,26 @@ async fn handle(req: Request<Incoming>, state: &ApiState) -> Response<HttpBody> 
     if req.method() == Method::PUT {
         return put_position(req, state).await;
     }
-    // The guard comes first: a caller it refuses learns nothing of the query.
     if req.method() == Method::POST {
+        // The guard comes first: a caller it refuses learns nothing of the query.
         if let Err(refused) = admin_guard(req.headers(), state.host_name.as_deref(), state.token.as_deref()) {
             return refusal(refused);
         }
+        return match Query::parse(req.uri().query().unwrap_or("")).map(|q| admin_request(&path, &q)) {
+            Ok(Some(Ok((request, wait)))) => admin(state, request, wait).await,
+            Ok(Some(Err(msg))) | Err(msg) => error(StatusCode::BAD_REQUEST, &msg),
+            // Not a hand-over path: the Allow table lets no other POST through.
+            Ok(None) => error(StatusCode::NOT_FOUND, "not found"),
+        };
     }
-    let query = match Query::parse(req.uri().query().unwrap_or("")) {
-        Ok(q) => q,
-        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
-    };
-    match admin_request(&path, &query) {
-        Some(Ok((request, wait))) => admin(state, request, wait).await,
-        Some(Err(msg)) => error(StatusCode::BAD_REQUEST, &msg),
-        None if req.method() == Method::OPTIONS => {
-            // Patroni answers OPTIONS with the status of a GET alone.
-            let (parts, _) = read(&path, &query, state).await.into_parts();
-            Response::from_parts(parts, Full::new(Bytes::new()).boxed_unsync())
-        }
-        None => read(&path, &query, state).await,
+    let answer = read(&path, req.uri().query().unwrap_or(""), state).await;
+    if req.method() == Method::OPTIONS {
+        // Patroni answers OPTIONS with the status of a GET alone.
+        let (mut parts, _) = answer.into_parts();
+        parts.headers.remove(CONTENT_TYPE);
+        return Response::from_parts(parts, Full::new(Bytes::new()).boxed_unsync());
     }
+    answer
 }
 
 /// A refusal of [`admin_guard`]; a 401 says which scheme it wants.
@@ -217,13 +217,14 @@ fn position_json(p: crate::core::Position, read_ms_ago: u64) -> Value {
     })
 }
 
-async fn read(path: &str, query: &Query, state: &ApiState) -> Response<HttpBody> {
+/// A `GET`, `HEAD` or `OPTIONS`; only `/v1/leader` reads its query.
+async fn read(path: &str, query: &str, state: &ApiState) -> Response<HttpBody> {
     let now = boottime_now();
     let view = state.view.borrow().clone();
     let leading = view.is_leader(now);
     let ok_if = |cond: bool| if cond { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     match path {
-        "/v1/leader" => match leader_query(query) {
+        "/v1/leader" => match Query::parse(query).and_then(|q| leader_query(&q)) {
             Ok(None) => json_response(ok_if(leading), leader_json(&view, now, state.backend)),
             Ok(Some((wait, after_token))) => long_poll(state, wait, after_token).await,
             Err(msg) => error(StatusCode::BAD_REQUEST, &msg),

@@ -53,7 +53,11 @@ pub fn parse(text: &str) -> Result<Position, String> {
     let (branch, at) = match words.as_slice() {
         [at] => (0, *at),
         [branch, at] => {
-            let b = branch.parse::<u64>().map_err(|_| format!("branch {branch:?} is not a token (an integer)"))?;
+            let b = branch
+                .parse::<u64>()
+                .ok()
+                .filter(|_| branch.bytes().all(|c| c.is_ascii_digit()))
+                .ok_or_else(|| format!("branch {branch:?} is not a token (an integer)"))?;
             (b, *at)
         }
         [] => return Err("printed nothing".to_string()),
@@ -67,14 +71,17 @@ pub fn parse(text: &str) -> Result<Position, String> {
 pub fn parse_lsn(s: &str) -> Result<u64, String> {
     if let Some((hi, lo)) = s.split_once('/') {
         let half = |h: &str| {
-            (!h.is_empty() && h.len() <= 8)
+            (!h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .then(|| u32::from_str_radix(h, 16).ok())
                 .flatten()
                 .ok_or_else(|| format!("{s:?} is not an LSN (X/Y, hexadecimal)"))
         };
         return Ok((u64::from(half(hi)?) << 32) | u64::from(half(lo)?));
     }
-    s.parse::<u64>().map_err(|_| format!("{:?} is not a position (an integer or an LSN X/Y)", truncate(s)))
+    s.parse::<u64>()
+        .ok()
+        .filter(|_| s.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("{:?} is not a position (an integer or an LSN X/Y)", truncate(s)))
 }
 
 /// A position as PostgreSQL writes an LSN.
@@ -157,7 +164,7 @@ mod tests {
         assert_eq!(parse("0/3000060"), Ok(Position { branch: Term(0), at: 0x300_0060 }));
         assert_eq!(parse(" 7 16/B374D848 "), Ok(Position { branch: Term(7), at: 0x16_B374_D848 }));
         assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
-        for bad in ["", "x", "1 2 3", "-1", "1/", "/1", "123456789/0", "0/G", "t 0/1"] {
+        for bad in ["", "x", "1 2 3", "-1", "1/", "/1", "123456789/0", "0/G", "t 0/1", "+5", "+1/+2", "+7 1"] {
             assert!(parse(bad).is_err(), "{bad:?} parsed");
         }
     }

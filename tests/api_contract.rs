@@ -25,6 +25,8 @@ use common::group::Group;
 use common::{get, wait_for_one_leader};
 
 const TTL: Duration = Duration::from_secs(1);
+/// One group at a time: the waits are checked to the second.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +35,11 @@ fn repo() -> PathBuf {
 /// The venv scripts/api-tools.sh made (the test command exports it).
 fn python() -> PathBuf {
     std::env::var_os("LEASEHOLD_API_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let out = Command::new("bash").arg(repo().join("scripts/api-tools.sh")).output().expect("scripts/api-tools.sh");
+        let out = Command::new("timeout")
+            .args(["--signal=KILL", "900", "bash"])
+            .arg(repo().join("scripts/api-tools.sh"))
+            .output()
+            .expect("scripts/api-tools.sh");
         assert!(out.status.success(), "scripts/api-tools.sh failed: {}", String::from_utf8_lossy(&out.stderr));
         PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().expect("the venv's python").trim())
     })
@@ -117,6 +123,7 @@ impl Drop for Scratch {
 
 #[test]
 fn a_group_of_three_answers_as_its_contract_says() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let work = Scratch::new("api-contract-work");
     let token_file = Group::dir_for("api-contract").join("api-token");
     let mut g = Group::start("api-contract", 3, TTL, |i, mut a| {
@@ -144,17 +151,22 @@ fn a_group_of_three_answers_as_its_contract_says() {
     let planned = handovers(&log, &g.apis);
     eprintln!("{} hand-overs accepted during the runs", planned.len());
     g.observer.as_mut().expect("observer").handovers.extend(planned);
-    // Still one group: a leader, known to all three.
+    // Still one group: a leader, known to all three (within 10 s).
     let (leader, _) = g.leader(Duration::from_secs(10), None);
-    for api in &g.apis {
-        let (_, body) = get(api, "/v1/leader").expect("leader view");
-        assert!(body.contains(&format!("\"leader_id\":\"n{}\"", leader + 1)), "{api}: {body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let knows = |api: &String| {
+        get(api, "/v1/leader").is_some_and(|(_, b)| b.contains(&format!("\"leader_id\":\"n{}\"", leader + 1)))
+    };
+    while !g.apis.iter().all(knows) {
+        assert!(Instant::now() < deadline, "not every node names n{} as leader\n{}", leader + 1, g.describe());
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert!(g.check() > 0);
 }
 
 #[test]
 fn a_managed_node_with_positions_answers_as_its_contract_says() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let work = Scratch::new("api-contract-single-work");
     let peers_file = work.0.join("peers");
     let mut g = Group::start("api-contract-single", 1, TTL, |_, a| {

@@ -6,11 +6,13 @@
 // store stands for your storage's write: it must refuse a token lower than
 // the highest it has seen (see examples/postgres for a PostgreSQL one).
 // Java has no CLOCK_BOOTTIME: the lease is kept as lease_remaining_ms counted
-// from before the request was sent, on System.nanoTime(), and a watch event
-// only makes the loop ask again.
+// from before the request was sent, on System.nanoTime(). That clock stops
+// while the host is suspended: on a host that can suspend, ask again after
+// a resume.
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -19,41 +21,47 @@ import java.time.Duration;
 
 public class CheckThenWrite {
     static final ObjectMapper JSON = new ObjectMapper();
-    static final HttpClient HTTP = HttpClient.newHttpClient();
+    static final HttpClient HTTP = HttpClient.newBuilder().version(HttpClient.Version.HTTP_1_1).build();
     static String api = "http://127.0.0.1:4040";
 
-    /** The leader JSON of GET path; a 503 (not the leader) has the same body. */
-    static JsonNode ask(String path, Duration timeout) throws IOException, InterruptedException {
-        var request = HttpRequest.newBuilder(URI.create(api + path)).timeout(timeout).build();
+    /** The leader JSON of /v1/leader; a 503 (not the leader) has the same body. */
+    static JsonNode ask() throws IOException, InterruptedException {
+        var request = HttpRequest.newBuilder(URI.create(api + "/v1/leader")).timeout(Duration.ofSeconds(2)).build();
         return JSON.readTree(HTTP.send(request, HttpResponse.BodyHandlers.ofString()).body());
     }
 
+    /** The lease as the loop sees it: the token, if it holds, and the events so far. */
+    record Held(boolean held, long token, int events) {}
+
     /** The token and deadline this node holds, if it leads. */
     static final class Lease {
-        private long token, deadline = System.nanoTime(); // already over
-        private int events; // how many watch events were applied
+        private long token;
+        private long deadline = System.nanoTime(); // already over
+        private int events; // how many watch events came
 
-        /** Applies a leader JSON asked for at `sent`; an answer asked for
-         *  before the latest watch event (events != this.events) may be stale
-         *  and is dropped. */
-        synchronized void update(JsonNode leader, long sent, int events) {
-            if (events != this.events) return;
-            deadline = sent;
-            if (leader.path("is_leader").asBoolean()) {
+        /** Keeps an answer of /v1/leader asked for at `sent`, unless a watch
+         *  event came since (events != this.events): then it may be stale. */
+        synchronized void grant(JsonNode leader, long sent, int events) {
+            if (events == this.events && leader.path("is_leader").asBoolean()) {
                 token = leader.get("fencing_token").asLong();
                 deadline = sent + leader.get("lease_remaining_ms").asLong() * 1_000_000;
             }
         }
 
         /** A watch event: whatever it says, ask again before the next write. */
-        synchronized void changed() {
+        synchronized void revoke() {
             events++;
             deadline = System.nanoTime();
+            notifyAll();
         }
 
-        /** The token while the lease lasts, else -1; and the events applied. */
-        synchronized long[] tokenNow() {
-            return new long[] {System.nanoTime() - deadline < 0 ? token : -1, events};
+        synchronized Held now() {
+            return new Held(System.nanoTime() - deadline < 0, token, events);
+        }
+
+        /** Waits until an event after the first `events` comes, at most 1 s. */
+        synchronized void waitForEvent(int events) throws InterruptedException {
+            if (this.events == events) wait(1000);
         }
     }
 
@@ -64,11 +72,14 @@ public class CheckThenWrite {
             try {
                 HTTP.send(request, HttpResponse.BodyHandlers.ofLines()).body()
                     .filter(line -> line.startsWith("data: "))
-                    .forEach(line -> lease.changed());
-            } catch (IOException | InterruptedException e) {
-                // the sidecar does not answer: no lease
+                    .forEach(line -> lease.revoke());
+            } catch (IOException | UncheckedIOException e) {
+                // the stream broke or the sidecar does not answer
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                return;
             }
-            lease.changed();
+            lease.revoke();
             try { Thread.sleep(1000); } catch (InterruptedException e) { return; }
         }
     }
@@ -85,18 +96,18 @@ public class CheckThenWrite {
         follower.setDaemon(true);
         follower.start();
         for (int record = 0; record < count; ) {
-            long[] now = lease.tokenNow();
-            if (now[0] >= 0) {
-                store(now[0], record++);
+            Held now = lease.now();
+            if (now.held()) {
+                store(now.token(), record++);
                 Thread.sleep(20);
                 continue;
             }
             try { // the lease ran out (renewals send no event) or is elsewhere: ask
                 long sent = System.nanoTime();
-                JsonNode leader = ask("/v1/leader", Duration.ofSeconds(2));
-                lease.update(leader, sent, (int) now[1]);
+                JsonNode leader = ask();
+                lease.grant(leader, sent, now.events());
                 if (!leader.path("is_leader").asBoolean()) {
-                    ask("/v1/leader?wait=10s", Duration.ofSeconds(12)); // until who leads changes
+                    lease.waitForEvent(now.events()); // until who leads changes, or 1 s
                 }
             } catch (IOException e) {
                 Thread.sleep(100); // the sidecar does not answer: no lease

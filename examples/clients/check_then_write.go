@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log"
 	"net/http"
 	"os"
 	"strconv"
@@ -28,11 +29,11 @@ type Leader struct {
 	DeadlineNs   *int64  `json:"lease_deadline_boottime_ns"`
 }
 
-// ask GETs path; a 503 (not the leader) has the same body as a 200.
-func ask(path string, timeout time.Duration) (Leader, error) {
+// ask GETs /v1/leader; a 503 (not the leader) has the same body as a 200.
+func ask() (Leader, error) {
 	var l Leader
-	client := http.Client{Timeout: timeout}
-	resp, err := client.Get(api + path)
+	client := http.Client{Timeout: 2 * time.Second}
+	resp, err := client.Get(api + "/v1/leader")
 	if err != nil {
 		return l, err
 	}
@@ -42,7 +43,9 @@ func ask(path string, timeout time.Duration) (Leader, error) {
 
 func boottime() int64 {
 	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		log.Fatal(err)
+	}
 	return ts.Nano()
 }
 
@@ -51,30 +54,36 @@ type Lease struct {
 	mu       sync.Mutex
 	token    uint64
 	deadline int64
-	events   int // how many watch events were applied
+	events   int           // how many watch events came
+	changed  chan struct{} // closed and replaced at each event
 }
 
-// update applies a leader JSON; an answer asked for before the latest watch
-// event (events != l.events) may be stale and is dropped.
-func (l *Lease) update(leader Leader, events int) {
+// grant keeps an answer of /v1/leader, unless a watch event came since it
+// was asked for (events != l.events): then it may be stale.
+func (l *Lease) grant(leader Leader, events int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if events < 0 {
-		l.events++
-	} else if events != l.events {
-		return
-	}
-	l.token, l.deadline = 0, 0
-	if leader.IsLeader {
+	if events == l.events && leader.IsLeader && leader.FencingToken != nil && leader.DeadlineNs != nil {
 		l.token, l.deadline = *leader.FencingToken, *leader.DeadlineNs
 	}
 }
 
-// tokenNow is the token while the lease lasts on CLOCK_BOOTTIME.
-func (l *Lease) tokenNow() (uint64, int, bool) {
+// revoke is a watch event: whatever it says, ask again before the next write.
+func (l *Lease) revoke() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.token, l.events, boottime() < l.deadline
+	l.events++
+	l.deadline = 0
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// tokenNow is the token while the lease lasts on CLOCK_BOOTTIME, how many
+// events came, and a channel closed at the next one.
+func (l *Lease) tokenNow() (uint64, bool, int, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.token, boottime() < l.deadline, l.events, l.changed
 }
 
 // follow reads /v1/watch: a hand-over ends the lease before its deadline.
@@ -83,16 +92,13 @@ func (l *Lease) follow() {
 		if resp, err := http.Get(api + "/v1/watch"); err == nil {
 			lines := bufio.NewScanner(resp.Body)
 			for lines.Scan() {
-				if line := lines.Bytes(); bytes.HasPrefix(line, []byte("data: ")) {
-					var leader Leader
-					if json.Unmarshal(line[6:], &leader) == nil {
-						l.update(leader, -1)
-					}
+				if bytes.HasPrefix(lines.Bytes(), []byte("data: ")) {
+					l.revoke()
 				}
 			}
 			resp.Body.Close()
 		}
-		l.update(Leader{}, -1)
+		l.revoke()
 		time.Sleep(time.Second)
 	}
 }
@@ -107,12 +113,15 @@ func main() {
 		api = os.Args[1]
 	}
 	if len(os.Args) > 2 {
-		count, _ = strconv.Atoi(os.Args[2])
+		var err error
+		if count, err = strconv.Atoi(os.Args[2]); err != nil {
+			log.Fatalf("COUNT: %v", err)
+		}
 	}
-	lease := &Lease{}
+	lease := &Lease{changed: make(chan struct{})}
 	go lease.follow()
 	for record := 0; record < count; {
-		token, events, held := lease.tokenNow()
+		token, held, events, changed := lease.tokenNow()
 		if held {
 			store(token, record)
 			record++
@@ -120,14 +129,17 @@ func main() {
 			continue
 		}
 		// The lease ran out (renewals send no event) or is elsewhere: ask.
-		leader, err := ask("/v1/leader", 2*time.Second)
+		leader, err := ask()
 		if err != nil {
 			time.Sleep(100 * time.Millisecond) // the sidecar does not answer: no lease
 			continue
 		}
-		lease.update(leader, events)
+		lease.grant(leader, events)
 		if !leader.IsLeader {
-			ask("/v1/leader?wait=10s", 12*time.Second) // until who leads changes
+			select { // until who leads changes, or 1 s
+			case <-changed:
+			case <-time.After(time.Second):
+			}
 		}
 	}
 }

@@ -15,10 +15,10 @@ import urllib.request
 API = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:4040"
 
 
-def ask(path, timeout=2.0):
-    """The leader JSON of GET path; a 503 (not the leader) has the same body."""
+def ask():
+    """The leader JSON of /v1/leader; a 503 (not the leader) has the same body."""
     try:
-        with urllib.request.urlopen(API + path, timeout=timeout) as r:
+        with urllib.request.urlopen(API + "/v1/leader", timeout=2) as r:
             return json.load(r)
     except urllib.error.HTTPError as e:
         return json.load(e)
@@ -28,29 +28,36 @@ class Lease:
     """The token and deadline this node holds, if it leads."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()
         self.token, self.deadline = None, 0
-        self.events = 0  # how many watch events were applied
+        self.events = 0  # how many watch events came
 
-    def update(self, leader, events=None):
-        """Applies a leader JSON; an answer asked for before the latest
-        watch event (events != self.events) may be stale and is dropped."""
-        with self.lock:
-            if events is None:
-                self.events += 1
-            elif events != self.events:
-                return
-            if leader.get("is_leader"):
+    def grant(self, leader, events):
+        """Keeps an answer of /v1/leader, unless a watch event came since it
+        was asked for (events != self.events): then it may be stale."""
+        with self.changed:
+            if events == self.events and leader["is_leader"]:
                 self.token, self.deadline = leader["fencing_token"], leader["lease_deadline_boottime_ns"]
-            else:
-                self.token, self.deadline = None, 0
+
+    def revoke(self):
+        """A watch event: whatever it says, ask again before the next write."""
+        with self.changed:
+            self.events += 1
+            self.token, self.deadline = None, 0
+            self.changed.notify_all()
 
     def token_now(self):
-        """The token while the lease lasts on CLOCK_BOOTTIME, else None."""
-        with self.lock:
+        """The token while the lease lasts on CLOCK_BOOTTIME (else None), and
+        how many events came."""
+        with self.changed:
             if time.clock_gettime_ns(time.CLOCK_BOOTTIME) < self.deadline:
-                return self.token
-            return None
+                return self.token, self.events
+            return None, self.events
+
+    def wait_for_event(self, events, seconds):
+        """Waits until an event after the first `events` comes, at most `seconds`."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.events != events, seconds)
 
 
 def follow(lease):
@@ -60,10 +67,11 @@ def follow(lease):
             with urllib.request.urlopen(API + "/v1/watch", timeout=30) as events:
                 for line in events:
                     if line.startswith(b"data: "):
-                        lease.update(json.loads(line[6:]))
-        except OSError:
-            lease.update({})
-            time.sleep(1)
+                        lease.revoke()
+        except Exception:  # the stream broke or the sidecar does not answer
+            pass
+        lease.revoke()
+        time.sleep(1)
 
 
 def store(token, record):
@@ -76,20 +84,19 @@ def main():
     threading.Thread(target=follow, args=(lease,), daemon=True).start()
     record = 0
     while record < count:
-        token = lease.token_now()
+        token, events = lease.token_now()
         if token is not None:
             store(token, record)
             record += 1
             time.sleep(0.02)
             continue
         try:  # the lease ran out (renewals send no event) or is elsewhere: ask
-            events = lease.events
-            leader = ask("/v1/leader")
-            lease.update(leader, events)
+            leader = ask()
+            lease.grant(leader, events)
             if not leader["is_leader"]:
-                ask("/v1/leader?wait=10s", timeout=12)  # until who leads changes
-        except OSError:
-            time.sleep(0.1)  # the sidecar does not answer: no lease
+                lease.wait_for_event(events, 1)  # until who leads changes, or 1 s
+        except Exception:  # the sidecar does not answer: no lease
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::sync::Notify;
 
-#[derive(Default, Deserialize)]
+#[derive(Deserialize)]
 struct Leader {
     is_leader: bool,
     fencing_token: Option<u64>,
@@ -21,24 +22,25 @@ struct Leader {
 struct Lease {
     token: u64,
     deadline: u64,
-    /// How many watch events were applied.
+    /// How many watch events came.
     events: u64,
 }
 
 impl Lease {
-    /// Applies a leader JSON; an answer asked for before the latest watch
-    /// event (`asked` is not `Some(self.events)`) may be stale and is dropped.
-    fn update(&mut self, leader: &Leader, asked: Option<u64>) {
-        match asked {
-            None => self.events += 1,
-            Some(events) if events != self.events => return,
-            Some(_) => {}
-        }
-        (self.token, self.deadline) = match (leader.is_leader, leader.fencing_token, leader.lease_deadline_boottime_ns)
+    /// Keeps an answer of /v1/leader, unless a watch event came since it was
+    /// asked for (`events` is not `self.events`): then it may be stale.
+    fn grant(&mut self, leader: &Leader, events: u64) {
+        if let (true, true, Some(token), Some(deadline)) =
+            (events == self.events, leader.is_leader, leader.fencing_token, leader.lease_deadline_boottime_ns)
         {
-            (true, Some(token), Some(deadline)) => (token, deadline),
-            _ => (0, 0),
-        };
+            (self.token, self.deadline) = (token, deadline);
+        }
+    }
+
+    /// A watch event: whatever it says, ask again before the next write.
+    fn revoke(&mut self) {
+        self.events += 1;
+        self.deadline = 0;
     }
 
     /// The token while the lease lasts on CLOCK_BOOTTIME.
@@ -54,27 +56,30 @@ fn boottime() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The leader JSON of GET `path`; a 503 (not the leader) has the same body.
-async fn ask(http: &reqwest::Client, api: &str, path: &str, timeout: Duration) -> reqwest::Result<Leader> {
-    http.get(format!("{api}{path}")).timeout(timeout).send().await?.json().await
+/// The leader JSON of /v1/leader; a 503 (not the leader) has the same body.
+async fn ask(http: &reqwest::Client, api: &str) -> reqwest::Result<Leader> {
+    http.get(format!("{api}/v1/leader")).timeout(Duration::from_secs(2)).send().await?.json().await
 }
 
 /// `/v1/watch`: a hand-over ends the lease before its deadline.
-async fn follow(http: reqwest::Client, api: String, lease: Arc<Mutex<Lease>>) {
+async fn follow(http: reqwest::Client, api: String, lease: Arc<Mutex<Lease>>, changed: Arc<Notify>) {
+    let revoke = || {
+        lease.lock().expect("lease").revoke();
+        changed.notify_waiters();
+    };
     loop {
         if let Ok(mut events) = http.get(format!("{api}/v1/watch")).send().await {
             let mut buf = Vec::new();
             while let Ok(Some(chunk)) = events.chunk().await {
                 buf.extend_from_slice(&chunk);
                 while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=end).collect();
-                    if let Some(Ok(leader)) = line.strip_prefix(b"data: ").map(serde_json::from_slice::<Leader>) {
-                        lease.lock().expect("lease").update(&leader, None);
+                    if buf.drain(..=end).as_slice().starts_with(b"data: ") {
+                        revoke();
                     }
                 }
             }
         }
-        lease.lock().expect("lease").update(&Leader::default(), None);
+        revoke(); // the stream broke or the sidecar does not answer
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -90,9 +95,12 @@ async fn main() {
     let count: u64 = args.next().map_or(100, |c| c.parse().expect("COUNT is a number"));
     let http = reqwest::Client::new();
     let lease = Arc::new(Mutex::new(Lease::default()));
-    tokio::spawn(follow(http.clone(), api.clone(), lease.clone()));
+    let changed = Arc::new(Notify::new());
+    tokio::spawn(follow(http.clone(), api.clone(), lease.clone(), changed.clone()));
     let mut record = 0;
     while record < count {
+        // Registered before the state is read, so that no event is missed.
+        let next_event = changed.notified();
         let (token, events) = {
             let lease = lease.lock().expect("lease");
             (lease.token_now(), lease.events)
@@ -104,12 +112,12 @@ async fn main() {
             continue;
         }
         // The lease ran out (renewals send no event) or is elsewhere: ask.
-        match ask(&http, &api, "/v1/leader", Duration::from_secs(2)).await {
+        match ask(&http, &api).await {
             Ok(leader) => {
-                lease.lock().expect("lease").update(&leader, Some(events));
+                lease.lock().expect("lease").grant(&leader, events);
                 if !leader.is_leader {
-                    // Until who leads changes.
-                    let _ = ask(&http, &api, "/v1/leader?wait=10s", Duration::from_secs(12)).await;
+                    // Until who leads changes, or 1 s.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), next_event).await;
                 }
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // no answer: no lease

@@ -11,15 +11,18 @@
 //!
 //! Properties:
 //! 1. Nothing panics.
-//! 2. `percent_decode` inverts %-encoding; `Query::parse` accepts a query
+//! 2. `percent_decode` inverts %-encoding and fails exactly on a broken
+//!    `%` or bytes that are not UTF-8; `Query::parse` accepts a query
 //!    exactly when every pair decodes and no name repeats, and then holds
 //!    each decoded value; a wait is accepted exactly in its plain form
-//!    (digits, then `ms`, `s` or `m`) and means what humantime reads;
-//!    `wait_param`, `leader_query` and `admin_request` agree with it, every accepted wait is at most `MAX_WAIT`, a transfer
-//!    target is never empty.
+//!    (digits, then `ms`, `s` or `m`) and means what humantime reads, an
+//!    `after_token` only as digits, with or without a wait;
+//!    `wait_param`, `leader_query` and `admin_request` agree with it,
+//!    every accepted wait is at most `MAX_WAIT`, a transfer target is never
+//!    empty.
 //! 3. The path label is one of a fixed set, the path itself when known; a
-//!    path the API serves has methods to list in a 405's `Allow`, and only
-//!    the mutating paths answer `POST` or `PUT`.
+//!    path the API serves has methods to list in a 405's `Allow`, only the
+//!    mutating paths answer `POST` or `PUT`, and only Patroni's `OPTIONS`.
 //! 4. The guard refuses with an Origin header (403), then a Host that is
 //!    not loopback or the configured name (403), then a token mismatch
 //!    (401), and accepts otherwise. A Host it accepts is, once an optional
@@ -39,7 +42,7 @@ use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, HOST, ORIGIN};
 use hyper::StatusCode;
 use leasehold::api::{
     admin_guard, admin_request, allowed_methods, bearer_matches, host_allowed, leader_query, path_label,
-    percent_decode, wait_param, Query, MAX_WAIT,
+    percent_decode, wait_param, Query, MAX_WAIT, PATRONI_PATHS,
 };
 use leasehold::core::AdminRequest;
 use leasehold::labels::{API_PATHS, OTHER_PATH};
@@ -57,10 +60,36 @@ fn raw_pairs(query: &str) -> Vec<(&str, &str)> {
     query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, ""))).collect()
 }
 
+/// Whether `s` decodes, judged apart from `percent_decode`: every `%` is
+/// followed by two hex digits, and the bytes it stands for are UTF-8.
+fn decodes(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return false,
+            }
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).is_ok()
+}
+
 fn check_query(query: &str) {
-    // Decoding inverts %-encoding of every byte.
+    // Decoding inverts %-encoding of every byte, and fails exactly when a
+    // `%` is broken or the bytes are not UTF-8.
     let encoded: String = query.bytes().map(|b| format!("%{b:02X}")).collect();
     assert_eq!(percent_decode(&encoded).as_deref(), Ok(query));
+    for part in query.split(['&', '=']) {
+        assert_eq!(percent_decode(part).is_ok(), decodes(part), "{part:?}");
+    }
     let decoded: Result<Vec<(String, String)>, String> =
         raw_pairs(query).into_iter().map(|(n, v)| Ok((percent_decode(n)?, percent_decode(v)?))).collect();
     let q = match Query::parse(query) {
@@ -99,9 +128,13 @@ fn check_query(query: &str) {
             assert!(!plain_wait(q.get("wait").expect("a wait was given")));
         }
     }
-    let after = q.get("after_token").map(|t| t.parse::<u64>());
+    let after =
+        q.get("after_token").map(|t| t.parse::<u64>().ok().filter(|_| t.bytes().all(|b| b.is_ascii_digit())).ok_or(()));
     match leader_query(&q) {
-        Ok(None) => assert_eq!(wait, Ok(None)),
+        Ok(None) => {
+            assert_eq!(wait, Ok(None));
+            assert!(!matches!(after, Some(Err(_))), "a malformed after_token passed without wait");
+        }
         Ok(Some((d, token))) => {
             assert_eq!(wait, Ok(Some(d)));
             assert_eq!(token, after.map(|t| t.expect("a number")));
@@ -140,6 +173,7 @@ fn check_path(path: &str) {
     match allowed_methods(path) {
         Some(allow) => {
             assert!(API_PATHS.contains(&path), "{path} is served but has no label");
+            assert_eq!(allow.contains("OPTIONS"), PATRONI_PATHS.contains(&path), "{path}: {allow}");
             assert_eq!(mutating, allow.contains("POST") || allow.contains("PUT"), "{path}: {allow}");
         }
         None => assert!(!API_PATHS.contains(&path) || path == "/metrics", "{path} has a label but is not served"),

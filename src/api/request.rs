@@ -99,7 +99,12 @@ pub fn parse_wait(w: &str) -> Result<Duration, String> {
 pub fn leader_query(query: &Query) -> Result<Option<(Duration, Option<u64>)>, String> {
     let after = match query.get("after_token") {
         None => None,
-        Some(t) => Some(t.parse::<u64>().map_err(|_| format!("after_token={t}: not an unsigned integer"))?),
+        Some(t) => Some(
+            t.parse::<u64>()
+                .ok()
+                .filter(|_| t.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| format!("after_token={t}: not an unsigned integer"))?,
+        ),
     };
     Ok(wait_param(query)?.map(|wait| (wait, after)))
 }
@@ -240,6 +245,7 @@ mod tests {
         assert_eq!(wait_param(&parse("")), Ok(None));
         assert_eq!(leader_query(&parse("after_token=3")), Ok(None));
         assert!(leader_query(&parse("after_token=x")).is_err(), "checked without wait too");
+        assert!(leader_query(&parse("after_token=%2B7")).is_err(), "digits only");
         assert_eq!(leader_query(&parse("wait=1s&after_token=3")), Ok(Some((Duration::from_secs(1), Some(3)))));
     }
 }

@@ -17,6 +17,8 @@ pub struct Group {
     args: Vec<Vec<String>>,
     children: Vec<Option<Child>>,
     pub observer: Option<Observer>,
+    /// When the last transfer [`Group::make_leader`] asked for was answered 200.
+    pub handed_over_at: Option<Instant>,
 }
 
 impl Group {
@@ -36,6 +38,7 @@ impl Group {
             args: layout.nodes.into_iter().enumerate().map(|(i, l)| args(i, l.args)).collect(),
             children: (0..n).map(|_| None).collect(),
             observer: None,
+            handed_over_at: None,
         };
         for i in 0..n {
             g.spawn(i);
@@ -102,10 +105,17 @@ impl Group {
             let asked = Instant::now();
             let answer =
                 leasehold::http::request(&self.apis[from], "POST", &path, &headers, "", Duration::from_secs(8));
-            if let Some(o) = self.observer.as_mut() {
-                o.handovers.push((from, asked, Instant::now()));
+            let done = Instant::now();
+            // A refusal hands nothing over: only an accepted (or unanswered)
+            // request excuses an overlap for the observer.
+            if !matches!(answer, Ok(ref a) if a.status == 400 || a.status == 409) {
+                if let Some(o) = self.observer.as_mut() {
+                    o.handovers.push((from, asked, done));
+                }
             }
-            if !matches!(answer, Ok(ref a) if a.status == 200) {
+            if matches!(answer, Ok(ref a) if a.status == 200) {
+                self.handed_over_at = Some(done);
+            } else {
                 // Refused (the target not heard from lately, say): try again.
                 thread::sleep(Duration::from_millis(200));
             }
