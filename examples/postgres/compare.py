@@ -240,15 +240,19 @@ postgresql:
         except Exception:
             return None
 
-    def primary(self):
+    def answering(self, path):
+        """The first node whose Patroni REST API answers 200 on `path`."""
         for n in self.nodes:
             try:
-                with urllib.request.urlopen("http://%s/primary" % n["rest"], timeout=0.5) as r:
+                with urllib.request.urlopen("http://%s%s" % (n["rest"], path), timeout=0.5) as r:
                     if r.status == 200:
                         return n
             except Exception:
                 continue
         return None
+
+    def primary(self):
+        return self.answering("/primary")
 
     def wait_primary(self, within):
         deadline = time.monotonic() + within
@@ -276,13 +280,9 @@ postgresql:
         answers 200 on it): in synchronous_mode only it may be promoted."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            for n in self.nodes:
-                try:
-                    with urllib.request.urlopen("http://%s/sync" % n["rest"], timeout=0.5) as r:
-                        if r.status == 200:
-                            return n
-                except Exception:
-                    continue
+            n = self.answering("/sync")
+            if n is not None:
+                return n
             time.sleep(0.2)
         raise AssertionError("Patroni designated no synchronous standby within %ss" % within)
 
